@@ -1,0 +1,431 @@
+"""The `modformer` command: one small function per step; it parses options, calls the library and prints.
+
+Errors the user can act on (`ModformerError`) print as one line on stderr with a non-zero exit; `--debug` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from modformer.errors import ConfigError, ModformerError
+
+app = typer.Typer(
+    help="Compress a seq2seq Transformer once into modular layers; assemble many model sizes from that one run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Tables are wide; when output goes to a file or a pipe, do not squeeze them into 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors.")] = False) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handles_errors(fn):
+    """Turn the library's errors into one-line messages and exit code 1 (or a traceback under --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ModformerError as err:
+            if _state["debug"]:
+                raise
+            raise _fail(str(err).splitlines()[0] if str(err) else err.__class__.__name__) from None
+        except KeyboardInterrupt:
+            raise _fail("interrupted", 130) from None
+
+    return wrapper
+
+
+# --- shared options -----------------------------------------------------------------------------------------------
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Folder of line-aligned {split}.{ext} files, {split}.jsonl/.csv/.tsv, a path template with {split}, "
+        "a `datasets` save_to_disk folder, or a hub name. Default: the bundled Multi30k En-De sample.",
+    ),
+]
+SrcExtOpt = Annotated[str | None, typer.Option(help="Source file extension for line-aligned files, e.g. en.")]
+TgtExtOpt = Annotated[str | None, typer.Option(help="Target file extension for line-aligned files, e.g. de.")]
+SrcColOpt = Annotated[str, typer.Option(help="Source column of JSONL/CSV/TSV/datasets input.")]
+TgtColOpt = Annotated[str, typer.Option(help="Target column of JSONL/CSV/TSV/datasets input.")]
+PrefixOpt = Annotated[str, typer.Option(help="Task prefix put before every source, e.g. 'translate: '.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
+
+
+def _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix):
+    from modformer.data import DataSpec, default_data_spec
+
+    if data is None:
+        base = default_data_spec()
+        return DataSpec(path=base.path, src_ext=base.src_ext, tgt_ext=base.tgt_ext, prefix=prefix)
+    return DataSpec(
+        path=data, src_ext=src_ext, tgt_ext=tgt_ext, src_column=src_column, tgt_column=tgt_column, prefix=prefix
+    )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+        transient=False,
+    )
+
+
+def _refuse_existing(path: Path, overwrite: bool, *, allow: bool = False) -> None:
+    if path.exists() and not overwrite and not allow:
+        raise ConfigError(f"{path} already exists; pass --overwrite to replace it")
+
+
+# --- teacher ------------------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def teacher(
+    out: Annotated[Path, typer.Option(help="Folder for the teacher checkpoint (model + tokenizer).")],
+    data: DataOpt = None,
+    src_ext: SrcExtOpt = None,
+    tgt_ext: TgtExtOpt = None,
+    src_column: SrcColOpt = "source",
+    tgt_column: TgtColOpt = "target",
+    prefix: PrefixOpt = "",
+    train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    val_split: Annotated[str, typer.Option(help="Held-out split for the final loss.")] = "val",
+    preset: Annotated[
+        str, typer.Option(help="Model size: tiny (6+6, d64), small (6+6, d128), base (12+12, d128).")
+    ] = "small",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1500,
+    batch_size: Annotated[int, typer.Option(help="Sentence pairs per step.")] = 32,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train a T5-style teacher from scratch (tokenizer included), for those without a fine-tuned checkpoint."""
+    from modformer.data import load_split
+    from modformer.teacher import TeacherConfig, train_teacher
+
+    config = TeacherConfig(preset=preset, steps=steps, batch_size=batch_size, seed=seed)
+    _refuse_existing(out, overwrite)
+    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    train, val = load_split(spec, train_split), load_split(spec, val_split, limit=500)
+    with _progress() as progress:
+        task = progress.add_task("teacher", total=steps, info="")
+
+        def on_step(step: int, loss: float) -> None:
+            progress.update(task, completed=step, info=f"loss {loss:.3f}")
+
+        summary = train_teacher(train, val, config, out, on_step=on_step, overwrite=overwrite)
+    console.print(
+        f"teacher written to [bold]{out}[/]: {summary['parameters']:,} parameters, "
+        f"held-out loss {summary['val_loss']:.3f}, {summary['seconds']:.0f} s"
+    )
+
+
+# --- train --------------------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def train(
+    teacher: Annotated[Path, typer.Option(help="Teacher: a Hugging Face seq2seq checkpoint folder (T5, BART).")],
+    out: Annotated[Path, typer.Option(help="Folder for the modular checkpoint.")],
+    data: DataOpt = None,
+    src_ext: SrcExtOpt = None,
+    tgt_ext: TgtExtOpt = None,
+    src_column: SrcColOpt = "source",
+    tgt_column: TgtColOpt = "target",
+    prefix: PrefixOpt = "",
+    train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    val_split: Annotated[str, typer.Option(help="Held-out split for the periodic loss.")] = "val",
+    granularities: Annotated[
+        str | None, typer.Option(help="Module sizes, e.g. 2,3,4,6. Default: divisors of the depth in [2, depth/2].")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
+    batch_size: Annotated[int, typer.Option(help="Sentence pairs per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 5e-4,
+    w_ce: Annotated[float, typer.Option(help="Weight of the task cross-entropy.")] = 1.0,
+    w_hidden: Annotated[float, typer.Option(help="Weight of hidden-state distillation.")] = 1.0,
+    w_attn: Annotated[float, typer.Option(help="Weight of attention distillation.")] = 1.0,
+    w_logit: Annotated[float, typer.Option(help="Weight of logit distillation (0 = off).")] = 0.0,
+    curriculum: Annotated[bool, typer.Option(help="Coarse-to-fine curriculum (--no-curriculum: uniform).")] = True,
+    eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train modules that each replace k consecutive teacher layers (multi-grained module replacing)."""
+    from modformer.checkpoints import load_seq2seq, load_tokenizer
+    from modformer.data import load_split
+    from modformer.modular.model import ModularModel
+    from modformer.modular.trainer import ReplacingTrainer, TrainConfig
+
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr, w_ce=w_ce, w_hidden=w_hidden, w_attn=w_attn, w_logit=w_logit,
+        curriculum=curriculum, eval_every=eval_every, save_every=save_every, seed=seed,
+    )  # fmt: skip
+    gs = _parse_granularities(granularities)
+    if resume and not (out / "modular_config.json").is_file():
+        raise ConfigError(f"--resume: {out} holds no modular checkpoint to continue")
+    if not resume:
+        _refuse_existing(out, overwrite)
+    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    train_data = load_split(spec, train_split)
+    val_data = load_split(spec, val_split, limit=config.eval_pairs)
+    teacher_model = load_seq2seq(teacher, eager=True)
+    tokenizer = load_tokenizer(teacher)
+    if resume:
+        model = ModularModel.from_pretrained(out, teacher_model)
+        if gs is not None and gs != model.config.granularities:
+            raise ConfigError(f"--resume: {out} was trained with granularities {model.config.granularities}, not {gs}")
+    else:
+        model = ModularModel.from_teacher(teacher_model, teacher, gs)
+    trainer = ReplacingTrainer(
+        model,
+        config,
+        train_data.tokenize(tokenizer, config.max_source_len, config.max_target_len),
+        val_data.tokenize(tokenizer, config.max_source_len, config.max_target_len),
+    )
+    if resume:
+        trainer.resume(out)
+    n_modules = len(model.blocks)
+    console.print(
+        f"training {n_modules} modules (granularities {model.config.granularities}) on {len(train_data):,} pairs "
+        f"from {train_data.origin}; {config.steps} steps" + (f", resuming at {trainer.state.step}" if resume else "")
+    )
+    with _progress() as progress:
+        task = progress.add_task("train", total=config.steps, completed=trainer.state.step, info="")
+
+        def on_step(r) -> None:
+            parts = " ".join(f"{k} {v:.3f}" for k, v in r.parts.items() if v)
+            progress.update(task, completed=r.step, info=f"loss {r.loss:.3f} ({parts}) {1 / r.seconds:.1f} it/s")
+
+        def on_eval(step: int, scores: dict[str, float]) -> None:
+            shown = " ".join(f"{k} {v:.3f}" for k, v in scores.items())
+            progress.console.print(f"step {step}: held-out loss {shown}")
+
+        trainer.fit(out, on_step=on_step, on_eval=on_eval)
+    console.print(f"modules written to [bold]{out}[/]")
+
+
+def _parse_granularities(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--granularities must be whole numbers separated by commas, got {text!r}") from None
+    if not values or min(values) < 2:
+        raise ConfigError(f"--granularities must list sizes >= 2 (1 is the teacher's own layer), got {text!r}")
+    return values
+
+
+# --- assemble / export --------------------------------------------------------------------------------------------
+AssemblyOpt = Annotated[str | None, typer.Option(help="Assembly, e.g. 'enc=1,1,2,4,4 dec=6,6', or JSON.")]
+StrategyOpt = Annotated[str | None, typer.Option(help="size-first or speed-first (with --ratio).")]
+RatioOpt = Annotated[float | None, typer.Option(help="Compression ratio for --strategy (size or speed).")]
+
+
+def _choose(model, assembly: str | None, strategy: str | None, ratio: float | None):
+    from modformer.modular.assembly import Assembly
+    from modformer.modular.strategies import assembly_for_ratio
+
+    if (assembly is None) == (strategy is None):
+        raise ConfigError("give either --assembly or --strategy with --ratio")
+    if assembly is not None:
+        return model.validate(Assembly.parse(assembly))
+    if ratio is None:
+        raise ConfigError("--strategy needs --ratio (e.g. --ratio 2)")
+    return assembly_for_ratio(strategy, model.cost_model(), ratio)
+
+
+@app.command()
+@handles_errors
+def assemble(
+    modules: Annotated[Path, typer.Option(help="Modular checkpoint folder (from `train`).")],
+    assembly: AssemblyOpt = None,
+    strategy: StrategyOpt = None,
+    ratio: RatioOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON.")] = None,
+) -> None:
+    """Show assemblies with their size: one (--assembly), one by ratio, or a strategy's whole sequence."""
+    from modformer.modular.assembly import Assembly
+    from modformer.modular.model import ModularModel
+    from modformer.modular.strategies import STRATEGIES, strategy_sequence
+
+    model = ModularModel.from_pretrained(modules)
+    cost = model.cost_model()
+    if assembly is not None or ratio is not None:
+        rows = [("chosen", _choose(model, assembly, strategy, ratio))]
+    else:
+        names = [strategy] if strategy else list(STRATEGIES)
+        rows = [(name, a) for name in names for a in strategy_sequence(name, cost)]
+    table = Table("strategy", "shape", "assembly", "parameters", "size ratio", "est. speed ratio")
+    records = []
+    for name, a in rows:
+        a = model.validate(a) if isinstance(a, Assembly) else a
+        rec = {"strategy": name, "shape": a.shape, "assembly": a.format(), "parameters": cost.params(a),
+               "size_ratio": cost.size_ratio(a), "est_speed_ratio": cost.speed_ratio(a)}  # fmt: skip
+        records.append(rec)
+        table.add_row(name, a.shape, a.format(), f"{rec['parameters']:,}", f"{rec['size_ratio']:.2f}",
+                      f"{rec['est_speed_ratio']:.2f}")  # fmt: skip
+    console.print(table)
+    if json_out:
+        from modformer.io import write_json
+
+        write_json(json_out, {"modules": str(modules), "assemblies": records})
+
+
+@app.command()
+@handles_errors
+def export(
+    modules: Annotated[Path, typer.Option(help="Modular checkpoint folder (from `train`).")],
+    out: Annotated[Path, typer.Option(help="Folder for the exported Hugging Face checkpoint.")],
+    assembly: AssemblyOpt = None,
+    strategy: StrategyOpt = None,
+    ratio: RatioOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Write one assembly as a plain Hugging Face checkpoint (loads with transformers alone)."""
+    from modformer.modular.export import export_assembly
+    from modformer.modular.model import ModularModel
+
+    _refuse_existing(out, overwrite)
+    model = ModularModel.from_pretrained(modules)
+    chosen = _choose(model, assembly, strategy, ratio)
+    info = export_assembly(model, chosen, out, overwrite=overwrite)
+    console.print(
+        f"exported [bold]{chosen.format()}[/] to [bold]{out}[/]: {info['parameters']:,} parameters, "
+        f"size ratio {info['size_ratio']:.2f}, estimated speed ratio {info['estimated_speed_ratio']:.2f}"
+    )
+
+
+# --- evaluate -----------------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def evaluate(
+    model: Annotated[Path | None, typer.Option(help="A Hugging Face checkpoint (an export, or any seq2seq).")] = None,
+    modules: Annotated[Path | None, typer.Option(help="A modular checkpoint, with --assembly.")] = None,
+    assembly: AssemblyOpt = None,
+    data: DataOpt = None,
+    src_ext: SrcExtOpt = None,
+    tgt_ext: TgtExtOpt = None,
+    src_column: SrcColOpt = "source",
+    tgt_column: TgtColOpt = "target",
+    prefix: PrefixOpt = "",
+    split: Annotated[str, typer.Option(help="Split to score.")] = "val",
+    limit: Annotated[int | None, typer.Option(help="Score only the first N pairs.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Pairs per generation batch.")] = 32,
+    max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 64,
+    num_beams: Annotated[int, typer.Option(help="Beam size (1 = greedy).")] = 1,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the scores as JSON.")] = None,
+) -> None:
+    """Score a model: BLEU and chrF (sacrebleu), ROUGE-1/2/L, teacher-forced loss."""
+    from modformer.checkpoints import load_seq2seq, load_tokenizer
+    from modformer.data import load_split
+    from modformer.evaluation import score_model
+    from modformer.io import write_json
+    from modformer.modular.assembly import Assembly
+    from modformer.modular.model import ModularModel
+
+    if (model is None) == (modules is None):
+        raise ConfigError("give either --model, or --modules with --assembly")
+    if modules is not None:
+        if assembly is None:
+            raise ConfigError("--modules needs --assembly")
+        modular = ModularModel.from_pretrained(modules)
+        chosen = modular.validate(Assembly.parse(assembly))
+        net, tokenizer, name = modular.assemble(chosen), load_tokenizer(modular.config.teacher), chosen.format()
+    else:
+        net, tokenizer, name = load_seq2seq(model), load_tokenizer(model), str(model)
+    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    pairs = load_split(spec, split, limit=limit)
+    with _progress() as progress:
+        task = progress.add_task("generate", total=len(pairs), info="")
+        scores = score_model(
+            net, tokenizer, pairs, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+            on_batch=lambda n: progress.advance(task, n),
+        )  # fmt: skip
+    table = Table("model", "split", "n", "BLEU", "chrF", "ROUGE-1", "ROUGE-2", "ROUGE-L", "loss")
+    table.add_row(name, split, str(scores.n), *(f"{getattr(scores, k):.2f}" for k in
+                  ("bleu", "chrf", "rouge1", "rouge2", "rougeL")), f"{scores.loss:.3f}")  # fmt: skip
+    console.print(table)
+    if json_out:
+        write_json(json_out, {"model": name, "split": split, "data": pairs.origin, **scores.to_json()})
+
+
+# --- demo ---------------------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Working folder (teacher, modules, table, plot).")] = Path("runs/demo"),
+    fast: Annotated[bool, typer.Option(help="A smoke run: tiny teacher, few steps (under 3 minutes).")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """The whole path on the bundled Multi30k sample: teacher, modules, both strategies, scores and a plot."""
+    from modformer.demo import DemoConfig, run_demo
+    from modformer.plots import plot_quality_vs_size
+
+    config = DemoConfig.fast() if fast else DemoConfig()
+    _refuse_existing(out, overwrite)
+    started = time.perf_counter()
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def report(stage: str, done: int, total: int, info: str = "") -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total, info="")
+            progress.update(tasks[stage], completed=done, total=total, info=info)
+
+        result = run_demo(config, out, report=report)
+    table = Table("strategy", "assembly", "shape", "params", "size ratio", "est. speed", "BLEU", "chrF", "loss")
+    for row in result.table.itertuples():
+        table.add_row(row.strategy, row.assembly, row.shape, f"{row.parameters:,}", f"{row.size_ratio:.2f}",
+                      f"{row.est_speed_ratio:.2f}", f"{row.bleu:.2f}", f"{row.chrf:.2f}", f"{row.loss:.3f}")  # fmt: skip
+    console.print(table)
+    from modformer.io import atomic_path, write_json
+
+    write_json(out / "results.json", {"config": result.config, "rows": result.table.to_dict(orient="records")})
+    result.table.to_csv(out / "results.csv", index=False)
+    fig = plot_quality_vs_size(result.table)
+    with atomic_path(out / "quality_vs_size.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    console.print(f"table: {out / 'results.csv'}; plot: {out / 'quality_vs_size.png'}; "
+                  f"{time.perf_counter() - started:.0f} s in all")  # fmt: skip
+
+
+def main() -> None:  # pragma: no cover - the console-script entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

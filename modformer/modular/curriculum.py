@@ -1,0 +1,86 @@
+"""Which spans of the teacher a training step replaces, and with which modules.
+
+Multi-grained module replacing: every step samples one *hybrid* assembly per stack. Walking a stack from the
+bottom, at each layer i where at least one module starts (i % k == 0 and i + k <= depth), the walk replaces the
+span with probability `replace_rate(p)`; it picks the granularity k among those that fit with weights
+`granularity_weights(p)`, and jumps to i + k. Otherwise teacher layer i stays and the walk moves to i + 1. So one
+hybrid mixes teacher layers and modules of several granularities, and every module is trained in the company of
+the others it will be assembled with.
+
+Curriculum (p = step / total steps, from 0 to 1):
+- replacement rate grows linearly from `replace_start` (0.5) to `replace_end` (1.0): early hybrids are mostly
+  teacher, so a fresh module learns against inputs close to the teacher's; late hybrids are mostly modules, as
+  the assemblies people will deploy are.
+- coarse-to-fine: granularity k is drawn with weight k ** (1 - 2p). At p = 0 the weight is proportional to k
+  (coarse modules, which have the most to learn, are sampled most); at p = 0.5 all are equal; at p = 1 the weight
+  is proportional to 1/k, so the fine modules finish training in hybrids whose coarse parts have settled.
+Without the curriculum (`coarse_to_fine=False`) the weights are uniform and the rate is fixed at `replace_end`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from modformer.errors import ConfigError
+from modformer.modular.assembly import Assembly
+
+
+@dataclass(frozen=True)
+class Curriculum:
+    replace_start: float = 0.5  # replacement rate at the first step
+    replace_end: float = 1.0  # ... and at the last
+    coarse_to_fine: bool = True  # False: uniform granularity weights and a constant rate (an ablation)
+
+    def __post_init__(self):
+        for name in ("replace_start", "replace_end"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(f"{name} must be in (0, 1], got {value}")
+
+    def replace_rate(self, progress: float) -> float:
+        if not self.coarse_to_fine:
+            return self.replace_end
+        p = min(max(progress, 0.0), 1.0)
+        return self.replace_start + (self.replace_end - self.replace_start) * p
+
+    def granularity_weights(self, granularities: Sequence[int], progress: float) -> dict[int, float]:
+        if not self.coarse_to_fine:
+            return dict.fromkeys(granularities, 1.0)
+        p = min(max(progress, 0.0), 1.0)
+        return {k: float(k) ** (1.0 - 2.0 * p) for k in granularities}
+
+
+def sample_stack(
+    depth: int, granularities: Sequence[int], rate: float, weights: dict[int, float], rng: random.Random
+) -> tuple[int, ...]:
+    """One random stack of teacher layers (1) and aligned modules (k), bottom-up."""
+    blocks, i = [], 0
+    while i < depth:
+        fits = [k for k in granularities if i % k == 0 and i + k <= depth]
+        if fits and rng.random() < rate:
+            k = rng.choices(fits, weights=[weights[k] for k in fits])[0]
+        else:
+            k = 1
+        blocks.append(k)
+        i += k
+    return tuple(blocks)
+
+
+def sample_hybrid(
+    encoder_layers: int,
+    decoder_layers: int,
+    granularities: Sequence[int],
+    curriculum: Curriculum,
+    progress: float,
+    rng: random.Random,
+) -> Assembly:
+    """A hybrid assembly for one training step; always holds at least one module (else nothing would learn)."""
+    rate = curriculum.replace_rate(progress)
+    weights = curriculum.granularity_weights(granularities, progress)
+    while True:
+        enc = sample_stack(encoder_layers, granularities, rate, weights, rng)
+        dec = sample_stack(decoder_layers, granularities, rate, weights, rng)
+        if max(enc + dec) > 1:
+            return Assembly(encoder=enc, decoder=dec)

@@ -1,0 +1,301 @@
+"""The training recipe: multi-grained module replacing with distillation (setup / step / evaluate / save / resume).
+
+One step:
+1. sample a hybrid assembly (teacher layers + modules of several granularities; see `curriculum`);
+2. run the frozen teacher (eval mode, no grad) and record, for each module in the hybrid, the teacher's hidden
+   state and attention maps at the *last* layer of the module's span;
+3. run the hybrid (the teacher's own stacks with layer lists swapped) on the same batch;
+4. loss = w_ce * CE(labels) + w_hidden * HiddenStateLoss + w_attn * AttentionLoss (self-attention, and in the
+   decoder cross-attention too) + w_logit * LogitLoss; only module parameters get gradients.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modformer.data import TokenizedData
+from modformer.errors import CheckpointError, ConfigError
+from modformer.evaluation import teacher_forced_loss
+from modformer.io import torch_load, torch_save
+from modformer.modular.assembly import Assembly
+from modformer.modular.curriculum import Curriculum, sample_hybrid
+from modformer.modular.families import STACKS
+from modformer.modular.losses import AttentionLoss, HiddenStateLoss, LogitLoss
+from modformer.modular.model import ModularModel
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "trainer_state.pt"
+LOG_NAME = "train_log.json"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one modular training run. Defaults are the ones `benchmarks/loss_weights.py` supports."""
+
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 32  # sentence pairs per step
+    lr: float = 5e-4  # AdamW peak learning rate (modules start from teacher layers: a fine-tuning rate)
+    warmup_steps: int = 100  # linear warm-up, then linear decay to 10 % of lr
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global grad norm
+    w_ce: float = 1.0  # task cross-entropy of the hybrid
+    w_hidden: float = 1.0  # hidden-state distillation
+    w_attn: float = 1.0  # attention distillation
+    w_logit: float = 0.0  # logit distillation (optional; 0 = off)
+    temperature: float = 2.0  # logit distillation temperature
+    replace_start: float = 0.5  # curriculum: replacement rate at step 0
+    replace_end: float = 1.0  # ... at the last step
+    curriculum: bool = True  # coarse-to-fine schedule; False = uniform granularities at a fixed rate
+    eval_every: int = 200  # held-out loss every N steps (0 = only at the end)
+    save_every: int = 200  # checkpoint every N steps (0 = only at the end)
+    eval_pairs: int = 256  # held-out pairs for the periodic loss
+    max_source_len: int = 128
+    max_target_len: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        positive = ("steps", "batch_size", "lr", "max_source_len", "max_target_len", "temperature")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("w_ce", "w_hidden", "w_attn", "w_logit", "warmup_steps", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.w_ce + self.w_hidden + self.w_attn + self.w_logit == 0:
+            raise ConfigError("all loss weights are 0: nothing would be trained")
+        Curriculum(self.replace_start, self.replace_end, self.curriculum)  # validates the rates
+
+    @property
+    def schedule(self) -> Curriculum:
+        return Curriculum(self.replace_start, self.replace_end, self.curriculum)
+
+
+@dataclass
+class StepResult:
+    step: int
+    loss: float
+    parts: dict[str, float]  # ce, hidden, attn, logit
+    hybrid: str  # the sampled assembly
+    seconds: float
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    history: list[dict] = field(default_factory=list)  # periodic held-out losses
+
+
+def probe_assemblies(model: ModularModel) -> dict[str, Assembly]:
+    """Fixed assemblies whose held-out loss is tracked during training: each granularity alone, where it tiles."""
+    probes = {}
+    for k in model.config.granularities:
+        if model.config.encoder_layers % k == 0 and model.config.decoder_layers % k == 0:
+            probes[f"k{k}"] = Assembly(
+                encoder=(k,) * (model.config.encoder_layers // k), decoder=(k,) * (model.config.decoder_layers // k)
+            )
+    return probes
+
+
+class ReplacingTrainer:
+    """Trains the modules of a `ModularModel` by random multi-grained replacement with distillation."""
+
+    def __init__(self, model: ModularModel, config: TrainConfig, train: TokenizedData, heldout: TokenizedData):
+        self.model, self.config, self.train, self.heldout = model, config, train, heldout
+        model.teacher.set_attn_implementation("eager")  # attention maps for distillation
+        self.params = model.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.hidden_loss, self.attn_loss = HiddenStateLoss(), AttentionLoss()
+        self.logit_loss = LogitLoss(config.temperature)
+        self.rng = random.Random(config.seed)
+        self.state = TrainState()
+        torch.manual_seed(config.seed)
+
+    def _lr_factor(self, step: int) -> float:
+        warm = self.config.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        frac = (step - warm) / max(self.config.steps - warm, 1)
+        return max(0.1, 1.0 - 0.9 * frac)
+
+    # --- one step -------------------------------------------------------------------------------------------------
+    def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
+        started = time.perf_counter()
+        cfg, model = self.config, self.model
+        progress = self.state.step / cfg.steps
+        hybrid = sample_hybrid(
+            model.config.encoder_layers,
+            model.config.decoder_layers,
+            model.config.granularities,
+            cfg.schedule,
+            progress,
+            self.rng,
+        )
+        parts = self.losses(batch, hybrid)
+        weights = {"ce": cfg.w_ce, "hidden": cfg.w_hidden, "attn": cfg.w_attn, "logit": cfg.w_logit}
+        loss = sum(weights[k] * v for k, v in parts.items())
+        if not torch.isfinite(loss):
+            bad = next((k for k, v in parts.items() if not torch.isfinite(v)), "total")
+            raise ConfigError(
+                f"step {self.state.step + 1}: the {bad} loss is {float(parts.get(bad, loss))}; training stopped "
+                "(the last checkpoint is kept; try a lower --lr)"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.state.step += 1
+        return StepResult(
+            step=self.state.step,
+            loss=float(loss),
+            parts={k: float(v) for k, v in parts.items()},
+            hybrid=hybrid.format(),
+            seconds=time.perf_counter() - started,
+        )
+
+    def losses(self, batch: dict[str, torch.Tensor], hybrid: Assembly) -> dict[str, torch.Tensor]:
+        """Each loss part of running `hybrid` on `batch`, against the frozen teacher."""
+        model, adapter, cfg = self.model, self.model.adapter, self.config
+        teacher = model.teacher
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        masks = {"encoder": batch["attention_mask"], "decoder": (batch["labels"] != -100).long()}
+        # The modules in the hybrid: stack -> {position in hybrid: (teacher layer at the end of the span)}
+        spans = {s: {j: st + k - 1 for j, (st, k) in enumerate(hybrid.spans(s)) if k > 1} for s in STACKS}
+        need_teacher = cfg.w_hidden > 0 or cfg.w_attn > 0 or cfg.w_logit > 0
+        teacher_logits = None
+        t_rec = {}
+        if need_teacher:
+            with torch.no_grad():
+                t_layers = {s: {e: adapter.layers(teacher, s)[e] for e in spans[s].values()} for s in STACKS}
+                with (
+                    adapter.record(t_layers["encoder"], "encoder") as t_enc,
+                    adapter.record(t_layers["decoder"], "decoder") as t_dec,
+                ):
+                    teacher_logits = teacher(**inputs, use_cache=False).logits
+                t_rec = {"encoder": t_enc, "decoder": t_dec}
+
+        blocks = {s: model.stack_blocks(hybrid, s) for s in STACKS}
+        for s in STACKS:
+            for j, block in enumerate(blocks[s]):
+                block.train(j in spans[s])  # modules train (dropout on); teacher layers stay in eval mode
+        with adapter.swapped_layers(teacher, blocks):
+            s_mods = {s: {j: blocks[s][j] for j in spans[s]} for s in STACKS}
+            with (
+                adapter.record(s_mods["encoder"], "encoder") as s_enc,
+                adapter.record(s_mods["decoder"], "decoder") as s_dec,
+            ):
+                out = teacher(**inputs, use_cache=False)
+        for s in STACKS:
+            for block in blocks[s]:
+                block.eval()
+        s_rec = {"encoder": s_enc, "decoder": s_dec}
+
+        zero = out.loss.new_zeros(())
+        parts = {"ce": out.loss, "hidden": zero, "attn": zero, "logit": zero}
+        if need_teacher:
+            n_mods = sum(len(spans[s]) for s in STACKS)
+            hidden, attn = zero, zero
+            for s in STACKS:
+                for j, end in spans[s].items():
+                    st, tt = s_rec[s][j], t_rec[s][end]
+                    if cfg.w_hidden > 0:
+                        hidden = hidden + self.hidden_loss(st.hidden, tt.hidden, masks[s])
+                    if cfg.w_attn > 0:
+                        a = self.attn_loss(st.self_attn, tt.self_attn, masks[s])
+                        if s == "decoder" and tt.cross_attn is not None:
+                            a = 0.5 * (a + self.attn_loss(st.cross_attn, tt.cross_attn, masks[s]))
+                        attn = attn + a
+            parts["hidden"], parts["attn"] = hidden / n_mods, attn / n_mods
+            if cfg.w_logit > 0:
+                parts["logit"] = self.logit_loss(out.logits, teacher_logits, masks["decoder"])
+        return parts
+
+    # --- evaluation -----------------------------------------------------------------------------------------------
+    def evaluate(self, batch_size: int = 64) -> dict[str, float]:
+        """Held-out teacher-forced loss of each probe assembly (and their mean)."""
+        model, adapter = self.model, self.model.adapter
+        batches = self.heldout.batches(batch_size, shuffle=False)
+        result = {}
+        for name, assembly in probe_assemblies(model).items():
+            with adapter.swapped_layers(model.teacher, {s: model.stack_blocks(assembly, s) for s in STACKS}):
+                result[name] = teacher_forced_loss(model.teacher, batches)
+        if result:
+            result["mean"] = float(np.mean(list(result.values())))
+        return result
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        out_dir: str | Path,
+        on_step: Callable[[StepResult], None] | None = None,
+        on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> TrainState:
+        cfg, out_dir = self.config, Path(out_dir)
+        stream: Iterator = self.train.stream(cfg.batch_size, seed=cfg.seed, start_step=self.state.step)
+        while self.state.step < cfg.steps:
+            result = self.step(next(stream))
+            if on_step:
+                on_step(result)
+            step, last = self.state.step, self.state.step == cfg.steps
+            if last or (cfg.eval_every and step % cfg.eval_every == 0):
+                scores = self.evaluate()
+                self.state.history.append({"step": step, **scores})
+                if on_eval:
+                    on_eval(step, scores)
+            if last or (cfg.save_every and step % cfg.save_every == 0):
+                self.save(out_dir)
+        return self.state
+
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> None:
+        """Modules + config, then the trainer state (optimizer, scheduler, RNGs, step); each file atomically."""
+        out_dir = Path(out_dir)
+        self.model.config.training = {**asdict(self.config), "completed_steps": self.state.step}
+        self.model.save_pretrained(out_dir)
+        torch_save(
+            out_dir / STATE_NAME,
+            {
+                "step": self.state.step,
+                "history": self.state.history,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "python_rng": _encode_random_state(self.rng.getstate()),
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
+
+    def resume(self, out_dir: str | Path) -> None:
+        """Continue a run saved in `out_dir` (modules must already be loaded from there)."""
+        state = torch_load(Path(out_dir) / STATE_NAME, "trainer state")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.rng.setstate(_decode_random_state(state["python_rng"]))
+            torch.set_rng_state(state["torch_rng"])
+            self.state = TrainState(step=int(state["step"]), history=list(state["history"]))
+        except (KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{out_dir}/{STATE_NAME}: cannot resume from it ({err})") from None
+        if self.state.step > self.config.steps:
+            raise ConfigError(
+                f"the run in {out_dir} is at step {self.state.step}, past --steps {self.config.steps}; raise --steps"
+            )
+
+
+def _encode_random_state(state: tuple) -> dict:
+    """random.Random state as tensors and ints, so the file loads with torch.load(weights_only=True)."""
+    version, internal, gauss = state
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _decode_random_state(obj: dict) -> tuple:
+    return (obj["version"], tuple(int(x) for x in obj["internal"].tolist()), obj["gauss"])
