@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -43,7 +44,7 @@ def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks instead of o
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -147,7 +148,7 @@ def teacher(
 
         summary = train_teacher(train, val, config, out, on_step=on_step, overwrite=overwrite)
     console.print(
-        f"teacher written to [bold]{out}[/]: {summary['parameters']:,} parameters, "
+        f"teacher written to [bold]{escape(str(out))}[/]: {summary['parameters']:,} parameters, "
         f"held-out loss {summary['val_loss']:.3f}, {summary['seconds']:.0f} s"
     )
 
@@ -220,7 +221,8 @@ def train(
     n_modules = len(model.blocks)
     console.print(
         f"training {n_modules} modules (granularities {model.config.granularities}) on {len(train_data):,} pairs "
-        f"from {train_data.origin}; {config.steps} steps" + (f", resuming at {trainer.state.step}" if resume else "")
+        f"from {escape(train_data.origin)}; {config.steps} steps"
+        + (f", resuming at {trainer.state.step}" if resume else "")
     )
     with _progress() as progress:
         task = progress.add_task("train", total=config.steps, completed=trainer.state.step, info="")
@@ -234,7 +236,7 @@ def train(
             progress.console.print(f"step {step}: held-out loss {shown}")
 
         trainer.fit(out, on_step=on_step, on_eval=on_eval)
-    console.print(f"modules written to [bold]{out}[/]")
+    console.print(f"modules written to [bold]{escape(str(out))}[/]")
 
 
 def _parse_granularities(text: str | None) -> list[int] | None:
@@ -324,7 +326,7 @@ def export(
     chosen = _choose(model, assembly, strategy, ratio)
     info = export_assembly(model, chosen, out, overwrite=overwrite)
     console.print(
-        f"exported [bold]{chosen.format()}[/] to [bold]{out}[/]: {info['parameters']:,} parameters, "
+        f"exported [bold]{chosen.format()}[/] to [bold]{escape(str(out))}[/]: {info['parameters']:,} parameters, "
         f"size ratio {info['size_ratio']:.2f}, estimated speed ratio {info['estimated_speed_ratio']:.2f}"
     )
 
@@ -376,7 +378,7 @@ def evaluate(
             on_batch=lambda n: progress.advance(task, n),
         )  # fmt: skip
     table = Table("model", "split", "n", "BLEU", "chrF", "ROUGE-1", "ROUGE-2", "ROUGE-L", "loss")
-    table.add_row(name, split, str(scores.n), *(f"{getattr(scores, k):.2f}" for k in
+    table.add_row(escape(name), split, str(scores.n), *(f"{getattr(scores, k):.2f}" for k in
                   ("bleu", "chrf", "rouge1", "rouge2", "rougeL")), f"{scores.loss:.3f}")  # fmt: skip
     console.print(table)
     if json_out:
@@ -419,7 +421,7 @@ def demo(
     fig = plot_quality_vs_size(result.table)
     with atomic_path(out / "quality_vs_size.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    console.print(f"table: {out / 'results.csv'}; plot: {out / 'quality_vs_size.png'}; "
+    console.print(f"table: {escape(str(out / 'results.csv'))}; plot: {escape(str(out / 'quality_vs_size.png'))}; "
                   f"{time.perf_counter() - started:.0f} s in all")  # fmt: skip
 
 

@@ -10,6 +10,7 @@ import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 from torch import nn
+from transformers import DynamicCache, EncoderDecoderCache
 
 
 @torch.no_grad()
@@ -48,12 +49,24 @@ def generate(
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
             do_sample=False,
+            **lazy_cache(model),
         )
         texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
         outputs.update({int(i): t.strip() for i, t in zip(batch["index"], texts, strict=True)})
         if on_batch:
             on_batch(len(texts))
     return [outputs[i] for i in sorted(outputs)]
+
+
+def lazy_cache(model: nn.Module) -> dict:
+    """A key/value cache that grows with the decoder, for `generate(**lazy_cache(model))`.
+
+    transformers 5 sizes its default cache by `num_hidden_layers`, which for T5 is the *encoder* depth; an assembly
+    with more decoder than encoder blocks would index past it. A cache built without a config has no such limit.
+    """
+    if not getattr(model.config, "is_encoder_decoder", False):
+        return {}
+    return {"cache": EncoderDecoderCache(DynamicCache(), DynamicCache())}
 
 
 @dataclass

@@ -128,7 +128,7 @@ def train_teacher(
         loss.backward()
         optimizer.step()
         if on_step:
-            on_step(step, float(loss))
+            on_step(step, float(loss.detach()))
     model.eval()
     val_loss = teacher_forced_loss(model, held_tok.batches(64, shuffle=False))
     model.generation_config = GenerationConfig(

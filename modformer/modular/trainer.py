@@ -146,7 +146,7 @@ class ReplacingTrainer:
         if not torch.isfinite(loss):
             bad = next((k for k, v in parts.items() if not torch.isfinite(v)), "total")
             raise ConfigError(
-                f"step {self.state.step + 1}: the {bad} loss is {float(parts.get(bad, loss))}; training stopped "
+                f"step {self.state.step + 1}: the {bad} loss is {float(parts.get(bad, loss).detach())}; training stopped "
                 "(the last checkpoint is kept; try a lower --lr)"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -157,8 +157,8 @@ class ReplacingTrainer:
         self.state.step += 1
         return StepResult(
             step=self.state.step,
-            loss=float(loss),
-            parts={k: float(v) for k, v in parts.items()},
+            loss=float(loss.detach()),
+            parts={k: float(v.detach()) for k, v in parts.items()},
             hybrid=hybrid.format(),
             seconds=time.perf_counter() - started,
         )

@@ -1,0 +1,453 @@
+"""The `modformer` command, end to end through `CliRunner` on real files: every command, and bad input as one-line errors.
+
+One tiny T5 modular run (6 steps) is trained once per module and shared; tests that change a checkpoint work on a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from modformer.cli import app
+from tests.conftest import save_teacher, tiny_t5
+
+runner = CliRunner()
+LINE_DATA = ("--src-ext", "en", "--tgt-ext", "de")
+METRICS = {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "loss", "n"}
+
+
+def invoke(*args) -> Result:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def ok(*args) -> Result:
+    result = invoke(*args)
+    assert result.exit_code == 0, (
+        f"exit {result.exit_code}: {result.exception!r}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    )
+    return result
+
+
+def train_args(teacher: Path, data: Path, out: Path, *extra) -> list:
+    return ["train", "--teacher", teacher, "--data", data, *LINE_DATA, "--out", out, *extra]
+
+
+def snapshot(*roots: Path) -> dict[str, tuple]:
+    """Every file and folder under `roots`: size, mtime and content hash, so that any change shows."""
+    found = {}
+    for root in roots:
+        for path in [root, *sorted(root.rglob("*"))] if root.exists() else []:
+            if path.is_file():
+                stat = path.stat()
+                found[str(path)] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+            else:
+                found[str(path)] = ("dir",)
+    return found
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+# --- shared artifacts ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def modules_dir(tmp_path_factory, t5_teacher_dir, data_dir) -> Path:
+    """Modules of the tiny T5 teacher after 6 steps (granularity 2 only: the teacher has 4 + 4 layers)."""
+    out = tmp_path_factory.mktemp("cli") / "mods"
+    result = ok(
+        *train_args(t5_teacher_dir, data_dir, out),
+        *("--steps", 6, "--batch-size", 8, "--eval-every", 3, "--save-every", 3),
+    )
+    assert "training 4 modules (granularities [2])" in result.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported_dir(tmp_path_factory, modules_dir) -> Path:
+    # Brackets in a path are Rich markup: printing it raw would garble or crash the success message and the table.
+    out = tmp_path_factory.mktemp("cli") / "export[/v2]"
+    ok("export", "--modules", modules_dir, "--assembly", "enc=2,1,1 dec=2,2", "--out", out)
+    return out
+
+
+# --- train --------------------------------------------------------------------------------------------------------
+def test_train_writes_a_modular_checkpoint(modules_dir):
+    assert {p.name for p in modules_dir.iterdir()} >= {"modular_config.json", "modules.safetensors", "trainer_state.pt"}
+    config = read_json(modules_dir / "modular_config.json")
+    assert config["model_type"] == "t5" and config["granularities"] == [2]
+    assert config["training"]["completed_steps"] == 6
+
+
+def test_train_on_a_bart_teacher(tmp_path, bart_teacher_dir, data_dir):
+    out = tmp_path / "mods"
+    ok(*train_args(bart_teacher_dir, data_dir, out), "--steps", 2, "--batch-size", 4, "--eval-every", 0)
+    config = read_json(out / "modular_config.json")
+    assert config["model_type"] == "bart" and config["training"]["completed_steps"] == 2
+    assert (out / "modules.safetensors").is_file() and (out / "trainer_state.pt").is_file()
+
+
+def test_train_resume_continues_to_the_new_step_count(tmp_path, modules_dir, t5_teacher_dir, data_dir):
+    out = tmp_path / "mods"
+    shutil.copytree(modules_dir, out)
+    result = ok(*train_args(t5_teacher_dir, data_dir, out), "--steps", 8, "--batch-size", 8, "--resume")
+    assert "resuming at 6" in result.stdout
+    assert read_json(out / "modular_config.json")["training"]["completed_steps"] == 8
+
+
+# --- assemble -----------------------------------------------------------------------------------------------------
+def test_assemble_lists_both_strategies_sequences(modules_dir):
+    out = ok("assemble", "--modules", modules_dir).stdout
+    for strategy in ("size-first", "speed-first"):
+        assert strategy in out
+    assert "enc=1,1,1,1 dec=1,1,1,1" in out and "enc=2,2 dec=2,2" in out  # from the teacher to the smallest
+
+
+def test_assemble_by_ratio_writes_the_chosen_assembly_as_json(tmp_path, modules_dir):
+    path = tmp_path / "f.json"
+    ok("assemble", "--modules", modules_dir, "--strategy", "size-first", "--ratio", 1.3, "--json", path)
+    (record,) = read_json(path)["assemblies"]
+    assert record["strategy"] == "chosen" and record["size_ratio"] >= 1.3 * 0.99
+    assert set(record) >= {"assembly", "shape", "parameters", "size_ratio", "est_speed_ratio"}
+    assert record["assembly"].startswith("enc=") and record["parameters"] > 0
+
+
+def test_assemble_one_given_assembly(modules_dir):
+    out = ok("assemble", "--modules", modules_dir, "--assembly", "enc=2,2 dec=2,2").stdout
+    assert "enc=2,2 dec=2,2" in out and "2-2" in out
+
+
+# --- export -------------------------------------------------------------------------------------------------------
+def test_export_writes_a_plain_hugging_face_checkpoint(exported_dir):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    names = {p.name for p in exported_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "modformer.json", "tokenizer_config.json"} <= names
+    info = read_json(exported_dir / "modformer.json")
+    assert info["assembly_spec"] == "enc=2,1,1 dec=2,2" and info["parameters"] > 0 and info["size_ratio"] > 1
+    assert "assembly" in info
+    model = AutoModelForSeq2SeqLM.from_pretrained(exported_dir)
+    assert (model.config.num_layers, model.config.num_decoder_layers) == (3, 2)
+    assert sum(p.numel() for p in model.parameters()) == info["parameters"]
+    AutoTokenizer.from_pretrained(exported_dir)
+
+
+def test_export_by_strategy_and_ratio(tmp_path, modules_dir):
+    out = tmp_path / "export"
+    result = ok("export", "--modules", modules_dir, "--strategy", "speed-first", "--ratio", 1.2, "--out", out)
+    info = read_json(out / "modformer.json")
+    assert info["estimated_speed_ratio"] >= 1.2 * 0.99 and info["assembly_spec"] in result.stdout
+
+
+# --- evaluate -----------------------------------------------------------------------------------------------------
+def test_evaluate_an_exported_model(tmp_path, exported_dir, data_dir):
+    path = tmp_path / "s.json"
+    ok(
+        "evaluate", "--model", exported_dir, "--data", data_dir, *LINE_DATA, "--split", "val", "--limit", 16,
+        "--max-new-tokens", 16, "--json", path,
+    )  # fmt: skip
+    scores = read_json(path)
+    assert set(scores) >= METRICS and scores["n"] == 16 and scores["split"] == "val"
+
+
+def test_evaluate_modules_with_an_assembly(tmp_path, modules_dir, data_dir):
+    path = tmp_path / "s.json"
+    ok(
+        "evaluate", "--modules", modules_dir, "--assembly", "enc=2,2 dec=1,1,2", "--data", data_dir, *LINE_DATA,
+        "--split", "val", "--limit", 16, "--max-new-tokens", 16, "--json", path,
+    )  # fmt: skip
+    scores = read_json(path)
+    assert set(scores) >= METRICS and scores["n"] == 16 and scores["model"] == "enc=2,2 dec=1,1,2"
+
+
+# --- teacher ------------------------------------------------------------------------------------------------------
+def test_teacher_writes_a_checkpoint_transformers_loads(tmp_path, data_dir):
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    out = tmp_path / "teacher"
+    ok("teacher", "--data", data_dir, *LINE_DATA, "--out", out, "--preset", "tiny", "--steps", 3, "--batch-size", 8)
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.model_type == "t5" and model.config.vocab_size >= len(tokenizer)
+    assert tokenizer("a dog runs").input_ids[-1] == tokenizer.eos_token_id
+
+
+# --- demo ---------------------------------------------------------------------------------------------------------
+def test_demo_runs_the_whole_path(tmp_path, monkeypatch):
+    from modformer.demo import DemoConfig
+
+    tiny = DemoConfig(
+        teacher_preset="tiny", teacher_steps=2, module_steps=2, batch_size=4, eval_pairs=4, max_new_tokens=4
+    )
+    monkeypatch.setattr(DemoConfig, "fast", classmethod(lambda cls: tiny))  # --fast takes minutes; this, seconds
+    out = tmp_path / "demo[v2]"
+    result = ok("demo", "--fast", "--out", out)
+    assert {"results.json", "results.csv", "quality_vs_size.png", "teacher", "modules"} <= {
+        p.name for p in out.iterdir()
+    }
+    rows = read_json(out / "results.json")["rows"]
+    assert {row["strategy"] for row in rows} == {"size-first", "speed-first"}
+    assert str(out / "results.csv") in result.stdout
+
+
+# --- bad input: one line, non-zero exit, nothing on disk touched -------------------------------------------------
+@dataclass
+class Ctx:
+    tmp: Path
+    modules: Path
+    exported: Path
+    data: Path
+    t5: Path
+    bart: Path
+    tokenizer: object
+
+    def train(self, *extra, teacher: Path | None = None, data: Path | None = None, out: Path | None = None) -> list:
+        return train_args(teacher or self.t5, data or self.data, out or self.tmp / "out", *extra)
+
+    def export(self, *extra, modules: Path | None = None, out: Path | None = None) -> list:
+        return ["export", "--modules", modules or self.modules, "--out", out or self.tmp / "out", *extra]
+
+    def evaluate_modules(self, *extra, modules: Path | None = None) -> list:
+        return ["evaluate", "--modules", modules or self.modules, "--data", self.data, *LINE_DATA, *extra]
+
+    def evaluate_model(self, *extra) -> list:
+        return ["evaluate", "--model", self.exported, "--data", self.data, *LINE_DATA, "--limit", 4, *extra]
+
+    def modules_copy(self, edit: Callable[[Path], None]) -> Path:
+        copy = self.tmp / "mods"
+        shutil.copytree(self.modules, copy)
+        edit(copy)
+        return copy
+
+    def data_copy(self, **files: bytes) -> Path:
+        """The data folder with some files (train_en=b"...") replaced."""
+        copy = self.tmp / "data"
+        shutil.copytree(self.data, copy)
+        for name, content in files.items():
+            (copy / name.replace("_", ".")).write_bytes(content)
+        return copy
+
+
+def _set_teacher(path: Path) -> Callable[[Path], None]:
+    def edit(mods: Path) -> None:
+        config = read_json(mods / "modular_config.json")
+        config["teacher"] = str(path)
+        (mods / "modular_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+    return edit
+
+
+def _other_t5(c: Ctx) -> Path:
+    return save_teacher(tiny_t5(seed=1), c.tokenizer, c.tmp / "other-t5")
+
+
+def _gpt2(c: Ctx) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=400, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+        c.tmp / "gpt2"
+    )
+    return c.tmp / "gpt2"
+
+
+def _marian(c: Ctx) -> Path:
+    from transformers import MarianConfig, MarianMTModel
+
+    config = MarianConfig(
+        vocab_size=400, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+    return save_teacher(MarianMTModel(config), c.tokenizer, c.tmp / "marian")
+
+
+def _truncate(mods: Path) -> None:
+    path = mods / "modules.safetensors"
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+
+
+def _empty_dir(c: Ctx, name: str = "empty") -> Path:
+    (c.tmp / name).mkdir()
+    return c.tmp / name
+
+
+LINES = b"a dog runs\nthe cat sleeps\n"
+# id -> (build the argv, a phrase the one-line error must hold)
+BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
+    # assemblies
+    "malformed-assembly": (lambda c: c.export("--assembly", "enc=2,x dec=2,2"), "cannot parse assembly"),
+    "spans-sum": (lambda c: c.export("--assembly", "enc=2,2,2 dec=2,2"), "enc: spans sum to 6"),
+    "misaligned": (lambda c: c.export("--assembly", "enc=1,2,1 dec=2,2"), "cannot start at layer 1"),
+    "untrained-granularity": (lambda c: c.export("--assembly", "enc=4 dec=2,2"), "no module of granularity 4"),
+    "bad-json-assembly": (lambda c: c.export("--assembly", '{"encoder": [2, 2], "decoder": '), "bad JSON"),
+    "assembly-and-strategy": (
+        lambda c: ["assemble", "--modules", c.modules, "--assembly", "enc=2,2 dec=2,2", "--strategy", "size-first"],
+        "give either --assembly or --strategy",
+    ),
+    "neither-assembly-nor-strategy": (lambda c: c.export(), "give either --assembly or --strategy"),
+    "strategy-without-ratio": (lambda c: c.export("--strategy", "size-first"), "--strategy needs --ratio"),
+    "ratio-unreachable": (
+        lambda c: ["assemble", "--modules", c.modules, "--strategy", "size-first", "--ratio", 50],
+        "no size-first assembly reaches",
+    ),
+    "ratio-below-1": (lambda c: c.export("--strategy", "speed-first", "--ratio", 0.5), "finite number >= 1.0"),
+    "unknown-strategy": (lambda c: c.export("--strategy", "fastest", "--ratio", 2), "unknown strategy 'fastest'"),
+    "unknown-strategy-sequence": (
+        lambda c: ["assemble", "--modules", c.modules, "--strategy", "fastest"],
+        "unknown strategy 'fastest'",
+    ),
+    "evaluate-modules-without-assembly": (lambda c: c.evaluate_modules(), "--modules needs --assembly"),
+    "evaluate-neither-model-nor-modules": (lambda c: ["evaluate", "--data", c.data, *LINE_DATA], "give either"),
+    # modular checkpoints
+    "modules-missing": (lambda c: c.export("--assembly", "enc=2,2 dec=2,2", modules=c.tmp / "nosuch"), "not found"),
+    "modular-config-corrupt": (
+        lambda c: c.export(
+            "--assembly",
+            "enc=2,2 dec=2,2",
+            modules=c.modules_copy(lambda m: (m / "modular_config.json").write_text("{not json", encoding="utf-8")),
+        ),
+        "modular config is not valid JSON",
+    ),
+    "modules-file-truncated": (
+        lambda c: c.export("--assembly", "enc=2,2 dec=2,2", modules=c.modules_copy(_truncate)),
+        "modules file is corrupt or truncated",
+    ),
+    "modules-file-missing": (
+        lambda c: c.export(
+            "--assembly", "enc=2,2 dec=2,2", modules=c.modules_copy(lambda m: (m / "modules.safetensors").unlink())
+        ),
+        "modules file not found",
+    ),
+    "modules-of-another-t5": (
+        lambda c: ["assemble", "--modules", c.modules_copy(_set_teacher(_other_t5(c)))],
+        "trained on a different teacher (its weights differ)",
+    ),
+    "modules-of-another-family": (
+        lambda c: ["assemble", "--modules", c.modules_copy(_set_teacher(c.bart))],
+        "trained on a different teacher architecture",
+    ),
+    "resume-empty-folder": (
+        lambda c: c.train("--resume", "--steps", 2, out=_empty_dir(c)),
+        "holds no modular checkpoint to continue",
+    ),
+    "train-out-exists": (lambda c: c.train("--steps", 2, out=c.modules), "already exists; pass --overwrite"),
+    "export-out-exists": (
+        lambda c: c.export("--assembly", "enc=2,2 dec=2,2", out=c.exported),
+        "already exists; pass --overwrite",
+    ),
+    # teachers
+    "teacher-not-a-checkpoint": (lambda c: c.train(teacher=_empty_dir(c, "teacher")), "not a Hugging Face checkpoint"),
+    "teacher-decoder-only": (lambda c: c.train(teacher=_gpt2(c)), "not an encoder-decoder"),
+    "teacher-unsupported-family": (lambda c: c.train(teacher=_marian(c)), "model type 'marian' is not supported"),
+    # data
+    "data-missing": (lambda c: c.train(data=c.tmp / "nosuch"), "not found"),
+    "split-missing": (
+        lambda c: ["evaluate", "--model", c.exported, "--data", c.data, *LINE_DATA, "--split", "nosuch"],
+        "no split 'nosuch'",
+    ),
+    "data-file-empty": (lambda c: c.train(data=c.data_copy(train_en=b"")), "train.en is empty"),
+    "data-unequal-lines": (
+        lambda c: c.train(data=c.data_copy(train_en=LINES, train_de=LINES + b"one more\n")),
+        "has 2 lines but",
+    ),
+    "data-undecodable": (
+        lambda c: c.train(data=c.data_copy(train_en=b"a dog runs\n\xffcat\n", train_de=LINES)),
+        "line 2: not valid UTF-8",
+    ),
+    "data-empty-line": (
+        lambda c: c.train(data=c.data_copy(train_en=b"a dog runs\n\n", train_de=LINES)),
+        "empty source",
+    ),
+    # settings
+    "zero-steps": (lambda c: c.train("--steps", 0), "steps must be positive"),
+    "negative-batch-size": (lambda c: c.train("--batch-size", -8), "batch_size must be positive"),
+    "granularity-1": (lambda c: c.train("--granularities", "1,2"), "sizes >= 2"),
+    "granularity-not-a-number": (lambda c: c.train("--granularities", "x"), "whole numbers separated by commas"),
+    "granularity-too-large": (lambda c: c.train("--granularities", "8"), "larger than the 4-layer"),
+    "resume-other-granularities": (
+        lambda c: c.train("--resume", "--steps", 8, "--granularities", "2,4", out=c.modules_copy(lambda m: None)),
+        "was trained with granularities [2], not [2, 4]",
+    ),
+    "resume-past-steps": (
+        lambda c: c.train("--resume", "--steps", 4, out=c.modules_copy(lambda m: None)),
+        "past --steps 4",
+    ),
+    "teacher-out-exists": (
+        lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.modules, "--preset", "tiny"],
+        "already exists; pass --overwrite",
+    ),
+    "demo-out-exists": (lambda c: ["demo", "--fast", "--out", c.modules], "already exists; pass --overwrite"),
+    "markup-in-message": (lambda c: c.train(data=c.tmp / "runs[/v2]"), "runs[/v2] not found"),
+    "evaluate-negative-limit": (lambda c: c.evaluate_model("--limit", -1), "limit must be at least 0"),
+    "evaluate-zero-limit": (lambda c: c.evaluate_model("--limit", 0), "no pairs"),
+    "evaluate-zero-batch-size": (lambda c: c.evaluate_model("--batch-size", 0), "batch_size must be at least 1"),
+    "evaluate-zero-beams": (lambda c: c.evaluate_model("--num-beams", 0), "num_beams"),
+    "evaluate-zero-new-tokens": (lambda c: c.evaluate_model("--max-new-tokens", 0), "max_new_tokens"),
+    "teacher-unknown-preset": (
+        lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.tmp / "out", "--preset", "huge"],
+        "unknown preset 'huge'",
+    ),
+}
+
+
+# Real bugs outside cli.py, each reproduced by its case; the fix belongs in `modformer.evaluation.score_model`, which
+# checks its settings only once generation runs (or never).
+_SCORE_MODEL_BUG = "modformer.evaluation.score_model does not validate {}: {}"
+XFAIL = {
+    "evaluate-zero-limit": _SCORE_MODEL_BUG.format("an empty data set", "sacrebleu raises IndexError (traceback)"),
+    "evaluate-zero-batch-size": _SCORE_MODEL_BUG.format(
+        "batch_size up front", "the error comes only after the progress bar is drawn: two lines on stderr"
+    ),
+    "evaluate-zero-beams": _SCORE_MODEL_BUG.format("num_beams", "ZeroDivisionError in generate (traceback)"),
+    "evaluate-zero-new-tokens": _SCORE_MODEL_BUG.format("max_new_tokens", "transformers ValueError (traceback)"),
+}
+
+
+@pytest.fixture
+def ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer) -> Ctx:
+    return Ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=XFAIL[case])) if case in XFAIL else case
+        for case in BAD_INPUT
+    ],
+)
+def test_bad_input_is_a_one_line_error_that_changes_nothing(case, ctx):
+    build, phrase = BAD_INPUT[case]
+    args = build(ctx)
+    roots = (ctx.tmp, ctx.modules, ctx.exported, ctx.data, ctx.t5, ctx.bart)
+    before = snapshot(*roots)
+    result = invoke(*args)
+    assert result.exit_code not in (0, None), result.stdout
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert phrase in lines[0], lines[0]
+    assert snapshot(*roots) == before
+
+
+def test_debug_shows_the_traceback_instead(tmp_path):
+    command = [sys.executable, "-m", "modformer.cli"]
+    args = ["assemble", "--modules", str(tmp_path / "nosuch")]
+    env = {**os.environ, "COLUMNS": "200"}
+    plain = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=120)
+    assert plain.returncode == 1 and plain.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nosuch'}: modular checkpoint folder not found"
+    ]
+    debug = subprocess.run([*command, "--debug", *args], capture_output=True, text=True, env=env, timeout=120)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert "CheckpointError: " in debug.stderr and "modular checkpoint folder not found" in debug.stderr

@@ -1,0 +1,140 @@
+"""The replacing trainer: losses, curriculum, frozen teacher, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from modformer.errors import ConfigError
+from modformer.modular.curriculum import Curriculum, sample_hybrid, sample_stack
+from modformer.modular.losses import AttentionLoss, HiddenStateLoss, LogitLoss
+from modformer.modular.model import ModularModel
+from modformer.modular.trainer import ReplacingTrainer, TrainConfig
+from tests.conftest import tiny_bart, tiny_t5
+
+
+def _trainer(make, sample_pairs, tokenizer, **overrides) -> ReplacingTrainer:
+    train, val = sample_pairs
+    settings = {"steps": 4, "batch_size": 8, "eval_every": 0, "save_every": 0, "warmup_steps": 1, **overrides}
+    model = ModularModel.from_teacher(make(vocab=len(tokenizer)), "in-memory")
+    return ReplacingTrainer(model, TrainConfig(**settings), train.tokenize(tokenizer), val.tokenize(tokenizer))
+
+
+def _module_state(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.blocks.state_dict().items()}
+
+
+@pytest.mark.parametrize("make", [tiny_t5, tiny_bart], ids=["t5", "bart"])
+def test_a_step_trains_modules_only_with_every_loss_part(make, sample_pairs, tokenizer):
+    trainer = _trainer(make, sample_pairs, tokenizer, w_logit=0.5)
+    teacher_before = {k: v.clone() for k, v in trainer.model.teacher.state_dict().items()}
+    modules_before = _module_state(trainer)
+    result = trainer.step(next(trainer.train.stream(8)))
+    assert set(result.parts) == {"ce", "hidden", "attn", "logit"}
+    assert all(v > 0 for v in result.parts.values()), result.parts
+    after = trainer.model.teacher.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in teacher_before.items())
+    changed = [k for k, v in trainer.model.blocks.state_dict().items() if not torch.equal(v, modules_before[k])]
+    assert changed
+    assert not trainer.model.teacher.training and not any(m.training for m in trainer.model.blocks.modules())
+
+
+def _probs(shape, g):
+    return torch.softmax(torch.randn(shape, generator=g), dim=-1)
+
+
+@pytest.mark.parametrize("kind", ["hidden", "attn", "logit"])
+def test_losses_are_zero_on_equal_inputs_positive_otherwise_and_ignore_padding(kind):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])  # (B, T): the last two tokens of row 0 are padding
+    if kind == "attn":
+        loss, x = AttentionLoss(), _probs((2, 4, 5, 5), g)  # (B, H, Q, K)
+        y = _probs(x.shape, g)
+    else:
+        loss = HiddenStateLoss() if kind == "hidden" else LogitLoss(2.0)
+        x = torch.randn(2, 5, 11, generator=g)  # (B, T, C)
+        y = 1.5 * x + 0.1 * torch.randn(x.shape, generator=g)
+    assert loss(x, x, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(y, x, mask).item() > 1e-3
+    garbage = y.clone()
+    if kind == "attn":
+        garbage[0, :, 3:, :] = _probs((4, 2, 5), g)  # other distributions for padded queries
+    else:
+        garbage[0, 3:] += 100.0
+    assert loss(garbage, x, mask).item() == pytest.approx(loss(y, x, mask).item(), rel=1e-5)
+
+
+def test_training_lowers_the_held_out_loss_of_the_modules(sample_pairs, tokenizer):
+    trainer = _trainer(tiny_t5, sample_pairs, tokenizer, steps=30, lr=2e-3, w_hidden=0, w_attn=0)
+    before = trainer.evaluate()["mean"]
+    for batch, _ in zip(trainer.train.stream(8), range(30), strict=False):
+        trainer.step(batch)
+    assert trainer.evaluate()["mean"] < before
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step: int):
+    def on_step(result) -> None:
+        if result.step == step:
+            raise _Killed
+
+    return on_step
+
+
+def test_resume_continues_exactly(tmp_path, sample_pairs, tokenizer):
+    straight = _trainer(tiny_t5, sample_pairs, tokenizer, steps=6)
+    straight.fit(tmp_path / "straight")
+    first = _trainer(tiny_t5, sample_pairs, tokenizer, steps=6, save_every=3)
+    with pytest.raises(_Killed):  # dies during step 4, after the step-3 checkpoint
+        first.fit(tmp_path / "resumed", on_step=_kill_at(4))
+    model = ModularModel.from_pretrained(tmp_path / "resumed", first.model.teacher)
+    second = ReplacingTrainer(model, first.config, first.train, first.heldout)
+    second.resume(tmp_path / "resumed")
+    assert second.state.step == 3
+    second.fit(tmp_path / "resumed")
+    for key, value in straight.model.blocks.state_dict().items():
+        assert torch.allclose(value, second.model.blocks.state_dict()[key], atol=1e-6), key
+
+
+def test_non_finite_loss_stops_with_the_step_and_part(sample_pairs, tokenizer):
+    trainer = _trainer(tiny_t5, sample_pairs, tokenizer)
+    with torch.no_grad():
+        next(iter(trainer.model.blocks.values())).layer[-1].DenseReluDense.wo.weight.fill_(float("nan"))
+        for p in trainer.model.trainable_parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ConfigError, match=r"step 1: the \w+ loss is nan"):
+        trainer.step(next(trainer.train.stream(8)))
+
+
+def test_curriculum_goes_coarse_to_fine_with_a_growing_rate():
+    c = Curriculum()
+    early, late = c.granularity_weights([2, 3, 4, 6], 0.0), c.granularity_weights([2, 3, 4, 6], 1.0)
+    assert early[6] > early[2] and late[2] > late[6]
+    assert c.replace_rate(0.0) == 0.5 and c.replace_rate(1.0) == 1.0
+    flat = Curriculum(coarse_to_fine=False)
+    assert set(flat.granularity_weights([2, 6], 0.3).values()) == {1.0}
+    with pytest.raises(ConfigError):
+        Curriculum(replace_start=0.0)
+
+
+def test_sampled_hybrids_are_valid_mix_granularities_and_always_hold_a_module():
+    rng = random.Random(0)
+    seen = set()
+    for i in range(300):
+        a = sample_hybrid(12, 12, [2, 3, 4, 6], Curriculum(), i / 300, rng)
+        a.validate(12, 12, [2, 3, 4, 6])
+        assert max(a.encoder + a.decoder) > 1
+        seen |= set(a.encoder + a.decoder)
+    assert seen == {1, 2, 3, 4, 6}
+    assert sample_stack(12, [2], rate=1.0, weights={2: 1.0}, rng=rng) == (2,) * 6
+
+
+def test_train_config_rejects_bad_settings():
+    for bad in ({"steps": 0}, {"batch_size": -1}, {"w_hidden": -1.0}, {"w_ce": 0, "w_hidden": 0, "w_attn": 0}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
