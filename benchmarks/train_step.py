@@ -1,0 +1,106 @@
+"""Cost of one modular training step against one plain fine-tuning step of the same teacher, side by side.
+
+    python benchmarks/train_step.py [--teacher ../shared/models/multi30k-t5-12x12] [--batch-size 32] [--repeats 20]
+
+Both steps see the same batches, alternating (modular, fine-tune, modular, ...) so that machine noise hits both
+alike. The modular step is `ReplacingTrainer.step` with the default loss weights (CE + hidden + attention
+distillation), its hybrid sampled by the curriculum at progress spread evenly over a run; the fine-tuning step is
+a forward and backward pass of the whole teacher with AdamW on all its parameters. Writes
+benchmarks/results/train_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modformer.checkpoints import load_seq2seq, load_tokenizer  # noqa: E402
+from modformer.data import DataSpec, load_split  # noqa: E402
+from modformer.io import write_json  # noqa: E402
+from modformer.modular.model import ModularModel  # noqa: E402
+from modformer.modular.trainer import ReplacingTrainer, TrainConfig  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default=str(ROOT.parent / "shared/models/multi30k-t5-12x12"))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/multi30k_en_de"))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/train_step.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+
+    tokenizer = load_tokenizer(args.teacher)
+    spec = DataSpec(path=args.data, src_ext="en", tgt_ext="de")
+    train = load_split(spec, "train", limit=5000).tokenize(tokenizer)
+    heldout = load_split(spec, "val", limit=64).tokenize(tokenizer)
+    steps = args.warmup + args.repeats
+    batches = [b for b, _ in zip(train.stream(args.batch_size, seed=0), range(steps), strict=False)]
+
+    modular = ModularModel.from_teacher(load_seq2seq(args.teacher, eager=True), args.teacher)
+    trainer = ReplacingTrainer(modular, TrainConfig(steps=steps, batch_size=args.batch_size), train, heldout)
+    finetune = load_seq2seq(args.teacher)  # default attention, as a user would fine-tune it
+    finetune.train()
+    optimizer = torch.optim.AdamW(finetune.parameters(), lr=1e-4)
+
+    def finetune_step(batch) -> float:
+        started = time.perf_counter()
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        loss = finetune(**inputs, use_cache=False).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return time.perf_counter() - started
+
+    modular_s, finetune_s, hybrids = [], [], []
+    for i, batch in enumerate(batches):
+        trainer.state.step = i  # spreads the curriculum's progress over the measured steps
+        result = trainer.step(batch)
+        ft = finetune_step(batch)
+        if i >= args.warmup:
+            modular_s.append(result.seconds)
+            finetune_s.append(ft)
+            hybrids.append(result.hybrid)
+        print(f"{i:3d} modular {result.seconds:.3f}s finetune {ft:.3f}s {result.hybrid}", flush=True)
+
+    ratios = [m / f for m, f in zip(modular_s, finetune_s, strict=True)]
+    report = {
+        "command": "python benchmarks/train_step.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },  # fmt: skip
+        "date": time.strftime("%Y-%m-%d"),
+        "teacher": args.teacher,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+        "modular_step_s": statistics.median(modular_s),
+        "finetune_step_s": statistics.median(finetune_s),
+        "ratio": statistics.median(modular_s) / statistics.median(finetune_s),
+        "ratio_of_pairs_median": statistics.median(ratios),
+        "ratio_of_pairs_max": max(ratios),
+        "modular_step_s_all": modular_s,
+        "finetune_step_s_all": finetune_s,
+        "hybrids": hybrids,
+        "target": "ratio <= 2.0",
+    }
+    write_json(args.out, report)
+    print(json.dumps({k: report[k] for k in ("modular_step_s", "finetune_step_s", "ratio")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
