@@ -59,6 +59,11 @@ def handles_errors(fn):
             if _state["debug"]:
                 raise
             raise _fail(str(err).splitlines()[0] if str(err) else err.__class__.__name__) from None
+        except OSError as err:  # the file system refused a path the user gave: a file where a folder goes, read-only
+            if _state["debug"]:
+                raise
+            where = err.filename2 or err.filename  # os.replace(tmp, path): name the user's path, not the temporary
+            raise _fail(f"{where}: {err.strerror}" if where and err.strerror else str(err)) from None
         except KeyboardInterrupt:
             raise _fail("interrupted", 130) from None
 
@@ -261,7 +266,7 @@ def _choose(model, assembly: str | None, strategy: str | None, ratio: float | No
     from modformer.modular.assembly import Assembly
     from modformer.modular.strategies import assembly_for_ratio
 
-    if (assembly is None) == (strategy is None):
+    if (assembly is None) == (strategy is None) or (assembly is not None and ratio is not None):
         raise ConfigError("give either --assembly or --strategy with --ratio")
     if assembly is not None:
         return model.validate(Assembly.parse(assembly))
@@ -354,13 +359,16 @@ def evaluate(
     """Score a model: BLEU and chrF (sacrebleu), ROUGE-1/2/L, teacher-forced loss."""
     from modformer.checkpoints import load_seq2seq, load_tokenizer
     from modformer.data import load_split
-    from modformer.evaluation import score_model
+    from modformer.evaluation import check_generation_settings, score_model
     from modformer.io import write_json
     from modformer.modular.assembly import Assembly
     from modformer.modular.model import ModularModel
 
     if (model is None) == (modules is None):
         raise ConfigError("give either --model, or --modules with --assembly")
+    check_generation_settings(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {limit} (no pairs to score)")
     if modules is not None:
         if assembly is None:
             raise ConfigError("--modules needs --assembly")

@@ -289,7 +289,7 @@ def available_splits(spec: DataSpec) -> list[str]:
         return _saved_dataset_splits(path) if _is_saved_dataset(path) else _folder_splits(path, spec)
     if path.is_file():
         return [path.stem]
-    if HUB_NAME.match(spec.path):
+    if _looks_like_hub_name(spec.path):
         return _hub_splits(spec)
     raise _not_found(spec)
 
@@ -306,9 +306,15 @@ def _read_split(spec: DataSpec, split: str, limit: int | None) -> _Raw:
         )
     if path.is_file():
         return _read_table(path, spec)
-    if HUB_NAME.match(spec.path):
+    if _looks_like_hub_name(spec.path):
         return _read_hub(spec, split, limit)
     raise _not_found(spec)
+
+
+def _looks_like_hub_name(path: str) -> bool:
+    """`owner/name` or `name`, whose first part is not a local folder: `data/multi30k` with a `data/` folder here is
+    a mistyped local path, answered at once instead of after the hub's retries."""
+    return bool(HUB_NAME.match(path)) and not ("/" in path and Path(path.split("/", 1)[0]).is_dir())
 
 
 def _not_found(spec: DataSpec) -> DataError:

@@ -12,6 +12,8 @@ from rouge_score import rouge_scorer
 from torch import nn
 from transformers import DynamicCache, EncoderDecoderCache
 
+from modformer.errors import ConfigError
+
 
 @torch.no_grad()
 def teacher_forced_loss(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> float:
@@ -96,6 +98,13 @@ def text_scores(hypotheses: list[str], references: list[str]) -> dict[str, float
     return {"bleu": bleu, "chrf": chrf, **{k: 100.0 * v / n for k, v in sums.items()}}
 
 
+def check_generation_settings(*, batch_size: int, max_new_tokens: int, num_beams: int) -> None:
+    """Refuse settings generation cannot run with, before any work starts."""
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+
+
 def score_model(
     model: nn.Module,
     tokenizer,
@@ -109,6 +118,9 @@ def score_model(
     on_batch: Callable[[int], None] | None = None,
 ) -> Scores:
     """Generate for every source of `pairs` (a `Seq2SeqData`) and score against its targets; also the loss."""
+    check_generation_settings(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    if len(pairs) == 0:
+        raise ConfigError("no pairs to score")
     data = pairs.tokenize(tokenizer, max_source_len, max_target_len)
     batches = data.batches(batch_size, shuffle=False)
     hypotheses = generate(

@@ -20,6 +20,15 @@ from modformer.teacher import train_tokenizer
 VOCAB = 400
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on two shared cores the threads' barriers cost 100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def sample_pairs():
     spec = default_data_spec()

@@ -65,10 +65,10 @@ class TrainConfig:
     def __post_init__(self):
         positive = ("steps", "batch_size", "lr", "max_source_len", "max_target_len", "temperature")
         for name in positive:
-            if getattr(self, name) <= 0:
+            if not getattr(self, name) > 0:  # also catches NaN
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("w_ce", "w_hidden", "w_attn", "w_logit", "warmup_steps", "eval_every", "save_every"):
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.w_ce + self.w_hidden + self.w_attn + self.w_logit == 0:
             raise ConfigError("all loss weights are 0: nothing would be trained")
