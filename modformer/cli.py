@@ -433,6 +433,180 @@ def demo(
                   f"{time.perf_counter() - started:.0f} s in all")  # fmt: skip
 
 
+# --- profile ------------------------------------------------------------------------------------------------------
+profile_app = typer.Typer(
+    help="Measure every teacher layer and module on this machine; `profile show FILE` prints a saved profile.",
+    no_args_is_help=True,
+    invoke_without_command=True,
+)
+app.add_typer(profile_app, name="profile")
+
+
+def _int_list(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{option} must be whole numbers separated by commas, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} must list whole numbers >= 1, got {text!r}")
+    return values
+
+
+@profile_app.callback(invoke_without_command=True)
+@handles_errors
+def profile(
+    ctx: typer.Context,
+    modules: Annotated[Path | None, typer.Option(help="Modular checkpoint folder (from `train`).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Profile to write: NAME.json (+ NAME.csv beside it), or a folder.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's current setting).")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    batch: Annotated[str, typer.Option(help="Batch sizes to measure, e.g. 1,8.")] = "1,8",
+    src_len: Annotated[str, typer.Option(help="Source lengths to measure, e.g. 32,64.")] = "32,64",
+    gen_len: Annotated[str, typer.Option(help="New tokens per call, e.g. 32.")] = "32",
+    repeats: Annotated[int, typer.Option(help="Timed rounds per block measurement.")] = 20,
+    memory: Annotated[
+        bool, typer.Option(help="Measure peak memory (a fresh process per model and grid point).")
+    ] = True,
+    validate: Annotated[int, typer.Option(help="Held-out assemblies to measure end to end (0 = none).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed (inputs, held-out assemblies).")] = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Measure every teacher layer and module (latency per block, fixed costs, memory); optionally validate."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from modformer.modular.model import ModularModel
+    from modformer.profiling.measure import ProfileConfig, profile_modules
+    from modformer.profiling.profile import profile_paths
+    from modformer.profiling.validate import validate as validate_profile
+
+    if modules is None or out is None:
+        raise ConfigError("profile needs --modules and --out (or `modformer profile show FILE`)")
+    if validate < 0:
+        raise ConfigError(f"--validate must be >= 0, got {validate}")
+    config = ProfileConfig(
+        device=device, dtype=dtype, threads=threads, batch_sizes=_int_list(batch, "--batch"),
+        src_lens=_int_list(src_len, "--src-len"), gen_lens=_int_list(gen_len, "--gen-len"), repeats=repeats,
+        memory=memory, seed=seed,
+    )  # fmt: skip
+    for path in profile_paths(out):
+        _refuse_existing(path, overwrite)
+    model = ModularModel.from_pretrained(modules)
+    started = time.perf_counter()
+    with _progress() as progress:
+        task = progress.add_task("profile", total=None, info="")
+
+        def on_profile(done: int, total: int, info: str) -> None:
+            progress.update(task, completed=done, total=total, info=escape(info))
+
+        result = profile_modules(model, config, on_progress=on_profile)
+        if validate:
+            check = progress.add_task("validate", total=None, info="")
+
+            def on_validate(done: int, total: int, info: str) -> None:
+                progress.update(check, completed=done, total=total, info=escape(info))
+
+            validate_profile(result, model, validate, seed=seed, on_progress=on_validate)
+    result.save(out)
+    _print_profile(result)
+    console.print(
+        f"profile written to [bold]{escape(str(profile_paths(out)[1]))}[/] "
+        f"({len(result.table)} rows, {time.perf_counter() - started:.0f} s)"
+    )
+
+
+@profile_app.command("show")
+@handles_errors
+def profile_show(
+    file: Annotated[Path, typer.Argument(help="A saved profile: its .json, its .csv or its folder.")],
+) -> None:
+    """Print a saved profile: where it was measured, block costs, fixed costs and the validation figures."""
+    import warnings
+
+    from modformer.profiling.hardware import fingerprint
+    from modformer.profiling.profile import LatencyProfile
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = LatencyProfile.load(file)
+        recorded = result.fingerprint
+        if recorded.get("device") == "cpu" or (recorded.get("device") == "cuda" and _cuda_available()):
+            from modformer.profiling.profile import warn_if_mismatch
+
+            here = fingerprint(recorded["device"], recorded.get("dtype", "fp32"), recorded.get("torch_threads"))
+            warn_if_mismatch(recorded, here, str(file))
+    for warning in caught:
+        err_console.print(f"[bold yellow]warning:[/] {escape(str(warning.message))}", highlight=False)
+    _print_profile(result)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _print_profile(result) -> None:
+    from modformer.profiling.profile import block_summary, fixed_summary
+
+    meta, fp = result.meta, result.fingerprint
+    grid = meta.get("grid", {})
+    console.print(
+        f"[bold]measured on[/] {escape(str(fp.get('gpu_name') or fp.get('cpu_model')))} ({fp.get('device')}, "
+        f"{fp.get('torch_threads')} threads, {fp.get('dtype')}), torch {fp.get('torch')}, "
+        f"transformers {fp.get('transformers')}, {meta.get('created', '?')}; "
+        f"grid: batch {grid.get('batch_sizes')}, src_len {grid.get('src_lens')}, gen_len {grid.get('gen_lens')}, "
+        f"cache_len {grid.get('cache_lens')}; {meta.get('profile_seconds', '?')} s",
+        highlight=False,
+    )
+    for stack in ("encoder", "decoder"):
+        _print_frame(block_summary(result, stack), f"{stack} blocks (ms each block adds)", index="block")
+    _print_frame(fixed_summary(result), "fixed costs (zero-layer generate) and peak memory")
+    validation = meta.get("validation")
+    if validation:
+        per_batch = validation.get("per_batch", {})
+        keys = sorted({k for figures in per_batch.values() for k in figures})
+        title = f"validation: {validation.get('n')} held-out assemblies (percentages 0-100)"
+        table = Table("figure", *(f"batch {b}" for b in per_batch), title=title)
+        for key in keys:
+            table.add_row(key, *(_fmt(figures.get(key)) for figures in per_batch.values()))
+        console.print(table)
+        export = validation.get("export") or {}
+        if export:
+            console.print(
+                f"export vs native ({escape(str(export.get('assembly')))}): ratio "
+                f"{_fmt(export.get('export_vs_native_ratio'))}, outputs match the in-memory assembly: "
+                f"{export.get('outputs_match')}",
+                highlight=False,
+            )
+
+
+def _fmt(value) -> str:
+    """A table cell: thousands separators for counts, three decimals for small figures, '-' for missing."""
+    import numbers
+
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        return escape(str(value))
+    if isinstance(value, numbers.Integral):
+        return f"{int(value):,}"
+    value = float(value)
+    return f"{value:,.3f}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _print_frame(frame, title: str, index: str | None = None) -> None:
+    frame = frame.reset_index() if index else frame
+    table = Table(*[str(c) for c in frame.columns], title=title)
+    for row in frame.itertuples(index=False):
+        table.add_row(*(_fmt(v) for v in row))
+    console.print(table)
+
+
 def main() -> None:  # pragma: no cover - the console-script entry point
     app()
 

@@ -28,7 +28,7 @@ Report = Callable[[str, int, int, str], None]  # (stage, done, total, info)
 @dataclass
 class DemoConfig:
     teacher_preset: str = "small"  # 6+6 layers, d_model 128
-    teacher_steps: int = 1500
+    teacher_steps: int = 1200
     module_steps: int = 600
     batch_size: int = 32
     eval_pairs: int = 300  # of the bundled test split

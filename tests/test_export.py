@@ -95,3 +95,15 @@ def test_in_memory_generation_handles_more_decoder_than_encoder_blocks(t5_teache
     data = load_split(_data_spec(), "val", limit=4).tokenize(tokenizer)
     texts = generate(deep_decoder, tokenizer, data.batches(4, shuffle=False), max_new_tokens=5)
     assert len(texts) == 4
+
+
+def test_artifacts_get_ordinary_permissions(tmp_path, t5_teacher_dir):
+    """Written aside then renamed, artifacts must still be readable by others, as any file the user writes."""
+    model = ModularModel.from_teacher(load_seq2seq(t5_teacher_dir), t5_teacher_dir)
+    model.save_pretrained(tmp_path / "mods")
+    export_assembly(model, Assembly.parse("enc=2,2 dec=2,2"), tmp_path / "export")
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [tmp_path / "mods" / "modules.safetensors", tmp_path / "export", tmp_path / "export" / "config.json"]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o777 if path.is_dir() else 0o666) & ~mask, (path, oct(mode))

@@ -1,0 +1,217 @@
+"""How well the profiler predicts: profile a 12+12 teacher's blocks, then measure held-out assemblies end to end.
+
+    python benchmarks/profiler.py [--teacher ../shared/models/multi30k-t5-12x12] [--n 20] [--threads N]
+                                  [--work runs/bench-profiler] [--overwrite]
+
+Stages, each cached under --work so that a rerun resumes (--overwrite starts again):
+
+1. modules: `ModularModel.from_teacher(teacher, path, [2, 3, 4, 6])`, saved. The modules are untrained: a module is
+   one layer of the teacher's own class and size, so it costs exactly what a trained one costs.
+2. profile: every teacher layer and module on the default grid (batch 1, 8; source length 32, 64; 32 new tokens),
+   with a progress bar; the wall time is `profile_seconds`.
+3. validation: >= 20 held-out random assemblies (depth ratio 1.1x to 6x) measured end to end at batch 1 and 8
+   (source length 48, between the grid points; 32 new tokens), peak memory in fresh processes, and one export
+   reloaded with transformers timed side by side with `T5ForConditionalGeneration(config)`.
+
+Writes benchmarks/results/profiler.json (figures per batch size, the targets of issue 3 and whether each is met,
+the command, machine and date) and benchmarks/results/profiler.png (predicted against measured latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+
+from modformer.checkpoints import load_seq2seq  # noqa: E402
+from modformer.io import atomic_path, write_json  # noqa: E402
+from modformer.modular.model import CONFIG_NAME, ModularModel  # noqa: E402
+from modformer.profiling.hardware import fingerprint  # noqa: E402
+from modformer.profiling.measure import ProfileConfig, profile_modules, progress_total  # noqa: E402
+from modformer.profiling.profile import LatencyProfile, Workload  # noqa: E402
+from modformer.profiling.validate import validate  # noqa: E402
+
+TARGETS = {  # issue 3, per batch size unless top-level
+    "latency_mape": ("<=", 5.0),
+    "latency_within_10pct": (">=", 95.0),
+    "latency_spearman": (">=", 0.97),
+    "memory_mape": ("<=", 5.0),
+    "speedup_realised_min_fraction": (">=", 0.90),
+}
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[info]}"))  # fmt: skip
+
+
+def _reporter(progress: Progress, name: str):
+    task = progress.add_task(name, total=None, info="")
+
+    def report(done: int, total: int, info: str) -> None:
+        progress.update(task, completed=done, total=total, info=info)
+
+    return report
+
+
+def stage_modules(teacher_path: str, work: Path, granularities: list[int]) -> ModularModel:
+    out = work / "modules"
+    teacher = load_seq2seq(teacher_path)
+    if (out / CONFIG_NAME).is_file():
+        print(f"[cached] modules in {out}")
+        return ModularModel.from_pretrained(out, teacher)
+    modular = ModularModel.from_teacher(teacher, teacher_path, granularities)
+    modular.save_pretrained(out)
+    print(f"modules (untrained, {len(modular.blocks)}) written to {out}")
+    return modular
+
+
+def stage_profile(modular: ModularModel, config: ProfileConfig, path: Path) -> LatencyProfile:
+    if path.is_file():
+        print(f"[cached] profile {path}")
+        return LatencyProfile.load(path)
+    with _progress() as progress:
+        profile = profile_modules(modular, config, on_progress=_reporter(progress, "profile"))
+    profile.save(path)
+    print(f"profile: {len(profile.table)} rows in {profile.meta['profile_seconds']:.0f} s -> {path}")
+    return profile
+
+
+def stage_validate(profile: LatencyProfile, modular: ModularModel, n: int, seed: int, path: Path) -> dict:
+    previous = profile.meta.get("validation")
+    if previous and previous.get("n") == n and previous.get("seed") == seed:
+        print(f"[cached] validation in {path}")
+        return previous
+    grid = profile.grid
+    src = (min(grid["src_lens"]) + max(grid["src_lens"])) // 2
+    workloads = [Workload(b, src, max(grid["gen_lens"])) for b in grid["batch_sizes"]]
+    started = time.perf_counter()
+    with _progress() as progress:
+        result = validate(profile, modular, n, workloads, seed=seed, on_progress=_reporter(progress, "validate"))
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    profile.save(path)
+    return result
+
+
+def plot_predicted_vs_measured(rows: pd.DataFrame) -> Figure:
+    """Predicted against measured latency, one panel per batch size, with y = x and a +-10 % band."""
+    batches = sorted(rows["batch"].unique())
+    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4.5), squeeze=False)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        group = rows[rows["batch"] == batch]
+        lo, hi = 0.9 * group["measured_ms"].min(), 1.1 * group["measured_ms"].max()
+        line = pd.Series([lo, hi])
+        ax.plot(line, line, color="black", lw=1, label="predicted = measured")
+        ax.fill_between(line, line * 0.9, line * 1.1, color="grey", alpha=0.2, label="+-10 %")
+        held = group[group["held_out"]]
+        ax.scatter(held["measured_ms"], held["predicted_ms"], s=18, label="held-out assemblies")
+        teacher = group[~group["held_out"]]
+        ax.scatter(teacher["measured_ms"], teacher["predicted_ms"], marker="*", s=80, color="C3", label="teacher")
+        ax.set_xlabel("measured latency (ms, median of generate)")
+        ax.set_ylabel("predicted latency (ms)")
+        ax.set_title(f"batch {batch}, src_len {int(group['src_len'].iloc[0])}, {int(group['gen_len'].iloc[0])} new")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default=str(ROOT.parent / "shared/models/multi30k-t5-12x12"))
+    parser.add_argument("--work", default=str(ROOT / "runs/bench-profiler"))
+    parser.add_argument("--n", type=int, default=20, help="held-out assemblies")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per block measurement")
+    parser.add_argument("--granularities", default="2,3,4,6", help="module sizes to build")
+    parser.add_argument("--batch", default="1,8", help="grid batch sizes (validated at each)")
+    parser.add_argument("--src-len", default="32,64", help="grid source lengths (validated at their middle)")
+    parser.add_argument("--gen-len", default="32", help="new tokens per call")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/profiler.json"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    if args.overwrite and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
+    config = ProfileConfig(threads=args.threads, repeats=args.repeats, seed=args.seed, batch_sizes=ints(args.batch),
+                           src_lens=ints(args.src_len), gen_lens=ints(args.gen_len))  # fmt: skip
+    modular = stage_modules(args.teacher, work, list(ints(args.granularities)))
+    print(
+        f"grid: {progress_total(config)} measurement steps over {len(modular.blocks) + 2 * modular.depth('encoder')} blocks"
+    )
+    profile = stage_profile(modular, config, work / "profile.json")
+    validation = stage_validate(profile, modular, args.n, args.seed, work / "profile.json")
+
+    per_batch = {}
+    for batch, figures in validation["per_batch"].items():
+        checks = {key: (figures[key] <= bound if op == "<=" else figures[key] >= bound)
+                  for key, (op, bound) in TARGETS.items() if key in figures}  # fmt: skip
+        per_batch[batch] = {**figures, "targets_met": checks}
+    export_ratio = validation["export"]["export_vs_native_ratio"]
+    rows = pd.DataFrame(validation["rows"])
+    report = {
+        "command": "python benchmarks/profiler.py " + " ".join(sys.argv[1:]),
+        "machine": {
+            **fingerprint("cpu", "fp32", profile.fingerprint.get("torch_threads")),
+            "processor": platform.processor() or platform.machine(),
+        },  # fmt: skip
+        "date": time.strftime("%Y-%m-%d"),
+        "teacher": args.teacher,
+        "modules": f"untrained modules of granularity {args.granularities} (a module costs what a trained one costs)",
+        "grid": profile.grid,
+        "profile_rows": len(profile.table),
+        "profile_seconds": profile.meta["profile_seconds"],
+        "validation_seconds": validation.get("seconds"),
+        "held_out": validation["n"],
+        "workloads": validation["workloads"],
+        "selection": validation["selection"],
+        "per_batch": per_batch,
+        "export_vs_native_ratio": export_ratio,
+        "export_check": validation["export"],
+        "targets": {
+            **{k: f"{op} {bound} per batch size" for k, (op, bound) in TARGETS.items()},
+            "export_vs_native_ratio": "1.00 +- 0.03",
+            "profile_seconds": "< 300",
+        },
+        "top_level_targets_met": {
+            "export_vs_native_ratio": abs(export_ratio - 1.0) <= 0.03,
+            "profile_seconds": profile.meta["profile_seconds"] < 300,
+        },
+        "units": "mape, max_ape, within_10pct in percent (0-100); spearman in [-1, 1]; fraction as a ratio",
+        "assemblies": validation["rows"],
+    }
+    out = Path(args.out)
+    write_json(out, report)
+    fig = plot_predicted_vs_measured(rows)
+    with atomic_path(out.with_suffix(".png")) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    summary = {b: {k: round(v, 3) for k, v in f.items() if isinstance(v, float)} for b, f in per_batch.items()}
+    print(pd.DataFrame(summary).to_string())
+    print(f"export_vs_native_ratio {export_ratio:.3f}; profile_seconds {profile.meta['profile_seconds']:.0f}")
+    print(f"written: {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""Checking a profile against reality: held-out assemblies measured end to end, compared with `predict`.
+
+The held-out assemblies are random valid assemblies (seeded) that nothing was fitted on: blocks are measured one at
+a time, and only the zero-layer model and the teacher calibrate the memory figure. They are spread evenly (on a log
+scale) over the *depth ratio*, teacher layers / assembly blocks, from 1.1x to 6x by default (12+12 layers down to
+2+2 blocks is 6x). The size ratio cannot serve: embeddings and the LM head stay in every assembly, so for the 12+12,
+d_model 128 benchmark teacher the smallest assembly is only 3.3x smaller in parameters.
+
+Each assembly is assembled in memory (`ModularModel.assemble` builds exactly what `export` writes) and timed with the
+call the profile's fixed cost was measured with (`generate_fixed`: greedy, exactly G new tokens), all assemblies
+round-robin; its peak memory is measured in a fresh process from a saved copy. One assembly is also exported,
+reloaded with `AutoModelForSeq2SeqLM.from_pretrained`, and timed side by side with the in-memory model and with a
+model of the same config built directly by `transformers` (random weights: the cost does not depend on them).
+
+Figures per batch size (percentages are 0-100; the Spearman correlation is the Pearson correlation of the ranks):
+``latency_mape``, ``latency_max_ape``, ``latency_within_10pct``, ``latency_spearman``, the same for memory, and
+``speedup_realised_min_fraction``: the least, over the assemblies, of (measured teacher latency / measured assembly
+latency) / (predicted teacher latency / predicted assembly latency).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import random
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from modformer.errors import CheckpointError, ConfigError
+from modformer.modular.assembly import STACKS, Assembly, valid_stacks
+from modformer.modular.model import ModularModel
+from modformer.profiling.hardware import torch_dtype
+from modformer.profiling.measure import generate_fixed, torch_threads
+from modformer.profiling.memory import peak_memory
+from modformer.profiling.profile import LatencyProfile, Workload, predict
+from modformer.profiling.timer import Case, Timer
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Choosing held-out assemblies
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def depth_ratio(assembly: Assembly) -> float:
+    """Teacher layers / assembly blocks: 2.0 when the assembly has half as many blocks as the teacher has layers."""
+    return (sum(assembly.encoder) + sum(assembly.decoder)) / (len(assembly.encoder) + len(assembly.decoder))
+
+
+def choose_assemblies(
+    encoder_layers: int,
+    decoder_layers: int,
+    granularities: Sequence[int],
+    n: int,
+    *,
+    seed: int = 0,
+    low: float = 1.1,
+    high: float = 6.0,
+) -> list[Assembly]:
+    """`n` distinct random valid assemblies (never the teacher) whose depth ratios spread from `low` to `high`.
+
+    Targets are spaced evenly on a log scale, the top one capped at the largest reachable ratio; each target takes
+    a random (encoder blocks, decoder blocks) pair among those nearest to it, then a random block list of each
+    count. Seeded: the same arguments give the same list.
+    """
+    if n < 1:
+        raise ConfigError(f"the number of held-out assemblies must be >= 1, got {n}")
+    rng = random.Random(seed)
+    lists = {s: {} for s in STACKS}
+    for stack, depth in zip(STACKS, (encoder_layers, decoder_layers), strict=True):
+        for blocks in valid_stacks(depth, granularities):
+            lists[stack].setdefault(len(blocks), []).append(blocks)
+    teacher = (encoder_layers, decoder_layers)
+    total = encoder_layers + decoder_layers
+    pairs = [(e, d) for e in lists["encoder"] for d in lists["decoder"] if (e, d) != teacher]
+    available = sum(len(lists["encoder"][e]) * len(lists["decoder"][d]) for e, d in pairs)
+    if n > available:
+        raise ConfigError(f"asked for {n} held-out assemblies but only {available} exist besides the teacher")
+    top = min(high, max(total / (e + d) for e, d in pairs))
+    targets = np.geomspace(min(low, top), top, n) if n > 1 else np.array([min(low, top)])
+    chosen: list[Assembly] = []
+    for target in targets:
+        distance = {p: abs(math.log(total / sum(p)) - math.log(target)) for p in pairs}
+        for _ in range(1000):
+            best = min(distance.values())
+            near = [p for p, dist in distance.items() if dist <= best + 1e-9]
+            e, d = rng.choice(sorted(near))
+            a = Assembly(encoder=rng.choice(lists["encoder"][e]), decoder=rng.choice(lists["decoder"][d]))
+            if a not in chosen:
+                chosen.append(a)
+                break
+            if _exhausted(lists, (e, d), chosen):
+                distance.pop((e, d))
+    return chosen
+
+
+def _exhausted(lists: dict, pair: tuple[int, int], chosen: list[Assembly]) -> bool:
+    e, d = pair
+    taken = sum(1 for a in chosen if (len(a.encoder), len(a.decoder)) == pair)
+    return taken >= len(lists["encoder"][e]) * len(lists["decoder"][d])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def default_workloads(profile: LatencyProfile) -> list[Workload]:
+    """One workload per measured batch size, at the middle source length (between grid points when the grid has
+    two: interpolation is checked too) and the longest generation length."""
+    grid = profile.grid
+    srcs = grid["src_lens"]
+    return [Workload(b, (min(srcs) + max(srcs)) // 2, max(grid["gen_lens"])) for b in grid["batch_sizes"]]
+
+
+def check_profile_model(profile: LatencyProfile, modular: ModularModel) -> None:
+    """Refuse to validate a profile with another model's checkpoint."""
+    recorded = profile.meta.get("model", {})
+    c = modular.config
+    for key, value in (("teacher_config_fingerprint", c.teacher_config_fingerprint),
+                       ("encoder_layers", c.encoder_layers), ("decoder_layers", c.decoder_layers)):  # fmt: skip
+        if recorded.get(key) != value:
+            raise CheckpointError(
+                f"the profile was measured on another model ({key} {recorded.get(key)!r}, these modules: {value!r})"
+            )
+
+
+def _inputs(vocab: int, w: Workload, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed * 7919 + w.batch * 31 + w.src_len)
+    ids = torch.randint(4, vocab, (w.batch, w.src_len), generator=g).to(device)
+    return ids, torch.ones_like(ids)
+
+
+def _time_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int,
+                 repeats: int) -> list[float]:  # fmt: skip
+    """Median latency (ms) of each model's `generate_fixed`, timed round-robin."""
+    ids, mask = _inputs(vocab, w, seed, timer.device)
+    cases = [Case(fn=lambda m=m: generate_fixed(m, ids, mask, w.gen_len)) for m in models]
+    with torch.no_grad():
+        return [t.median_ms for t in timer.interleaved(cases, warmup=warmup, repeats=repeats)]
+
+
+def validate(
+    profile: LatencyProfile,
+    modular: ModularModel,
+    n: int = 20,
+    workloads: Sequence[Workload] | None = None,
+    *,
+    seed: int = 0,
+    warmup: int = 2,
+    repeats: int = 10,
+    memory: bool | None = None,
+    export_check: bool = True,
+    on_progress: Progress | None = None,
+) -> dict:
+    """Measure `n` held-out assemblies end to end and compare with `predict`; store and return the figures.
+
+    Runs on the profile's device, dtype and thread count. `memory` (default: when the profile holds memory
+    measurements) adds one fresh process per assembly and workload. The result is also kept in
+    `profile.meta["validation"]`.
+    """
+    check_profile_model(profile, modular)
+    settings = profile.meta.get("settings", {})
+    device, dtype_name = settings.get("device", "cpu"), settings.get("dtype", "fp32")
+    dtype = torch_dtype(dtype_name)
+    workloads = list(workloads) if workloads else default_workloads(profile)
+    memory = bool((profile.table["kind"] == "peak_memory").any()) if memory is None else memory
+    c = modular.config
+    held_out = choose_assemblies(c.encoder_layers, c.decoder_layers, c.granularities, n, seed=seed)
+    teacher = Assembly.teacher(c.encoder_layers, c.decoder_layers)
+    assemblies = [teacher, *held_out]
+    timer = Timer(device)
+    vocab = int(modular.teacher.config.vocab_size)
+    steps = len(workloads) * (1 + (len(held_out) if memory else 0)) + (len(workloads) if export_check else 0)
+    done = 0
+
+    def tick(info: str) -> None:
+        nonlocal done
+        if on_progress:
+            on_progress(done, steps, info)
+        done += 1
+
+    records = []
+    export: dict = {}
+    with torch_threads(settings.get("threads")), tempfile.TemporaryDirectory() as tmp:
+        models = [modular.assemble(a).to(device=device, dtype=dtype) for a in assemblies]
+        for w in workloads:
+            tick(f"end-to-end latency, {w}")
+            measured = _time_models(models, w, timer, vocab, seed, warmup, repeats)
+            for a, model, ms in zip(assemblies, models, measured, strict=True):
+                p = predict(profile, a, w)
+                records.append({"assembly": a.format(), "shape": a.shape, "held_out": a != teacher,
+                                "depth_ratio": depth_ratio(a), "params": _params(model), "batch": w.batch,
+                                "src_len": w.src_len, "gen_len": w.gen_len, "predicted_ms": p.latency_ms,
+                                "measured_ms": ms, "predicted_mem_bytes": p.memory_bytes, "measured_mem_bytes": None,
+                                "extrapolated": p.extrapolated})  # fmt: skip
+        if memory:
+            saved = {}
+            for i, a in enumerate(held_out, start=1):
+                saved[a] = Path(tmp) / f"a{i}"
+                models[i].save_pretrained(saved[a])
+            for w in workloads:
+                for a in held_out:
+                    tick(f"peak memory {a.shape}, {w}")
+                    peak = peak_memory(saved[a], batch=w.batch, src_len=w.src_len, gen_len=w.gen_len, device=device,
+                                       dtype=dtype_name, threads=torch.get_num_threads(), seed=seed)  # fmt: skip
+                    key = (a.format(), w.batch, w.src_len, w.gen_len)
+                    for r in records:
+                        if (r["assembly"], r["batch"], r["src_len"], r["gen_len"]) == key:
+                            r["measured_mem_bytes"] = peak
+        if export_check:
+            export = _export_check(modular, held_out[0], models[1], workloads, timer, vocab, seed, warmup, repeats,
+                                   Path(tmp), device, dtype, tick)  # fmt: skip
+    rows = pd.DataFrame(records)
+    if rows["extrapolated"].any():
+        log.warning("some validation workloads lie outside the profile's grid: their predictions are extrapolated")
+    result = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "n": len(held_out),
+        "seed": seed,
+        "repeats": repeats,
+        "workloads": [vars(w) for w in workloads],
+        "selection": "random valid assemblies, depth ratio spread log-evenly over 1.1x-6x (capped at the largest)",
+        "per_batch": summarise(rows),
+        "export": export,
+        "rows": rows.astype(object).where(rows.notna(), None).to_dict(orient="records"),
+    }
+    profile.meta["validation"] = result
+    if on_progress:
+        on_progress(steps, steps, "done")
+    return result
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _export_check(modular, assembly, in_memory, workloads, timer, vocab, seed, warmup, repeats, tmp, device, dtype,
+                  tick) -> dict:  # fmt: skip
+    """Export one assembly, reload it with transformers alone, and time it beside the in-memory assembly and a
+    model of the same config built directly by transformers."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from modformer.modular.export import export_assembly
+
+    out = tmp / "export"
+    export_assembly(modular, assembly, out)
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(out, dtype=dtype).to(device).eval()
+    torch.manual_seed(seed)
+    native = reloaded.__class__(reloaded.config).to(device=device, dtype=dtype).eval()
+    native.generation_config = reloaded.generation_config
+    per_workload = []
+    for w in workloads:
+        tick(f"export vs native, {w}")
+        ids, mask = _inputs(vocab, w, seed, device)
+        with torch.no_grad():
+            same = bool(torch.equal(generate_fixed(in_memory, ids, mask, w.gen_len),
+                                    generate_fixed(reloaded, ids, mask, w.gen_len)))  # fmt: skip
+        ms = _time_models([in_memory, reloaded, native], w, timer, vocab, seed, warmup, repeats)
+        per_workload.append({"batch": w.batch, "src_len": w.src_len, "gen_len": w.gen_len,
+                             "assembled_ms": ms[0], "exported_ms": ms[1], "native_ms": ms[2],
+                             "export_vs_native_ratio": ms[1] / ms[2], "export_vs_assembled_ratio": ms[1] / ms[0],
+                             "outputs_match": same})  # fmt: skip
+    worst = max(per_workload, key=lambda r: abs(r["export_vs_native_ratio"] - 1.0))
+    return {"assembly": assembly.format(), "per_workload": per_workload,
+            "export_vs_native_ratio": worst["export_vs_native_ratio"],
+            "outputs_match": all(r["outputs_match"] for r in per_workload)}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _errors(predicted: pd.Series, measured: pd.Series) -> dict:
+    ape = ((predicted - measured).abs() / measured * 100.0).astype(float)
+    return {
+        "mape": float(ape.mean()),
+        "max_ape": float(ape.max()),
+        "within_10pct": float((ape <= 10.0).mean() * 100.0),
+        "spearman": float(predicted.rank().corr(measured.rank())) if len(ape) > 1 else float("nan"),
+    }
+
+
+def summarise(rows: pd.DataFrame) -> dict[str, dict]:
+    """Validation figures per batch size from the per-assembly rows (see the module docstring)."""
+    out = {}
+    for batch, group in rows.groupby("batch"):
+        held = group[group["held_out"]]
+        teacher = group[~group["held_out"]]
+        figures = {f"latency_{k}": v for k, v in _errors(held["predicted_ms"], held["measured_ms"]).items()}
+        mem = held.dropna(subset=["measured_mem_bytes", "predicted_mem_bytes"])
+        if not mem.empty:
+            errors = _errors(mem["predicted_mem_bytes"].astype(float), mem["measured_mem_bytes"].astype(float))
+            figures.update({f"memory_{k}": v for k, v in errors.items()})
+        if not teacher.empty:
+            t_pred, t_meas = float(teacher["predicted_ms"].iloc[0]), float(teacher["measured_ms"].iloc[0])
+            fraction = (t_meas / held["measured_ms"]) / (t_pred / held["predicted_ms"])
+            figures["speedup_realised_min_fraction"] = float(fraction.min())
+            figures["teacher_latency_ape"] = abs(t_pred - t_meas) / t_meas * 100.0
+        figures["assemblies"] = len(held)
+        out[str(int(batch))] = figures
+    return out
