@@ -262,17 +262,38 @@ StrategyOpt = Annotated[str | None, typer.Option(help="size-first or speed-first
 RatioOpt = Annotated[float | None, typer.Option(help="Compression ratio for --strategy (size or speed).")]
 
 
-def _choose(model, assembly: str | None, strategy: str | None, ratio: float | None):
+ProfileOpt = Annotated[
+    Path | None,
+    typer.Option(help="A latency profile (from `modformer profile`): speed-first ratios use its predictions."),
+]
+
+
+def _choose_with(model, assembly: str | None, strategy: str | None, ratio: float | None, speed=None):
+    """The assembly the options name; `speed` predicts speed-first ratios (None: the documented estimate)."""
     from modformer.modular.assembly import Assembly
     from modformer.modular.strategies import assembly_for_ratio
 
-    if (assembly is None) == (strategy is None) or (assembly is not None and ratio is not None):
+    if (assembly is None) == (strategy is None):
         raise ConfigError("give either --assembly or --strategy with --ratio")
     if assembly is not None:
+        if ratio is not None:
+            raise ConfigError("give either --assembly or --strategy with --ratio, not --assembly with --ratio")
         return model.validate(Assembly.parse(assembly))
     if ratio is None:
         raise ConfigError("--strategy needs --ratio (e.g. --ratio 2)")
-    return assembly_for_ratio(strategy, model.cost_model(), ratio)
+    return assembly_for_ratio(strategy, model.cost_model(), ratio, speed_ratio=speed)
+
+
+def _speed_ratio(model, profile: Path | None):
+    """Predicted speed-up from a measured profile, or None (the strategies' documented estimate)."""
+    if profile is None:
+        return None
+    from modformer.modular.assembly import Assembly
+    from modformer.profiling.profile import default_workload, speed_ratio_predictor
+
+    loaded = _load_profile(profile)
+    teacher = Assembly.teacher(model.config.encoder_layers, model.config.decoder_layers)
+    return speed_ratio_predictor(loaded, teacher, default_workload(loaded))
 
 
 @app.command()
@@ -282,6 +303,7 @@ def assemble(
     assembly: AssemblyOpt = None,
     strategy: StrategyOpt = None,
     ratio: RatioOpt = None,
+    profile: ProfileOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON.")] = None,
 ) -> None:
     """Show assemblies with their size: one (--assembly), one by ratio, or a strategy's whole sequence."""
@@ -291,20 +313,23 @@ def assemble(
 
     model = ModularModel.from_pretrained(modules)
     cost = model.cost_model()
+    speed = _speed_ratio(model, profile)
     if assembly is not None or ratio is not None:
-        rows = [("chosen", _choose(model, assembly, strategy, ratio))]
+        rows = [("chosen", _choose_with(model, assembly, strategy, ratio, speed))]
     else:
         names = [strategy] if strategy else list(STRATEGIES)
         rows = [(name, a) for name in names for a in strategy_sequence(name, cost)]
-    table = Table("strategy", "shape", "assembly", "parameters", "size ratio", "est. speed ratio")
+    speed_label = "speed ratio (profile)" if speed else "est. speed ratio"
+    table = Table("strategy", "shape", "assembly", "parameters", "size ratio", speed_label)
     records = []
     for name, a in rows:
         a = model.validate(a) if isinstance(a, Assembly) else a
         rec = {"strategy": name, "shape": a.shape, "assembly": a.format(), "parameters": cost.params(a),
-               "size_ratio": cost.size_ratio(a), "est_speed_ratio": cost.speed_ratio(a)}  # fmt: skip
+               "size_ratio": cost.size_ratio(a), "speed_ratio": (speed or cost.speed_ratio)(a),
+               "speed_ratio_source": "profile" if speed else "estimate"}  # fmt: skip
         records.append(rec)
         table.add_row(name, a.shape, a.format(), f"{rec['parameters']:,}", f"{rec['size_ratio']:.2f}",
-                      f"{rec['est_speed_ratio']:.2f}")  # fmt: skip
+                      f"{rec['speed_ratio']:.2f}")  # fmt: skip
     console.print(table)
     if json_out:
         from modformer.io import write_json
@@ -320,6 +345,7 @@ def export(
     assembly: AssemblyOpt = None,
     strategy: StrategyOpt = None,
     ratio: RatioOpt = None,
+    profile: ProfileOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write one assembly as a plain Hugging Face checkpoint (loads with transformers alone)."""
@@ -328,8 +354,10 @@ def export(
 
     _refuse_existing(out, overwrite)
     model = ModularModel.from_pretrained(modules)
-    chosen = _choose(model, assembly, strategy, ratio)
-    info = export_assembly(model, chosen, out, overwrite=overwrite)
+    speed = _speed_ratio(model, profile)
+    chosen = _choose_with(model, assembly, strategy, ratio, speed)
+    extra = {"predicted_speed_ratio": speed(chosen), "profile": str(profile)} if speed else None
+    info = export_assembly(model, chosen, out, overwrite=overwrite, extra=extra)
     console.print(
         f"exported [bold]{chosen.format()}[/] to [bold]{escape(str(out))}[/]: {info['parameters']:,} parameters, "
         f"size ratio {info['size_ratio']:.2f}, estimated speed ratio {info['estimated_speed_ratio']:.2f}"
@@ -523,23 +551,26 @@ def profile_show(
     file: Annotated[Path, typer.Argument(help="A saved profile: its .json, its .csv or its folder.")],
 ) -> None:
     """Print a saved profile: where it was measured, block costs, fixed costs and the validation figures."""
+    _print_profile(_load_profile(file))
+
+
+def _load_profile(file: Path):
+    """Load a profile; print a warning naming what differs where it was measured on other hardware or settings."""
     import warnings
 
     from modformer.profiling.hardware import fingerprint
-    from modformer.profiling.profile import LatencyProfile
+    from modformer.profiling.profile import LatencyProfile, warn_if_mismatch
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = LatencyProfile.load(file)
         recorded = result.fingerprint
         if recorded.get("device") == "cpu" or (recorded.get("device") == "cuda" and _cuda_available()):
-            from modformer.profiling.profile import warn_if_mismatch
-
             here = fingerprint(recorded["device"], recorded.get("dtype", "fp32"), recorded.get("torch_threads"))
             warn_if_mismatch(recorded, here, str(file))
     for warning in caught:
         err_console.print(f"[bold yellow]warning:[/] {escape(str(warning.message))}", highlight=False)
-    _print_profile(result)
+    return result
 
 
 def _cuda_available() -> bool:

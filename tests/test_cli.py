@@ -116,7 +116,7 @@ def test_assemble_by_ratio_writes_the_chosen_assembly_as_json(tmp_path, modules_
     ok("assemble", "--modules", modules_dir, "--strategy", "size-first", "--ratio", 1.3, "--json", path)
     (record,) = read_json(path)["assemblies"]
     assert record["strategy"] == "chosen" and record["size_ratio"] >= 1.3 * 0.99
-    assert set(record) >= {"assembly", "shape", "parameters", "size_ratio", "est_speed_ratio"}
+    assert set(record) >= {"assembly", "shape", "parameters", "size_ratio", "speed_ratio", "speed_ratio_source"}
     assert record["assembly"].startswith("enc=") and record["parameters"] > 0
 
 

@@ -395,3 +395,27 @@ def test_cli_profile_errors(modules_dir, tmp_path):
     (tmp_path / "junk.json").write_text("[]")
     junk = invoke("profile", "show", tmp_path / "junk.json")
     assert junk.exit_code == 1 and "must be a JSON object" in junk.stderr
+
+
+def test_speed_first_ratio_comes_from_the_profile(profile, modular, modules_dir, tmp_path):
+    from modformer.modular.strategies import assembly_for_ratio, strategy_sequence
+    from modformer.profiling.profile import default_workload, speed_ratio_predictor
+
+    teacher = Assembly.teacher(modular.config.encoder_layers, modular.config.decoder_layers)
+    speed = speed_ratio_predictor(profile, teacher, default_workload(profile))
+    sequence = strategy_sequence("speed-first", modular.cost_model())
+    assert speed(sequence[0]) == pytest.approx(1.0)
+    # Tiny blocks cost next to nothing, so measured ratios are noisy: pick a reachable target from the predictions.
+    target = max(1.0, sorted(speed(a) for a in sequence)[len(sequence) // 2])
+    first_reaching = next(a for a in sequence if speed(a) >= target)
+    assert assembly_for_ratio("speed-first", modular.cost_model(), target, speed_ratio=speed) == first_reaching
+
+    path = tmp_path / "p.json"
+    profile.save(path)
+    shown = invoke("assemble", "--modules", modules_dir, "--strategy", "speed-first", "--profile", path,
+                   "--json", tmp_path / "a.json")  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    records = json.loads((tmp_path / "a.json").read_text())["assemblies"]
+    assert {r["speed_ratio_source"] for r in records} == {"profile"}
+    expected = [speed(Assembly.parse(r["assembly"])) for r in records]
+    assert [r["speed_ratio"] for r in records] == pytest.approx(expected)

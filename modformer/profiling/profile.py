@@ -466,3 +466,22 @@ def fixed_summary(profile: LatencyProfile) -> pd.DataFrame:
         wide.columns = [f"peak_{c}_bytes" for c in wide.columns]
         fixed = fixed.merge(wide.reset_index(), on=["batch", "src_len", "gen_len"], how="left")
     return fixed.sort_values(["batch", "src_len", "gen_len"]).reset_index(drop=True)
+
+
+def default_workload(profile: LatencyProfile) -> Workload:
+    """The profile's own reference call: its smallest batch and source length, its longest generation."""
+    grid = profile.grid
+    try:
+        return Workload(min(grid["batch_sizes"]), min(grid["src_lens"]), max(grid["gen_lens"]))
+    except (KeyError, ValueError, TypeError):
+        raise CheckpointError("the profile's metadata holds no workload grid") from None
+
+
+def speed_ratio_predictor(profile: LatencyProfile, teacher: Assembly, workload: Workload):
+    """A function assembly -> predicted speed-up over `teacher` on `workload`, for the speed-first strategy."""
+    base = predict(profile, teacher, workload).latency_ms
+
+    def speed_ratio(assembly: Assembly) -> float:
+        return base / predict(profile, assembly, workload).latency_ms
+
+    return speed_ratio
