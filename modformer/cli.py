@@ -181,7 +181,7 @@ def train(
     w_ce: Annotated[float, typer.Option(help="Weight of the task cross-entropy.")] = 1.0,
     w_hidden: Annotated[float, typer.Option(help="Weight of hidden-state distillation.")] = 1.0,
     w_attn: Annotated[float, typer.Option(help="Weight of attention distillation.")] = 1.0,
-    w_logit: Annotated[float, typer.Option(help="Weight of logit distillation (0 = off).")] = 0.0,
+    w_logit: Annotated[float, typer.Option(help="Weight of logit distillation (0 = off).")] = 1.0,
     curriculum: Annotated[bool, typer.Option(help="Coarse-to-fine curriculum (--no-curriculum: uniform).")] = True,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,

@@ -50,7 +50,7 @@ class TrainConfig:
     w_ce: float = 1.0  # task cross-entropy of the hybrid
     w_hidden: float = 1.0  # hidden-state distillation
     w_attn: float = 1.0  # attention distillation
-    w_logit: float = 0.0  # logit distillation (optional; 0 = off)
+    w_logit: float = 1.0  # logit distillation (0 = off); on by default: lowest held-out loss in loss_weights.json
     temperature: float = 2.0  # logit distillation temperature
     replace_start: float = 0.5  # curriculum: replacement rate at step 0
     replace_end: float = 1.0  # ... at the last step
