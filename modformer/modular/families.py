@@ -8,8 +8,9 @@ and never branches on the family itself.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,7 +44,6 @@ class FamilyAdapter:
     cross_attn_path: str | None  # inside a decoder layer
     position_bias_param: str | None = None  # parameter name (inside a layer) only layer 0 owns, or None
     attn_weights_index: int = -1  # where the attention module's output tuple holds the probabilities
-    extra_layer_kwargs: dict[str, object] = field(default_factory=dict)
 
     # --- finding layers -------------------------------------------------------------------------------------------
     def stack(self, model: nn.Module, stack: str) -> nn.Module:
@@ -159,7 +159,7 @@ FAMILIES: dict[str, FamilyAdapter] = {
         cross_attn_path="encoder_attn",
     ),
 }
-FAMILIES["mt5"] = FAMILIES["t5"].__class__(**{**FAMILIES["t5"].__dict__, "model_type": "mt5"})
+FAMILIES["mt5"] = dataclasses.replace(FAMILIES["t5"], model_type="mt5")
 
 
 def adapter_for(config) -> FamilyAdapter:
