@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -479,3 +480,44 @@ def test_debug_shows_the_traceback_instead(tmp_path):
     debug = subprocess.run([*command, "--debug", *args], capture_output=True, text=True, timeout=120)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     assert "CheckpointError: " in debug.stderr and "modular checkpoint folder not found" in debug.stderr
+
+
+# --- the bad-input table in the docs ------------------------------------------------------------------------------
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+DOC_HEAD = """# Bad inputs and what modformer answers
+
+Every row is a case of `tests/test_cli.py::BAD_INPUT`, run through the real CLI: the answer is one line on stderr,
+the exit code is non-zero, and nothing already on disk changes (the test checks all three). Paths are shown as
+placeholders. Regenerate after changing a message: `MODFORMER_UPDATE_DOCS=1 .venv/bin/pytest tests/test_cli.py -k docs`.
+
+| case | command | message (stderr) | exit |
+|---|---|---|---|
+"""
+
+
+def _placeholders(ctx: Ctx, text: str) -> str:
+    for path, name in ((ctx.modules, "<modules>"), (ctx.exported, "<export>"), (ctx.data, "<data>"),
+                       (ctx.t5, "<t5-teacher>"), (ctx.bart, "<bart-teacher>"), (ctx.tmp, "<tmp>")):  # fmt: skip
+        text = text.replace(str(path), name)
+    return text.replace("|", "\\|")
+
+
+def test_bad_input_table_in_docs_is_current(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir,
+                                            bart_teacher_dir, tokenizer):  # fmt: skip
+    rows = []
+    for case, (build, _) in BAD_INPUT.items():
+        case_dir = tmp_path / case
+        case_dir.mkdir()
+        ctx = Ctx(case_dir, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer)
+        args = [str(a) for a in build(ctx)]
+        result = invoke(*args)
+        command = _placeholders(ctx, "modformer " + " ".join(f"'{a}'" if " " in a or not a else a for a in args))
+        message = _placeholders(ctx, result.stderr.strip())
+        rows.append(f"| {case} | `{command}` | {message} | {result.exit_code} |")
+    text = DOC_HEAD + "\n".join(rows) + "\n"
+    if os.environ.get("MODFORMER_UPDATE_DOCS"):
+        DOC.parent.mkdir(exist_ok=True)
+        DOC.write_text(text, encoding="utf-8")
+    assert DOC.is_file() and DOC.read_text(encoding="utf-8") == text, (
+        "docs/bad-inputs.md is out of date: MODFORMER_UPDATE_DOCS=1 pytest tests/test_cli.py -k docs"
+    )
