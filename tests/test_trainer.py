@@ -135,6 +135,11 @@ def test_sampled_hybrids_are_valid_mix_granularities_and_always_hold_a_module():
 
 
 def test_train_config_rejects_bad_settings():
-    for bad in ({"steps": 0}, {"batch_size": -1}, {"w_hidden": -1.0}, {"w_ce": 0, "w_hidden": 0, "w_attn": 0}):
+    for bad in (
+        {"steps": 0},
+        {"batch_size": -1},
+        {"w_hidden": -1.0},
+        {"w_ce": 0, "w_hidden": 0, "w_attn": 0, "w_logit": 0},
+    ):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
