@@ -111,8 +111,8 @@ def _progress() -> Progress:
     )
 
 
-def _refuse_existing(path: Path, overwrite: bool, *, allow: bool = False) -> None:
-    if path.exists() and not overwrite and not allow:
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; pass --overwrite to replace it")
 
 

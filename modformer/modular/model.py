@@ -117,6 +117,12 @@ class ModularModel(nn.Module):
             teacher_config_fingerprint=config_fingerprint(teacher.config),
             teacher_weights_fingerprint=weights_fingerprint(teacher),
         )
+        return cls._with_modules(teacher, config)
+
+    @classmethod
+    def _with_modules(cls, teacher: nn.Module, config: ModularConfig) -> ModularModel:
+        """Build the modules `config` lists, each a copy of the bottom teacher layer of its span."""
+        adapter = adapter_for(teacher.config)
         modules = nn.ModuleDict()
         for stack, start, size in config.spans():
             layer = adapter.new_layer(teacher, stack, first=start == 0)
@@ -153,8 +159,7 @@ class ModularModel(nn.Module):
         if teacher is None or isinstance(teacher, (str, Path)):
             teacher = load_seq2seq(teacher or config.teacher, eager=eager)
         check_teacher(config, teacher, directory)
-        model = cls.from_teacher(teacher, config.teacher, config.granularities)
-        model.config = config
+        model = cls._with_modules(teacher, config)
         model.load_module_tensors(read_tensors(directory / WEIGHTS_NAME, "modules file"), directory)
         return model
 
