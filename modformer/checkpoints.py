@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from modformer.errors import CheckpointError
-
-log = logging.getLogger(__name__)
 
 # Config keys that do not change what the network computes; left out of the fingerprint so that re-saving a teacher
 # with another transformers version or dtype label does not orphan its modules.

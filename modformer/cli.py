@@ -192,7 +192,7 @@ def train(
     """Train modules that each replace k consecutive teacher layers (multi-grained module replacing)."""
     from modformer.checkpoints import load_seq2seq, load_tokenizer
     from modformer.data import load_split
-    from modformer.modular.model import ModularModel
+    from modformer.modular.model import CONFIG_NAME
     from modformer.modular.trainer import ReplacingTrainer, TrainConfig
 
     config = TrainConfig(
@@ -200,7 +200,7 @@ def train(
         curriculum=curriculum, eval_every=eval_every, save_every=save_every, seed=seed,
     )  # fmt: skip
     gs = _parse_granularities(granularities)
-    if resume and not (out / "modular_config.json").is_file():
+    if resume and not (out / CONFIG_NAME).is_file():
         raise ConfigError(f"--resume: {out} holds no modular checkpoint to continue")
     if not resume:
         _refuse_existing(out, overwrite)
@@ -209,20 +209,17 @@ def train(
     val_data = load_split(spec, val_split, limit=config.eval_pairs)
     teacher_model = load_seq2seq(teacher, eager=True)
     tokenizer = load_tokenizer(teacher)
-    if resume:
-        model = ModularModel.from_pretrained(out, teacher_model)
-        if gs is not None and gs != model.config.granularities:
-            raise ConfigError(f"--resume: {out} was trained with granularities {model.config.granularities}, not {gs}")
-    else:
-        model = ModularModel.from_teacher(teacher_model, teacher, gs)
-    trainer = ReplacingTrainer(
-        model,
+    trainer = ReplacingTrainer.start_or_resume(
+        teacher_model,
+        teacher,
+        out,
         config,
         train_data.tokenize(tokenizer, config.max_source_len, config.max_target_len),
         val_data.tokenize(tokenizer, config.max_source_len, config.max_target_len),
+        resume=resume,
+        granularities=gs,
     )
-    if resume:
-        trainer.resume(out)
+    model = trainer.model
     n_modules = len(model.blocks)
     console.print(
         f"training {n_modules} modules (granularities {model.config.granularities}) on {len(train_data):,} pairs "

@@ -16,7 +16,7 @@ import pandas as pd
 from modformer.checkpoints import load_seq2seq, load_tokenizer
 from modformer.data import default_data_spec, load_split
 from modformer.evaluation import score_model
-from modformer.io import write_json
+from modformer.io import read_json, write_json
 from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import STRATEGIES, strategy_sequence
 from modformer.modular.trainer import ReplacingTrainer, TrainConfig
@@ -68,19 +68,14 @@ def run_demo(config: DemoConfig, out_dir: str | Path, report: Report | None = No
     tokenizer = load_tokenizer(teacher_dir)
     if not _finished(modules_dir, config.module_steps):
         started = time.perf_counter()
-        teacher = load_seq2seq(teacher_dir, eager=True)
-        resuming = (modules_dir / CONFIG_NAME).is_file()
-        if resuming:
-            model = ModularModel.from_pretrained(modules_dir, teacher)
-        else:
-            model = ModularModel.from_teacher(teacher, teacher_dir)
         mcfg = TrainConfig(
             steps=config.module_steps, batch_size=config.batch_size, eval_every=0, save_every=100,
             warmup_steps=min(100, config.module_steps // 5),
         )  # fmt: skip
-        trainer = ReplacingTrainer(model, mcfg, train.tokenize(tokenizer), val.take(256).tokenize(tokenizer))
-        if resuming:
-            trainer.resume(modules_dir)
+        trainer = ReplacingTrainer.start_or_resume(
+            load_seq2seq(teacher_dir, eager=True), teacher_dir, modules_dir, mcfg, train.tokenize(tokenizer),
+            val.take(256).tokenize(tokenizer), resume=(modules_dir / CONFIG_NAME).is_file(),
+        )  # fmt: skip
         trainer.fit(
             modules_dir, on_step=lambda r: report("modules", r.step, mcfg.steps, f"loss {r.loss:.3f}"),
         )  # fmt: skip
@@ -95,7 +90,7 @@ def _finished(modules_dir: Path, steps: int) -> bool:
     path = modules_dir / CONFIG_NAME
     if not path.is_file():
         return False
-    training = json.loads(path.read_text()).get("training", {})
+    training = read_json(path, "modular config").get("training", {})
     return training.get("completed_steps", 0) >= steps
 
 

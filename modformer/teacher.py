@@ -7,7 +7,6 @@ Optimiser: Adafactor with relative step sizes, which trains T5 from scratch far 
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from modformer.data import Seq2SeqData
 from modformer.errors import ConfigError
 from modformer.evaluation import teacher_forced_loss
 from modformer.io import atomic_dir
-
-log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2: T5's conventions (pad doubles as decoder start)
 

@@ -11,7 +11,6 @@ One step:
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -31,10 +30,7 @@ from modformer.modular.families import STACKS
 from modformer.modular.losses import AttentionLoss, HiddenStateLoss, LogitLoss
 from modformer.modular.model import ModularModel
 
-log = logging.getLogger(__name__)
-
 STATE_NAME = "trainer_state.pt"
-LOG_NAME = "train_log.json"
 
 
 @dataclass
@@ -126,6 +122,34 @@ class ReplacingTrainer:
             return (step + 1) / warm
         frac = (step - warm) / max(self.config.steps - warm, 1)
         return max(0.1, 1.0 - 0.9 * frac)
+
+    @classmethod
+    def start_or_resume(
+        cls,
+        teacher,
+        teacher_path: str | Path,
+        out_dir: str | Path,
+        config: TrainConfig,
+        train: TokenizedData,
+        heldout: TokenizedData,
+        *,
+        resume: bool,
+        granularities: list[int] | None = None,
+    ) -> ReplacingTrainer:
+        """A trainer for fresh modules of `teacher`, or (`resume`) for the run saved in `out_dir`, at its step."""
+        if resume:
+            model = ModularModel.from_pretrained(out_dir, teacher)
+            if granularities is not None and granularities != model.config.granularities:
+                raise ConfigError(
+                    f"--resume: {out_dir} was trained with granularities {model.config.granularities}, "
+                    f"not {granularities}"
+                )
+        else:
+            model = ModularModel.from_teacher(teacher, teacher_path, granularities)
+        trainer = cls(model, config, train, heldout)
+        if resume:
+            trainer.resume(out_dir)
+        return trainer
 
     # --- one step -------------------------------------------------------------------------------------------------
     def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
