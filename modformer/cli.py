@@ -58,7 +58,8 @@ def handles_errors(fn):
         except ModformerError as err:
             if _state["debug"]:
                 raise
-            raise _fail(str(err).splitlines()[0] if str(err) else err.__class__.__name__) from None
+            message = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+            raise _fail(message, getattr(err, "exit_code", 1)) from None
         except OSError as err:  # the file system refused a path the user gave: a file where a folder goes, read-only
             if _state["debug"]:
                 raise
@@ -337,12 +338,15 @@ def assemble(
 @app.command()
 @handles_errors
 def export(
-    modules: Annotated[Path, typer.Option(help="Modular checkpoint folder (from `train`).")],
     out: Annotated[Path, typer.Option(help="Folder for the exported Hugging Face checkpoint.")],
+    modules: Annotated[
+        Path | None, typer.Option(help="Modular checkpoint folder (from `train`); with --plan, the plan's own.")
+    ] = None,
     assembly: AssemblyOpt = None,
     strategy: StrategyOpt = None,
     ratio: RatioOpt = None,
     profile: ProfileOpt = None,
+    plan: Annotated[Path | None, typer.Option(help="A plan folder (from `plan`): export its chosen assembly.")] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write one assembly as a plain Hugging Face checkpoint (loads with transformers alone)."""
@@ -350,15 +354,211 @@ def export(
     from modformer.modular.model import ModularModel
 
     _refuse_existing(out, overwrite)
-    model = ModularModel.from_pretrained(modules)
-    speed = _speed_ratio(model, profile)
-    chosen = _choose_with(model, assembly, strategy, ratio, speed)
-    extra = {"predicted_speed_ratio": speed(chosen), "profile": str(profile)} if speed else None
+    extra = None
+    if plan is not None:
+        if assembly is not None or strategy is not None or ratio is not None:
+            raise ConfigError("give either --plan or --assembly / --strategy, not both")
+        chosen_record, plan_modules = _read_plan(plan)
+        model = ModularModel.from_pretrained(modules or plan_modules)
+        from modformer.modular.assembly import Assembly
+
+        chosen = model.validate(Assembly.parse(chosen_record["assembly"]))
+        extra = {"plan": str(plan), "plan_chosen": chosen_record}
+    else:
+        if modules is None:
+            raise ConfigError("export needs --modules (or --plan)")
+        model = ModularModel.from_pretrained(modules)
+        speed = _speed_ratio(model, profile)
+        chosen = _choose_with(model, assembly, strategy, ratio, speed)
+        extra = {"predicted_speed_ratio": speed(chosen), "profile": str(profile)} if speed else None
     info = export_assembly(model, chosen, out, overwrite=overwrite, extra=extra)
     console.print(
         f"exported [bold]{chosen.format()}[/] to [bold]{escape(str(out))}[/]: {info['parameters']:,} parameters, "
         f"size ratio {info['size_ratio']:.2f}, estimated speed ratio {info['estimated_speed_ratio']:.2f}"
     )
+
+
+# --- plan ---------------------------------------------------------------------------------------------------------
+def _read_plan(folder: Path) -> tuple[dict, str]:
+    """(chosen.json content, modules folder the plan was made from) of a plan folder."""
+    from modformer.io import read_json
+
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: plan folder not found")
+    chosen = read_json(folder / "chosen.json", "plan's chosen.json")
+    summary = read_json(folder / "frontier.json", "plan's frontier.json").get("summary", {})
+    if not isinstance(chosen, dict) or "assembly" not in chosen:
+        raise ConfigError(f"{folder}/chosen.json names no assembly")
+    return chosen, summary.get("settings", {}).get("modules", "")
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress bars say what happens
+
+
+def _csv_tuple(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@app.command()
+@handles_errors
+def plan(
+    modules: Annotated[Path, typer.Option(help="Modular checkpoint folder (from `train`).")],
+    profile: Annotated[Path, typer.Option(help="Latency profile (from `profile`) of these modules on this machine.")],
+    out: Annotated[Path, typer.Option(help="Plan folder to write (frontier, plot, report, chosen).")],
+    data: DataOpt = None,
+    src_ext: SrcExtOpt = None,
+    tgt_ext: TgtExtOpt = None,
+    src_column: SrcColOpt = "source",
+    tgt_column: TgtColOpt = "target",
+    prefix: PrefixOpt = "",
+    split: Annotated[str, typer.Option(help="Held-out split for the proxy and the validation.")] = "val",
+    budget: Annotated[
+        str, typer.Option(help="Limits on predicted cost, e.g. 'latency_ms<=40,memory_mb<=80' (empty: none).")
+    ] = "",
+    objectives: Annotated[str, typer.Option(help="Objectives: quality and latency and/or memory.")] = (
+        "quality,latency,memory"
+    ),
+    method: Annotated[str, typer.Option(help="auto, exhaustive or nsga2 (auto: exhaustive when small).")] = "auto",
+    trials: Annotated[
+        int | None, typer.Option(help="Assemblies to score on the nsga2 path (default: 3 % of the space, 600-4000).")
+    ] = None,
+    population: Annotated[int, typer.Option(help="NSGA-II population size.")] = 64,
+    exhaustive_limit: Annotated[
+        int, typer.Option(help="auto: exhaustive when at most this many fit the budget.")
+    ] = 2000,
+    proxy_samples: Annotated[int, typer.Option(help="Held-out pairs the proxy loss is measured on.")] = 64,
+    validate: Annotated[int, typer.Option(help="Proxy-frontier points re-scored with generation and timing.")] = 8,
+    validate_samples: Annotated[int, typer.Option(help="Held-out pairs generated for validation.")] = 200,
+    metric: Annotated[str, typer.Option(help="Validation metric: bleu, chrf, rouge1, rouge2 or rougeL.")] = "bleu",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest validation output, in tokens.")] = 64,
+    batch: Annotated[int | None, typer.Option(help="Workload batch size (default: the profile's smallest).")] = None,
+    src_len: Annotated[int | None, typer.Option(help="Workload source length (default: profile's smallest).")] = None,
+    gen_len: Annotated[int | None, typer.Option(help="Workload new tokens (default: the profile's longest).")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="optuna storage: a database URL, or a journal file path (default: OUT.optuna.log)."),
+    ] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name in the storage (default: the --out name).")] = None,
+    workers: Annotated[int, typer.Option(help="Scoring processes on this machine (this one included).")] = 1,
+    remote_workers: Annotated[
+        int,
+        typer.Option(
+            help="Further workers joining from other machines with `plan-worker` (needs a database "
+            "--storage); they take the numbers after the local ones."
+        ),
+    ] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the NSGA-II sampler.")] = 0,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Search assemblies for a budget; validate the frontier on held-out data; write the plan and the chosen one."""
+    from dataclasses import asdict
+
+    from modformer.io import atomic_dir, write_json
+    from modformer.planner.report import figure_png, report_html
+    from modformer.planner.run import PlanSettings, run_plan
+    from modformer.planner.search import SearchConfig, config_record
+    from modformer.planner.space import Budget
+    from modformer.plots import plot_pareto
+
+    _quiet_optuna()
+    _refuse_existing(out, overwrite)
+    parsed_budget = Budget.parse(budget)
+    search = SearchConfig(method=method, trials=trials, population=population, exhaustive_limit=exhaustive_limit,
+                          seed=seed, objectives=_csv_tuple(objectives))  # fmt: skip
+    workload = {k: v for k, v in (("batch", batch), ("src_len", src_len), ("gen_len", gen_len)) if v is not None}
+    loaded_profile = _load_profile(profile)
+    if workload:
+        from modformer.profiling.profile import default_workload
+
+        workload = {**asdict(default_workload(loaded_profile)), **workload}
+    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    settings = PlanSettings(
+        modules=str(modules), data=asdict(spec), split=split, proxy_samples=proxy_samples, validate=validate,
+        validate_samples=validate_samples, metric=metric, max_new_tokens=max_new_tokens, budget=str(parsed_budget) if budget.strip() else "",
+        workload=workload, search=config_record(search),
+    )  # fmt: skip
+    storage = storage or str(out.with_name(out.name + ".optuna.log"))
+    if overwrite and "://" not in storage and Path(storage).exists() and study_name is None:
+        Path(storage).unlink()  # --overwrite starts the default study afresh
+    started = time.perf_counter()
+    with _progress() as progress:
+        tasks: dict[str, int] = {}
+
+        def on_progress(phase: str, done: int, total: int, info: str) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=None, info="")
+            progress.update(tasks[phase], completed=done, total=total, info=escape(info))
+
+        result = run_plan(settings, loaded_profile, storage=storage, study_name=study_name or out.name,
+                          workers=workers, remote_workers=remote_workers, on_progress=on_progress)  # fmt: skip
+    figure = plot_pareto(result.scored, result.frontier, result.rules, metric=metric,
+                         budget_latency_ms=parsed_budget.latency_ms)  # fmt: skip
+    png = figure_png(figure)
+    html = report_html(png=png, frontier=result.frontier, rules=result.rules, chosen=result.chosen,
+                       summary=result.summary)  # fmt: skip
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        result.frontier.to_csv(tmp / "frontier.csv", index=False)
+        write_json(tmp / "frontier.json", {"summary": result.summary, "chosen": result.chosen,
+                                           "frontier": _records(result.frontier), "rules": _records(result.rules)})  # fmt: skip
+        result.scored.to_csv(tmp / "scored.csv", index=False)
+        (tmp / "pareto.png").write_bytes(png)
+        (tmp / "report.html").write_text(html, encoding="utf-8")
+        write_json(tmp / "chosen.json", result.chosen)
+    _print_plan(result, out, time.perf_counter() - started)
+
+
+def _records(frame) -> list[dict]:
+    import json
+
+    return json.loads(frame.to_json(orient="records"))
+
+
+def _print_plan(result, out: Path, seconds: float) -> None:
+    s = result.summary
+    search = s["search"]
+    metric = s["metric"]
+    table = Table("assembly", "source", "size x", "speed x", "pred. ms", "meas. ms", "MB", "proxy", metric,
+                  "frontier", title="validated assemblies")  # fmt: skip
+    for r in result.frontier[result.frontier["validated"]].itertuples():
+        table.add_row(r.assembly, r.source, f"{r.size_ratio:.2f}", f"{r.speed_ratio:.2f}",
+                      f"{r.predicted_latency_ms:.1f}", f"{r.measured_latency_ms:.1f}", f"{r.memory_mb:.1f}",
+                      f"{r.proxy_loss:.3f}", f"{getattr(r, metric):.2f}",
+                      "yes" if r.on_validated_frontier else "")  # fmt: skip
+    console.print(table)
+    rho = s["proxy_vs_validated_spearman"]
+    console.print(
+        f"method [bold]{search['method']}[/]: scored {search['scored']:,} of {search['space_size']:,} assemblies "
+        f"({100 * search['scored_fraction']:.1f} %) in {search['seconds']:.0f} s; proxy vs {metric} Spearman "
+        f"{'n/a' if rho is None else f'{rho:.2f}'}"
+    )
+    c = result.chosen
+    console.print(
+        f"chosen: [bold]{c['assembly']}[/] ({metric} {c[metric]:.2f}, measured {c['measured_latency_ms']:.1f} ms, "
+        f"{c['memory_mb']:.1f} MB); plan written to [bold]{escape(str(out))}[/] in {seconds:.0f} s"
+    )
+
+
+@app.command("plan-worker")
+@handles_errors
+def plan_worker(
+    storage: Annotated[str, typer.Option(help="The plan's optuna storage (a database URL reachable from here).")],
+    study_name: Annotated[str, typer.Option(help="The plan's study name.")],
+    index: Annotated[
+        int, typer.Option(help="This worker's number: from --workers to --workers + --remote-workers - 1 of the plan.")
+    ],
+    threads: Annotated[int | None, typer.Option(help="torch threads for this worker.")] = None,
+) -> None:
+    """Join a running plan from another machine and score its share (started with `plan --workers N`)."""
+    from modformer.planner.run import worker_main
+
+    _quiet_optuna()
+    if index < 1:
+        raise ConfigError(f"--index must be at least 1 (the plan is worker 0), got {index}")
+    done = worker_main(storage, study_name, index, threads)
+    console.print(f"worker {index}: scored {done:,} assemblies")
 
 
 # --- evaluate -----------------------------------------------------------------------------------------------------

@@ -21,3 +21,9 @@ class CheckpointError(ModformerError):
 
 class ConfigError(ModformerError):
     """A setting outside its valid range."""
+
+
+class InfeasibleBudgetError(ModformerError):
+    """No assembly meets the stated budget. The CLI exits with code 2."""
+
+    exit_code = 2

@@ -31,3 +31,59 @@ def plot_quality_vs_size(table: pd.DataFrame, metric: str = "bleu") -> Figure:
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_pareto(
+    scored: pd.DataFrame,
+    frontier: pd.DataFrame,
+    rules: pd.DataFrame,
+    *,
+    metric: str,
+    budget_latency_ms: float | None = None,
+) -> Figure:
+    """Two panels for capacity planning.
+
+    Left, the search: proxy loss against predicted latency for every scored assembly (grey), the proxy frontier
+    coloured by predicted memory, the size-first and speed-first points overlaid. Right, the validation: the
+    metric against measured latency for the validated points (coloured by memory, each named), the validated
+    frontier joined by a line, rule points marked. The latency budget is a dashed line on both.
+    """
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2))
+    left.scatter(scored["latency_ms"], scored["proxy_loss"], s=4, color="0.8", label=f"scored ({len(scored)})")
+    front = frontier[frontier["on_proxy_frontier"]]
+    points = left.scatter(front["predicted_latency_ms"], front["proxy_loss"], s=14, c=front["memory_mb"],
+                          cmap="viridis", label=f"proxy frontier ({len(front)})")  # fmt: skip
+    for strategy, group in rules.groupby("strategy", sort=False):
+        left.scatter(group["latency_ms"], group["proxy_loss"], marker=_MARKERS.get(strategy, "^"), s=30,
+                     facecolors="none", edgecolors="C3" if strategy == "size-first" else "C1", label=strategy)  # fmt: skip
+    left.set_xlabel("predicted latency (ms)")
+    left.set_ylabel("proxy: teacher-forced loss (nats, lower is better)")
+    left.set_title("Search (proxy)")
+    fig.colorbar(points, ax=left, label="predicted peak memory (MB)")
+
+    label = metric.upper() if metric in ("bleu", "chrf") else metric
+    validated = frontier[frontier["validated"]]
+    search_pts = validated[validated["rule"] == ""]
+    right.scatter(search_pts["measured_latency_ms"], search_pts[metric], c=search_pts["memory_mb"], cmap="viridis",
+                  s=40, label="validated (search)")  # fmt: skip
+    for strategy in ("size-first", "speed-first"):
+        group = validated[validated["rule"].str.contains(strategy, regex=False)]
+        if not group.empty:
+            right.scatter(group["measured_latency_ms"], group[metric], marker=_MARKERS[strategy], s=60,
+                          facecolors="none", edgecolors="C3" if strategy == "size-first" else "C1",
+                          label=f"{strategy} (best in budget)")  # fmt: skip
+    line = validated[validated["on_validated_frontier"]].sort_values("measured_latency_ms")
+    right.plot(line["measured_latency_ms"], line[metric], color="C0", lw=1, label="validated frontier")
+    for row in validated.itertuples():
+        right.annotate(row.assembly, (row.measured_latency_ms, getattr(row, metric)), fontsize=6, xytext=(3, 3),
+                       textcoords="offset points")  # fmt: skip
+    right.set_xlabel("measured latency (ms)")
+    right.set_ylabel(f"validated {label} (higher is better)")
+    right.set_title("Validation (real generation, measured latency)")
+    for ax in (left, right):
+        if budget_latency_ms is not None and budget_latency_ms != float("inf"):
+            ax.axvline(budget_latency_ms, ls="--", color="C3", lw=1, label=f"budget {budget_latency_ms:g} ms")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -141,7 +141,7 @@ def _inputs(vocab: int, w: Workload, seed: int, device: str) -> tuple[torch.Tens
     return ids, torch.ones_like(ids)
 
 
-def _time_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int,
+def time_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int,
                  repeats: int) -> list[float]:  # fmt: skip
     """Median latency (ms) of each model's `generate_fixed`, timed round-robin."""
     ids, mask = _inputs(vocab, w, seed, timer.device)
@@ -196,7 +196,7 @@ def validate(
         models = [modular.assemble(a).to(device=device, dtype=dtype) for a in assemblies]
         for w in workloads:
             tick(f"end-to-end latency, {w}")
-            measured = _time_models(models, w, timer, vocab, seed, warmup, repeats)
+            measured = time_models(models, w, timer, vocab, seed, warmup, repeats)
             for a, model, ms in zip(assemblies, models, measured, strict=True):
                 p = predict(profile, a, w)
                 records.append({"assembly": a.format(), "shape": a.shape, "held_out": a != teacher,
@@ -266,7 +266,7 @@ def _export_check(modular, assembly, in_memory, workloads, timer, vocab, seed, w
         with torch.no_grad():
             same = bool(torch.equal(generate_fixed(in_memory, ids, mask, w.gen_len),
                                     generate_fixed(reloaded, ids, mask, w.gen_len)))  # fmt: skip
-        ms = _time_models([in_memory, reloaded, native], w, timer, vocab, seed, warmup, repeats)
+        ms = time_models([in_memory, reloaded, native], w, timer, vocab, seed, warmup, repeats)
         per_workload.append({"batch": w.batch, "src_len": w.src_len, "gen_len": w.gen_len,
                              "assembled_ms": ms[0], "exported_ms": ms[1], "native_ms": ms[2],
                              "export_vs_native_ratio": ms[1] / ms[2], "export_vs_assembled_ratio": ms[1] / ms[0],

@@ -1,0 +1,217 @@
+"""Running a plan: load what it needs, search, validate, choose. Workers rebuild their scorer from the same settings.
+
+`PlanSettings` is everything a plan depends on; it is stored in the study (`study.user_attrs["settings"]`), so a
+worker on another machine needs only the storage URL and the study name (`modformer plan-worker`), and a plan
+continued on a storage made with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from modformer.checkpoints import load_tokenizer
+from modformer.data import DataSpec, load_split
+from modformer.errors import ConfigError, DataError, ModformerError
+from modformer.modular.assembly import Assembly
+from modformer.modular.model import ModularModel
+from modformer.planner import plan as planning
+from modformer.planner.proxy import ProxyScorer
+from modformer.planner.search import Search, SearchConfig, open_storage, open_study, work
+from modformer.planner.space import Budget, SearchSpace, space_stacks
+from modformer.profiling.profile import LatencyProfile, Workload, default_workload
+from modformer.profiling.validate import check_profile_model
+
+Progress = Callable[[str, int, int, str], None]  # (phase, done, total, info)
+
+
+@dataclass
+class PlanSettings:
+    modules: str
+    data: dict  # DataSpec fields
+    split: str = "val"
+    proxy_samples: int = 64
+    proxy_batch_size: int = 64
+    validate: int = 8  # proxy-frontier points re-scored with real generation
+    validate_samples: int = 200
+    metric: str = "bleu"
+    max_new_tokens: int = 64
+    budget: str = ""
+    workload: dict = field(default_factory=dict)  # batch, src_len, gen_len; empty: the profile's default
+    search: dict = field(default_factory=dict)  # SearchConfig fields
+
+    def __post_init__(self) -> None:
+        for name in ("proxy_samples", "proxy_batch_size", "validate", "validate_samples", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.metric not in planning.METRICS:
+            raise ConfigError(f"unknown metric {self.metric!r}; choose from {', '.join(planning.METRICS)}")
+
+    def study_record(self) -> dict:
+        """What must match for a stored study to be continued (validation settings may change between runs)."""
+        keep = ("modules", "data", "split", "proxy_samples", "proxy_batch_size", "budget", "workload", "search")
+        record = {k: v for k, v in asdict(self).items() if k in keep}
+        record["modules"] = str(Path(self.modules).resolve())
+        return record
+
+
+@dataclass
+class Loaded:
+    modular: ModularModel
+    tokenizer: object
+    pairs: object  # Seq2SeqData of the split
+    scorer: ProxyScorer
+
+
+def load_for_scoring(settings: PlanSettings) -> Loaded:
+    modular = ModularModel.from_pretrained(settings.modules)
+    tokenizer = load_tokenizer(modular.config.teacher)
+    pairs = load_split(DataSpec(**settings.data), settings.split)
+    if len(pairs) == 0:
+        raise DataError(f"split {settings.split!r} holds no pairs")
+    batches = pairs.take(settings.proxy_samples).tokenize(tokenizer).batches(settings.proxy_batch_size, shuffle=False)
+    return Loaded(modular, tokenizer, pairs, ProxyScorer(modular, batches))
+
+
+def pair_scorer(scorer: ProxyScorer, stacks: dict[str, list]):
+    """Score (i, j) index pairs of the search space (stack lists as from `space_stacks`)."""
+    encoder, decoder = stacks["encoder"], stacks["decoder"]
+
+    def score(pairs, progress):
+        done = 0
+
+        def tick(n: int) -> None:
+            nonlocal done
+            done += n
+            progress(done)
+
+        return scorer.score([Assembly(encoder=encoder[a], decoder=decoder[b]) for a, b in pairs], on_scored=tick)
+
+    return score
+
+
+def run_plan(
+    settings: PlanSettings,
+    profile: LatencyProfile,
+    *,
+    storage: str,
+    study_name: str,
+    workers: int = 1,
+    remote_workers: int = 0,
+    on_progress: Progress | None = None,
+) -> planning.PlanResult:
+    """Search, validate and choose (see `planner.plan` and `planner.search`).
+
+    `workers` scoring processes run here (this one is worker 0); `remote_workers` more are expected to join
+    through the storage with `modformer plan-worker` (numbers `workers` … `workers + remote_workers - 1`).
+    """
+    if workers < 1 or remote_workers < 0:
+        raise ConfigError(
+            f"--workers must be at least 1 and --remote-workers at least 0, got {workers}, {remote_workers}"
+        )
+    if remote_workers and "://" not in storage:
+        raise ConfigError("--remote-workers needs a database --storage URL that the other machines can reach")
+    config = SearchConfig(**settings.search)
+    budget = Budget.parse(settings.budget)
+    loaded = load_for_scoring(settings)
+    modular = loaded.modular
+    check_profile_model(profile, modular)
+    workload = Workload(**settings.workload) if settings.workload else default_workload(profile)
+    space = SearchSpace.build(modular, profile, workload)
+    planning.check_feasible(space, budget)
+
+    def phase(name: str):
+        return (lambda done, total, info: on_progress(name, done, total, info)) if on_progress else None
+
+    study = open_study(open_storage(storage), study_name, config, settings.study_record())
+    score = pair_scorer(loaded.scorer, space_stacks(modular.config))
+    search = Search(space, budget, config, study, score, workers=workers + remote_workers, on_progress=phase("search"))
+    processes = _start_workers(storage, study_name, workers)
+    search._worker_check = lambda: _check_workers(processes)
+    try:
+        result = search.run()
+        rules = planning.rule_points(modular, space)
+        search.include(list(zip(rules["i"], rules["j"], strict=True)), "rules")
+        study.set_user_attr("status", "done")
+    except BaseException:
+        study.set_user_attr("status", "failed")  # the workers stop
+        raise
+    finally:
+        for p in processes:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    result.scored = search.table()
+    result.proxy = loaded.scorer.stats.to_json()
+    rules = rules.merge(result.scored[["assembly", "proxy_loss"]], on="assembly", how="left")
+
+    # Validation: spread points of the proxy frontier, plus the best in-budget point of each rule.
+    front = result.frontier(config.objectives)
+    picks = planning.pick_spread(front, settings.validate)
+    within = rules[result.scored.set_index("assembly").loc[rules["assembly"], "violation"].to_numpy() <= 0]
+    best_rules = within.groupby("strategy", sort=False).head(1)
+    chosen_texts = list(dict.fromkeys([*picks["assembly"], *best_rules["assembly"]]))
+    pairs = loaded.pairs.take(settings.validate_samples)
+    validation = planning.validate_assemblies(
+        modular, loaded.tokenizer, chosen_texts, pairs, profile, workload,
+        max_new_tokens=settings.max_new_tokens, on_progress=phase("validate"),
+    )  # fmt: skip
+    frontier = planning.frontier_table(result, config.objectives, validation, settings.metric, budget, rules)
+    rules = rules.merge(validation.rows[["assembly", settings.metric, "measured_latency_ms"]], on="assembly",
+                        how="left")  # fmt: skip
+    chosen = planning.choose(frontier, settings.metric)
+    summary = planning.summary_record(
+        search=result, budget=budget, objectives=config.objectives, metric=settings.metric, validation=validation,
+        frontier=frontier, workload=workload, settings=asdict(settings),
+    )  # fmt: skip
+    return planning.PlanResult(frontier=frontier, rules=rules, chosen=chosen, summary=summary, scored=result.scored)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Workers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _start_workers(storage: str, study_name: str, workers: int) -> list[mp.Process]:
+    """Workers 1 … N-1 as local processes (this process is worker 0), each with an equal share of the cores."""
+    if workers <= 1:
+        return []
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    context = mp.get_context("spawn")
+    processes = []
+    for index in range(1, workers):
+        p = context.Process(target=worker_main, args=(storage, study_name, index, threads), daemon=True)
+        p.start()
+        processes.append(p)
+    return processes
+
+
+def _check_workers(processes: list[mp.Process]) -> None:
+    for k, p in enumerate(processes, start=1):
+        if not p.is_alive() and p.exitcode not in (0, None):
+            raise ModformerError(f"worker {k} stopped with exit code {p.exitcode}")
+
+
+def worker_main(storage: str, study_name: str, index: int, threads: int | None = None) -> int:
+    """Score the share of worker `index` of the study's plan until it is done (also `modformer plan-worker`)."""
+    import optuna
+
+    if threads:
+        torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError:
+        raise ConfigError(f"no study {study_name!r} in {storage}") from None
+    record = study.user_attrs.get("settings")
+    if record is None:
+        raise ConfigError(f"study {study_name!r} is not a modformer plan")
+    settings = PlanSettings(**record)
+    loaded = load_for_scoring(settings)
+    return work(study, index, pair_scorer(loaded.scorer, space_stacks(loaded.modular.config)))

@@ -1,0 +1,347 @@
+"""Searching the space for the proxy frontier: exhaustively where it is small, with optuna's NSGA-II where not.
+
+Both methods run through one optuna study, which is the search state: every scored assembly is a COMPLETE trial
+(params `encoder`, `decoder`: indices into `SearchSpace`; values: proxy loss, predicted latency, predicted memory;
+user attrs `proxy_loss`, `violation`, `scored`, `stage`). A stopped plan started again on the same storage and study
+name picks up what was scored and continues.
+
+* **exhaustive** (when the assemblies within the budget number at most `exhaustive_limit`): every one is scored.
+* **nsga2**: (1) the *marginals*: every encoder stack with the teacher's decoder and every decoder stack with the
+  teacher's encoder; (2) their additive surrogate, loss(e, d) ≈ loss(e, T) + loss(T, d) − loss(T, T), ranks the whole
+  space at no cost, and its Pareto set (with the predicted costs) is enqueued as the first generations; (3) NSGA-II
+  (seeded; the budget as a constraint, so feasible assemblies always rank first) breeds the rest until `trials`
+  assemblies have been scored. Assemblies past the budget are told their surrogate values and not scored: the
+  constraint already ranks them last.
+
+Several workers: the process that runs the search asks every generation itself (so the sampler sees one sequence of
+events, whatever the worker count: the same seed gives the same frontier with 1 or N workers) and spreads the
+scoring. Assemblies are grouped by encoder stack (so shared bottoms stay shared) and each group is given to a worker
+through the storage (user attr `worker`); a worker writes `proxy_loss` back to the trial, and the search tells the
+trial once every value is in. Local workers are processes started here; on other machines, `modformer plan-worker`
+joins the same study through a database URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from modformer.errors import ConfigError, ModformerError
+from modformer.planner.frontier import pareto_mask
+from modformer.planner.space import Budget, SearchSpace
+
+log = logging.getLogger(__name__)
+
+METHODS = ("auto", "exhaustive", "nsga2")
+OBJECTIVES = ("quality", "latency", "memory")
+Progress = Callable[[int, int, str], None]  # (done, total, what)
+
+
+@dataclass
+class SearchConfig:
+    method: str = "auto"
+    trials: int | None = None  # assemblies to score on the nsga2 path; default: see `default_trials`
+    population: int = 64
+    exhaustive_limit: int = 2000  # score every feasible assembly when there are at most this many
+    seed: int = 0
+    objectives: tuple[str, ...] = OBJECTIVES
+    mutation_prob: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown search method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.trials is not None and self.trials < 1:
+            raise ConfigError(f"--trials must be at least 1, got {self.trials}")
+        if self.population < 2:
+            raise ConfigError(f"the population must be at least 2, got {self.population}")
+        objectives = tuple(self.objectives)
+        unknown = [o for o in objectives if o not in OBJECTIVES]
+        if unknown or "quality" not in objectives or len(set(objectives)) != len(objectives) or len(objectives) < 2:
+            raise ConfigError(
+                f"--objectives must list quality and at least one of latency, memory (no repeats), got {','.join(objectives)}"
+            )
+        self.objectives = objectives
+
+
+def default_trials(space_size: int) -> int:
+    """Assemblies the nsga2 path scores by default: 3 % of the space, at least 600 and at most 4000."""
+    return int(min(max(600, 0.03 * space_size), 4000, space_size))
+
+
+@dataclass
+class SearchResult:
+    method: str
+    scored: pd.DataFrame  # one row per scored assembly (see `SearchSpace` for the cost columns)
+    space_size: int
+    feasible_size: int
+    trials: int  # trials in the study (scored + told without scoring)
+    seconds: float
+    proxy: dict = field(default_factory=dict)
+    study_name: str = ""
+
+    @property
+    def scored_count(self) -> int:
+        return len(self.scored)
+
+    def frontier(self, objectives: Sequence[str], *, feasible_only: bool = True) -> pd.DataFrame:
+        """Scored assemblies no other scored assembly beats on every objective (within the budget by default)."""
+        rows = self.scored[self.scored["violation"] <= 0] if feasible_only else self.scored
+        values = objective_values(rows, objectives)
+        return rows[pareto_mask(values)].sort_values("latency_ms").reset_index(drop=True)
+
+    def summary(self) -> dict:
+        return {"method": self.method, "space_size": self.space_size, "feasible_size": self.feasible_size,
+                "scored": self.scored_count, "scored_fraction": self.scored_count / max(self.space_size, 1),
+                "trials": self.trials, "seconds": round(self.seconds, 2), "proxy": self.proxy,
+                "study_name": self.study_name}  # fmt: skip
+
+
+def objective_values(rows: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
+    columns = {"quality": "proxy_loss", "latency": "latency_ms", "memory": "memory_mb"}
+    return rows[[columns[o] for o in objectives]].to_numpy(dtype=float)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Storage
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def open_storage(url: str):
+    """An optuna storage: a database URL (anything with `://`, e.g. sqlite:///plan.db, postgresql://…) or a path,
+    which becomes an embedded journal file (nothing to start; several local processes may share it)."""
+    if "://" in url:
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as err:  # optuna raises several kinds for a bad URL or an unreachable server
+            raise ConfigError(f"--storage {url}: {str(err).splitlines()[0]}") from None
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    return JournalStorage(JournalFileBackend(str(url)))
+
+
+def open_study(storage, name: str, config: SearchConfig, settings: dict) -> optuna.Study:
+    """Create the study or load it to continue; refuse one made with other settings."""
+    sampler = optuna.samplers.NSGAIISampler(
+        population_size=config.population, seed=config.seed, mutation_prob=config.mutation_prob,
+    )  # fmt: skip
+    directions = ["minimize"] * 3
+    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
+                                load_if_exists=True)  # fmt: skip
+    recorded = study.user_attrs.get("settings")
+    if recorded is None:
+        study.set_user_attr("settings", settings)
+        study.set_user_attr("status", "running")
+    elif recorded != settings:
+        differs = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+        raise ConfigError(
+            f"study {name!r} in this storage was made with other settings ({', '.join(differs)} differ); "
+            "use another --study-name or storage, or --overwrite"
+        )
+    return study
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The search
+# --------------------------------------------------------------------------------------------------------------------
+
+Scorer = Callable[[list[tuple[int, int]]], list[float]]  # (i, j) pairs -> proxy losses
+
+
+class Search:
+    """One plan's search over `space` (see the module docstring)."""
+
+    def __init__(self, space: SearchSpace, budget: Budget, config: SearchConfig, study: optuna.Study,
+                 score: Scorer, *, workers: int = 1, on_progress: Progress | None = None):  # fmt: skip
+        self.space, self.budget, self.config, self.study = space, budget, config, study
+        self._score_local = score
+        self.workers = workers
+        self.on_progress = on_progress
+        self.distributions = {
+            "encoder": optuna.distributions.CategoricalDistribution(list(range(len(space.encoder)))),
+            "decoder": optuna.distributions.CategoricalDistribution(list(range(len(space.decoder)))),
+        }
+        self.values: dict[tuple[int, int], float] = {}  # proxy losses scored so far (also from an earlier run)
+        self.surrogate: np.ndarray | None = None
+        self.stage = ""
+        self._started = time.perf_counter()
+        self._worker_check: Callable[[], None] = lambda: None
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if t.user_attrs.get("scored"):
+                self.values[(t.params["encoder"], t.params["decoder"])] = float(t.user_attrs["proxy_loss"])
+
+    # --- entry point ----------------------------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        i, j = self.space.all_pairs()
+        feasible = self.space.violation(self.budget, i, j) <= 0
+        n_feasible = int(feasible.sum())
+        method = self.config.method
+        if method == "auto":
+            method = "exhaustive" if n_feasible <= self.config.exhaustive_limit else "nsga2"
+        if method == "exhaustive":
+            pairs = list(zip(i[feasible].tolist(), j[feasible].tolist(), strict=True))
+            self._score_pairs(pairs, "exhaustive", total=len(pairs))
+        else:
+            self._nsga2()
+        self.study.set_user_attr("status", "done")
+        return SearchResult(
+            method=method,
+            scored=self.table(),
+            space_size=self.space.size,
+            feasible_size=n_feasible,
+            trials=len(self.study.trials),
+            seconds=time.perf_counter() - self._started,
+            study_name=self.study.study_name,
+        )
+
+    def include(self, pairs: list[tuple[int, int]], stage: str) -> None:
+        """Score these assemblies too (through the study, so they are stored and counted), e.g. the rule points."""
+        self._score_pairs([(int(a), int(b)) for a, b in pairs], stage, total=len(self.values) + len(pairs))
+
+    def table(self) -> pd.DataFrame:
+        """Every scored assembly with its costs, sorted by predicted latency."""
+        if not self.values:
+            return pd.DataFrame(columns=["i", "j", "assembly", "proxy_loss", "latency_ms", "memory_mb", "params",
+                                         "size_ratio", "speed_ratio", "violation"])  # fmt: skip
+        keys = sorted(self.values)
+        i = np.array([k[0] for k in keys])
+        j = np.array([k[1] for k in keys])
+        s = self.space
+        table = pd.DataFrame({
+            "i": i, "j": j, "assembly": [str(s.assembly(a, b)) for a, b in keys],
+            "proxy_loss": [self.values[k] for k in keys], "latency_ms": s.latency_ms(i, j),
+            "memory_mb": s.memory_mb(i, j), "params": s.params(i, j), "size_ratio": s.size_ratio(i, j),
+            "speed_ratio": s.speed_ratio(i, j), "violation": s.violation(self.budget, i, j),
+        })  # fmt: skip
+        return table.sort_values(["latency_ms", "proxy_loss"]).reset_index(drop=True)
+
+    # --- nsga2 ----------------------------------------------------------------------------------------------------
+    def _nsga2(self) -> None:
+        s = self.space
+        target = self.config.trials or default_trials(s.size)
+        ti, tj = s.teacher
+        marginals = [(a, tj) for a in range(len(s.encoder))] + [(ti, b) for b in range(len(s.decoder)) if b != tj]
+        self._score_pairs(marginals, "marginals", total=target)
+        enc = np.array([self.values[(a, tj)] for a in range(len(s.encoder))])
+        dec = np.array([self.values[(ti, b)] for b in range(len(s.decoder))])
+        i, j = s.all_pairs()
+        self.surrogate = (enc[i] + dec[j] - self.values[(ti, tj)]).reshape(len(s.encoder), len(s.decoder))
+        # The surrogate's own frontier (within the budget) seeds the search, best surrogate quality first.
+        ok = s.violation(self.budget, i, j) <= 0
+        objectives = self._objective_columns(self.surrogate[i, j], s.latency_ms(i, j), s.memory_mb(i, j))
+        seeds = np.flatnonzero(ok)[pareto_mask(objectives[ok])]
+        seeds = seeds[np.argsort(self.surrogate[i[seeds], j[seeds]], kind="stable")]
+        room = max(target - len(self.values), 0)
+        seed_pairs = [(int(i[k]), int(j[k])) for k in seeds[: room // 2]]
+        self._score_pairs(seed_pairs, "surrogate frontier", total=target)
+        attempts = 0
+        while len(self.values) < target and attempts < 50 * target:
+            before = len(self.values)
+            trials = [self.study.ask(self.distributions) for _ in range(self.config.population)]
+            attempts += len(trials)
+            self._tell_generation(trials, "nsga2", total=target)
+            if len(self.values) == before and attempts > 10 * target:
+                break  # the sampler only proposes what is already scored: the search has converged
+
+    def _objective_columns(self, quality, latency, memory) -> np.ndarray:
+        named = {"quality": quality, "latency": latency, "memory": memory}
+        return np.column_stack([named[o] for o in self.config.objectives])
+
+    # --- scoring through the study --------------------------------------------------------------------------------
+    def _score_pairs(self, pairs: list[tuple[int, int]], stage: str, *, total: int) -> None:
+        """Enqueue and score fixed pairs (those not scored yet), one population-sized generation at a time."""
+        todo = [p for p in dict.fromkeys(pairs) if p not in self.values]
+        step = max(self.config.population, 256)
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            for a, b in chunk:
+                self.study.enqueue_trial({"encoder": a, "decoder": b}, skip_if_exists=False)
+            trials = [self.study.ask(self.distributions) for _ in chunk]
+            self._tell_generation(trials, stage, total=total)
+
+    def _tell_generation(self, trials: list[optuna.Trial], stage: str, *, total: int) -> None:
+        s = self.space
+        pairs = [(int(t.params["encoder"]), int(t.params["decoder"])) for t in trials]
+        violation = [float(s.violation(self.budget, a, b)) for a, b in pairs]
+        new = sorted({p for p, v in zip(pairs, violation, strict=True) if p not in self.values and
+                      (v <= 0 or stage != "nsga2")})  # fmt: skip
+        if new:
+            losses = self._score(new, trials, pairs, stage, total)
+            self.values.update(zip(new, losses, strict=True))
+        for t, p, v in zip(trials, pairs, violation, strict=True):
+            scored = p in self.values
+            loss = self.values[p] if scored else float(self.surrogate[p]) if self.surrogate is not None else np.nan
+            t.set_user_attr("violation", v)
+            t.set_constraint("budget", v)  # NSGA-II ranks feasible trials (<= 0) first
+            t.set_user_attr("scored", scored)
+            t.set_user_attr("stage", stage)
+            if scored:
+                t.set_user_attr("proxy_loss", loss)
+            self.study.tell(t, [loss, float(s.latency_ms(*p)), float(s.memory_mb(*p))])
+
+    def _score(self, new, trials, pairs, stage, total) -> list[float]:
+        def progress(done: int) -> None:
+            if self.on_progress:
+                self.on_progress(min(len(self.values) + done, total), total, stage)
+
+        if self.workers <= 1:
+            return self._score_local(new, progress)
+        return self._score_with_workers(new, trials, pairs, progress)
+
+    def _score_with_workers(self, new, trials, pairs, progress) -> list[float]:
+        """Give each encoder group to a worker through the storage; score group 0's share here; wait for the rest."""
+        groups = sorted({a for a, _ in new})
+        owner = {a: k % self.workers for k, a in enumerate(groups)}
+        first_trial = {}
+        for t, p in zip(trials, pairs, strict=True):
+            first_trial.setdefault(p, t)
+        for p in new:
+            first_trial[p].set_user_attr("worker", owner[p[0]])
+        mine = [p for p in new if owner[p[0]] == 0]
+        results = dict(zip(mine, self._score_local(mine, progress), strict=True)) if mine else {}
+        waiting = {first_trial[p].number: p for p in new if owner[p[0]] != 0}
+        while waiting:
+            self._worker_check()
+            for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if t.number in waiting and "worker_loss" in t.user_attrs:
+                    results[waiting.pop(t.number)] = float(t.user_attrs["worker_loss"])
+            progress(len(results))
+            if waiting:
+                time.sleep(0.05)
+        return [results[p] for p in new]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Workers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def work(study: optuna.Study, index: int, score: Scorer, *, poll_s: float = 0.05, idle_timeout_s: float = 3600) -> int:
+    """Score the trials given to worker `index` until the study says it is done; returns how many were scored."""
+    storage = study._storage
+    done, idle_since = 0, time.monotonic()
+    while True:
+        attrs = study.user_attrs
+        if attrs.get("status") in ("done", "failed"):
+            return done
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        mine = [t for t in running if t.user_attrs.get("worker") == index and "worker_loss" not in t.user_attrs]
+        if not mine:
+            if time.monotonic() - idle_since > idle_timeout_s:
+                raise ModformerError(f"worker {index}: no work for {idle_timeout_s:.0f} s; is the plan still running?")
+            time.sleep(poll_s)
+            continue
+        pairs = [(int(t.params["encoder"]), int(t.params["decoder"])) for t in mine]
+        for t, loss in zip(mine, score(pairs, lambda _n: None), strict=True):
+            storage.set_trial_user_attr(t._trial_id, "worker_loss", loss)
+        done += len(mine)
+        idle_since = time.monotonic()
+
+
+def config_record(config: SearchConfig) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()}
