@@ -193,9 +193,10 @@ def _start_workers(storage: str, study_name: str, workers: int) -> list[mp.Proce
 
 
 def _check_workers(processes: list[mp.Process]) -> None:
+    """Called while waiting for workers: a worker that is gone will never answer."""
     for k, p in enumerate(processes, start=1):
-        if not p.is_alive() and p.exitcode not in (0, None):
-            raise ModformerError(f"worker {k} stopped with exit code {p.exitcode}")
+        if not p.is_alive():
+            raise ModformerError(f"worker {k} stopped (exit code {p.exitcode}) before its share was scored")
 
 
 def worker_main(storage: str, study_name: str, index: int, threads: int | None = None) -> int:

@@ -188,7 +188,6 @@ class Search:
             self._score_pairs(pairs, "exhaustive", total=len(pairs))
         else:
             self._nsga2()
-        self.study.set_user_attr("status", "done")
         return SearchResult(
             method=method,
             scored=self.table(),
