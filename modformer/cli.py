@@ -423,13 +423,13 @@ def plan(
     ),
     method: Annotated[str, typer.Option(help="auto, exhaustive or nsga2 (auto: exhaustive when small).")] = "auto",
     trials: Annotated[
-        int | None, typer.Option(help="Assemblies to score on the nsga2 path (default: 3 % of the space, 600-4000).")
+        int | None, typer.Option(help="Assemblies to score on the nsga2 path (default: 1.5 % of the space, 500-2000).")
     ] = None,
     population: Annotated[int, typer.Option(help="NSGA-II population size.")] = 64,
     exhaustive_limit: Annotated[
         int, typer.Option(help="auto: exhaustive when at most this many fit the budget.")
     ] = 2000,
-    proxy_samples: Annotated[int, typer.Option(help="Held-out pairs the proxy loss is measured on.")] = 64,
+    proxy_samples: Annotated[int, typer.Option(help="Held-out pairs the proxy loss is measured on.")] = 32,
     validate: Annotated[int, typer.Option(help="Proxy-frontier points re-scored with generation and timing.")] = 8,
     validate_samples: Annotated[int, typer.Option(help="Held-out pairs generated for validation.")] = 200,
     metric: Annotated[str, typer.Option(help="Validation metric: bleu, chrf, rouge1, rouge2 or rougeL.")] = "bleu",

@@ -115,7 +115,7 @@ class ProxyScorer:
                     result = stack(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
                 previous = out[0]
             outputs.append(result.last_hidden_state)
-            self.stats.block_runs += len(blocks)
+        self.stats.block_runs += len(blocks)
         # Encoder prefixes are not shared across encoder stacks: 292 encoder stacks cost little next to the decoders,
         # and keeping their prefixes would hold many more tensors. Decoder prefixes are shared (below).
         self._encoded[enc] = outputs

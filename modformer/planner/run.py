@@ -35,8 +35,8 @@ class PlanSettings:
     modules: str
     data: dict  # DataSpec fields
     split: str = "val"
-    proxy_samples: int = 64
-    proxy_batch_size: int = 64
+    proxy_samples: int = 32
+    proxy_batch_size: int = 16
     validate: int = 8  # proxy-frontier points re-scored with real generation
     validate_samples: int = 200
     metric: str = "bleu"
@@ -74,8 +74,16 @@ def load_for_scoring(settings: PlanSettings) -> Loaded:
     pairs = load_split(DataSpec(**settings.data), settings.split)
     if len(pairs) == 0:
         raise DataError(f"split {settings.split!r} holds no pairs")
-    batches = pairs.take(settings.proxy_samples).tokenize(tokenizer).batches(settings.proxy_batch_size, shuffle=False)
-    return Loaded(modular, tokenizer, pairs, ProxyScorer(modular, batches))
+    return Loaded(modular, tokenizer, pairs, ProxyScorer(modular, proxy_batches(pairs, tokenizer, settings)))
+
+
+def proxy_batches(pairs, tokenizer, settings: PlanSettings) -> list[dict]:
+    """The proxy's fixed batches: the first `proxy_samples` pairs, sorted by target length so batches pad little
+    (the LM head and the loss, most of a score's cost, then run on few padding positions)."""
+    data = pairs.take(settings.proxy_samples).tokenize(tokenizer)
+    order = sorted(range(len(data)), key=lambda k: (len(data.target_ids[k]), len(data.source_ids[k])))
+    size = settings.proxy_batch_size
+    return [data._collate(order[start : start + size]) for start in range(0, len(order), size)]
 
 
 def pair_scorer(scorer: ProxyScorer, stacks: dict[str, list]):

@@ -70,8 +70,8 @@ class SearchConfig:
 
 
 def default_trials(space_size: int) -> int:
-    """Assemblies the nsga2 path scores by default: 3 % of the space, at least 600 and at most 4000."""
-    return int(min(max(600, 0.03 * space_size), 4000, space_size))
+    """Assemblies the nsga2 path scores by default: 1.5 % of the space, at least 500 and at most 2000."""
+    return int(min(max(500, 0.015 * space_size), 2000, space_size))
 
 
 @dataclass
