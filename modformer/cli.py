@@ -99,7 +99,7 @@ def _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix):
     )
 
 
-def _progress() -> Progress:
+def _progress(*, disable: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -109,6 +109,7 @@ def _progress() -> Progress:
         TextColumn("{task.fields[info]}"),
         console=err_console,
         transient=False,
+        disable=disable,
     )
 
 
@@ -222,12 +223,15 @@ def train(
     )
     model = trainer.model
     n_modules = len(model.blocks)
-    console.print(
+    say = console.print if trainer.is_main else (lambda *a, **k: None)  # one voice when several processes train
+    processes = trainer.processes.num_processes
+    say(
         f"training {n_modules} modules (granularities {model.config.granularities}) on {len(train_data):,} pairs "
         f"from {escape(train_data.origin)}; {config.steps} steps"
         + (f", resuming at {trainer.state.step}" if resume else "")
+        + (f"; {processes} processes share each batch of {config.batch_size}" if processes > 1 else "")
     )
-    with _progress() as progress:
+    with _progress(disable=not trainer.is_main) as progress:
         task = progress.add_task("train", total=config.steps, completed=trainer.state.step, info="")
 
         def on_step(r) -> None:
@@ -239,7 +243,7 @@ def train(
             progress.console.print(f"step {step}: held-out loss {shown}")
 
         trainer.fit(out, on_step=on_step, on_eval=on_eval)
-    console.print(f"modules written to [bold]{escape(str(out))}[/]")
+    say(f"modules written to [bold]{escape(str(out))}[/]")
 
 
 def _parse_granularities(text: str | None) -> list[int] | None:

@@ -222,6 +222,21 @@ class Ctx:
     t5: Path
     bart: Path
     tokenizer: object
+    profile: Path
+
+    def plan(self, *extra, out: Path | None = None, profile: Path | None = None) -> list:
+        return ["plan", "--modules", self.modules, "--profile", profile or self.profile, "--data", self.data,
+                *LINE_DATA, "--out", out or self.tmp / "plan", *extra]  # fmt: skip
+
+    def profile_copy(self, edit: Callable[[dict], None]) -> Path:
+        """The profile with its metadata edited (the table is untouched, so its checksum still holds)."""
+        folder = self.tmp / "profile"
+        folder.mkdir()
+        shutil.copyfile(self.profile.with_suffix(".csv"), folder / "profile.csv")
+        meta = read_json(self.profile)
+        edit(meta)
+        (folder / "profile.json").write_text(json.dumps(meta), encoding="utf-8")
+        return folder / "profile.json"
 
     def train(self, *extra, teacher: Path | None = None, data: Path | None = None, out: Path | None = None) -> list:
         return train_args(teacher or self.t5, data or self.data, out or self.tmp / "out", *extra)
@@ -438,6 +453,28 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
     "evaluate-zero-batch-size": (lambda c: c.evaluate_model("--batch-size", 0), "batch_size must be at least 1"),
     "evaluate-zero-beams": (lambda c: c.evaluate_model("--num-beams", 0), "num_beams"),
     "evaluate-zero-new-tokens": (lambda c: c.evaluate_model("--max-new-tokens", 0), "max_new_tokens"),
+    # plans
+    "plan-infeasible-budget": (
+        lambda c: c.plan("--budget", "latency_ms<=0.001"),
+        "no assembly meets the budget latency_ms<=0.001; nearest: enc=",
+    ),
+    "plan-budget-unknown-key": (lambda c: c.plan("--budget", "speed<=2"), "unknown budget key 'speed'"),
+    "plan-budget-not-a-number": (lambda c: c.plan("--budget", "latency_ms<=fast"), "is not a number"),
+    "plan-objectives-without-quality": (
+        lambda c: c.plan("--objectives", "latency,memory"),
+        "--objectives must list quality",
+    ),
+    "plan-profile-missing": (lambda c: c.plan(profile=c.tmp / "nosuch.json"), "not found"),
+    "plan-profile-of-another-model": (
+        lambda c: c.plan(profile=c.profile_copy(lambda m: m["model"].update(teacher_config_fingerprint="0" * 16))),
+        "the profile was measured on another model",
+    ),
+    "plan-zero-proxy-samples": (lambda c: c.plan("--proxy-samples", 0), "--proxy-samples must be at least 1"),
+    "plan-output-exists": (lambda c: c.plan(out=_empty_dir(c, "plan")), "already exists"),
+    "export-plan-missing": (
+        lambda c: ["export", "--plan", c.tmp / "noplan", "--out", c.tmp / "out"],
+        "plan folder not found",
+    ),
     "teacher-unknown-preset": (
         lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.tmp / "out", "--preset", "huge"],
         "unknown preset 'huge'",
@@ -445,9 +482,24 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
 }
 
 
+@pytest.fixture(scope="module")
+def profile_file(tmp_path_factory, modules_dir) -> Path:
+    """A quick profile of the tiny modules (short grid, no memory runs)."""
+    from modformer.modular.model import ModularModel
+    from modformer.profiling.measure import ProfileConfig, profile_modules
+
+    config = ProfileConfig(batch_sizes=(1,), src_lens=(6,), gen_lens=(4,), warmup=1, repeats=2, generate_repeats=1,
+                           memory=False, threads=1)  # fmt: skip
+    path = tmp_path_factory.mktemp("profile") / "profile.json"
+    profile_modules(ModularModel.from_pretrained(modules_dir), config).save(path)
+    return path
+
+
 @pytest.fixture
-def ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer) -> Ctx:
-    return Ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer)
+def ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer,
+        profile_file) -> Ctx:  # fmt: skip
+    return Ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer,
+               profile_file)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -457,7 +509,7 @@ def ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teac
 def test_bad_input_is_a_one_line_error_that_changes_nothing(case, ctx):
     build, phrase = BAD_INPUT[case]
     args = build(ctx)
-    roots = (ctx.tmp, ctx.modules, ctx.exported, ctx.data, ctx.t5, ctx.bart)
+    roots = (ctx.tmp, ctx.modules, ctx.exported, ctx.data, ctx.t5, ctx.bart, ctx.profile.parent)
     before = snapshot(*roots)
     result = invoke(*args)
     assert result.exit_code not in (0, None), result.stdout
@@ -497,18 +549,20 @@ placeholders. Regenerate after changing a message: `MODFORMER_UPDATE_DOCS=1 .ven
 
 def _placeholders(ctx: Ctx, text: str) -> str:
     for path, name in ((ctx.modules, "<modules>"), (ctx.exported, "<export>"), (ctx.data, "<data>"),
-                       (ctx.t5, "<t5-teacher>"), (ctx.bart, "<bart-teacher>"), (ctx.tmp, "<tmp>")):  # fmt: skip
+                       (ctx.t5, "<t5-teacher>"), (ctx.bart, "<bart-teacher>"), (ctx.profile, "<profile>"),
+                       (ctx.tmp, "<tmp>")):  # fmt: skip
         text = text.replace(str(path), name)
     return text.replace("|", "\\|")
 
 
 def test_bad_input_table_in_docs_is_current(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir,
-                                            bart_teacher_dir, tokenizer):  # fmt: skip
+                                            bart_teacher_dir, tokenizer, profile_file):  # fmt: skip
     rows = []
     for case, (build, _) in BAD_INPUT.items():
         case_dir = tmp_path / case
         case_dir.mkdir()
-        ctx = Ctx(case_dir, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer)
+        ctx = Ctx(case_dir, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer,
+                  profile_file)  # fmt: skip
         args = [str(a) for a in build(ctx)]
         result = invoke(*args)
         command = _placeholders(ctx, "modformer " + " ".join(f"'{a}'" if " " in a or not a else a for a in args))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from modformer.checkpoints import load_seq2seq
+from modformer.cli import app
 from modformer.errors import ConfigError, InfeasibleBudgetError
 from modformer.evaluation import teacher_forced_loss
 from modformer.modular.assembly import Assembly, valid_stacks
@@ -197,3 +201,104 @@ def test_two_workers_on_one_file_storage_give_the_same_frontier(small, tmp_path,
     assert np.allclose(one.scored["proxy_loss"], two.scored["proxy_loss"], atol=2e-6)
     front = lambda r: r.frontier[r.frontier["on_proxy_frontier"]]["assembly"].tolist()  # noqa: E731
     assert front(one) == front(two)
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------------
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def plan_args(plan_root, data_dir, out, *extra) -> list:
+    return ["plan", "--modules", plan_root / "mods", "--profile", plan_root / "profile.json", "--data", data_dir,
+            "--src-ext", "en", "--tgt-ext", "de", "--out", out, "--proxy-samples", 16, "--validate", 3,
+            "--validate-samples", 8, "--max-new-tokens", 4, *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def plan_dir(plan_root, data_dir):
+    out = plan_root / "plan"
+    result = cli(*plan_args(plan_root, data_dir, out))
+    assert result.exit_code == 0, result.stderr + result.stdout
+    assert "method exhaustive: scored 169 of 169" in result.stdout and "chosen:" in result.stdout
+    return out
+
+
+def test_plan_writes_every_output(plan_dir):
+    for name in ("frontier.csv", "frontier.json", "pareto.png", "report.html", "chosen.json", "scored.csv"):
+        assert (plan_dir / name).stat().st_size > 0, name
+    frontier = pd.read_csv(plan_dir / "frontier.csv")
+    need = {"assembly", "size_ratio", "speed_ratio", "predicted_latency_ms", "measured_latency_ms", "memory_mb",
+            "proxy_loss", "bleu", "on_proxy_frontier", "on_validated_frontier", "within_budget"}  # fmt: skip
+    assert need <= set(frontier.columns)
+    validated = frontier[frontier["validated"]]
+    assert len(validated) >= 3 and (validated["measured_latency_ms"] > 0).all()
+    chosen = json.loads((plan_dir / "chosen.json").read_text())
+    assert chosen["assembly"] in set(validated["assembly"]) and Assembly.from_json(chosen["assembly_json"])
+    report = (plan_dir / "report.html").read_text()
+    assert "data:image/png;base64," in report and "http" not in report.replace("http-equiv", "")
+    for name in validated["assembly"]:  # the report names every validated point
+        assert name in report
+    png = plan_dir / "pareto.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((plan_dir / "frontier.json").read_text())["summary"]
+    assert summary["search"]["scored"] == 169 and summary["search"]["method"] == "exhaustive"
+
+
+def test_plan_names_the_points_on_the_figure(plan_dir):
+    import matplotlib.pyplot as plt
+
+    from modformer.plots import plot_pareto
+
+    frontier = pd.read_csv(plan_dir / "frontier.csv", keep_default_na=False, na_values=[""])
+    frontier["rule"] = frontier["rule"].fillna("")
+    scored = pd.read_csv(plan_dir / "scored.csv")
+    rules = pd.DataFrame(json.loads((plan_dir / "frontier.json").read_text())["rules"])
+    fig = plot_pareto(scored, frontier, rules, metric="bleu", budget_latency_ms=20.0)
+    texts = {t.get_text() for ax in fig.axes for t in ax.texts}
+    assert set(frontier.loc[frontier["validated"], "assembly"]) <= texts
+    plt.close(fig)
+
+
+def test_export_plan_exports_the_chosen_assembly(plan_dir, tmp_path):
+    out = tmp_path / "exported"
+    result = cli("export", "--plan", plan_dir, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    chosen = json.loads((plan_dir / "chosen.json").read_text())
+    info = json.loads((out / "modformer.json").read_text())
+    assert info["assembly_spec"] == Assembly.parse(chosen["assembly"]).format()
+    assert info["plan_chosen"]["assembly"] == chosen["assembly"]
+
+
+def test_infeasible_budget_exits_2_naming_the_nearest(plan_root, data_dir, tmp_path):
+    out = tmp_path / "never"
+    result = cli(*plan_args(plan_root, data_dir, out, "--budget", "latency_ms<=0.001"))
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert (
+        "\n" not in line and "no assembly meets the budget latency_ms<=0.001; nearest: enc=" in line and " ms, " in line
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "phrase"),
+    [
+        (("--budget", "speed<=3"), "unknown budget key 'speed'"),
+        (("--objectives", "latency,memory"), "--objectives must list quality"),
+        (("--method", "annealing"), "unknown search method 'annealing'"),
+        (("--metric", "meteor"), "unknown metric 'meteor'"),
+        (("--workers", 0), "--workers must be at least 1"),
+        (("--remote-workers", 1), "needs a database --storage URL"),
+        (("--split", "nosuch"), "nosuch"),
+        (("--trials", 0), "--trials must be at least 1"),
+    ],
+)
+def test_plan_bad_input_is_one_line(plan_root, data_dir, tmp_path, extra, phrase):
+    out = tmp_path / "p"
+    result = cli(*plan_args(plan_root, data_dir, out, *extra))
+    assert result.exit_code == 1, result.stdout
+    assert phrase in result.stderr and result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+    assert not out.exists()

@@ -7,6 +7,12 @@ One step:
 3. run the hybrid (the teacher's own stacks with layer lists swapped) on the same batch;
 4. loss = w_ce * CE(labels) + w_hidden * HiddenStateLoss + w_attn * AttentionLoss (self-attention, and in the
    decoder cross-attention too) + w_logit * LogitLoss; only module parameters get gradients.
+
+Several processes (data parallel, launched with `torchrun` or `accelerate launch`; `accelerate.PartialState` reads
+the launcher's environment and sets up the process group: gloo on CPUs, NCCL on GPUs): every process draws the same
+global batch and the same hybrid (same seeds), takes its share of the batch's rows (`rank::world`), and the module
+gradients are averaged across processes (one all-reduce of one flat buffer) before the step. So N processes with a
+global batch B train like one process with batch B. Only the main process evaluates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from accelerate import PartialState
 
 from modformer.data import TokenizedData
 from modformer.errors import CheckpointError, ConfigError
@@ -106,6 +114,14 @@ class ReplacingTrainer:
 
     def __init__(self, model: ModularModel, config: TrainConfig, train: TokenizedData, heldout: TokenizedData):
         self.model, self.config, self.train, self.heldout = model, config, train, heldout
+        self.processes = PartialState()  # one process, or the group torchrun / accelerate launch started
+        if config.batch_size < self.processes.num_processes:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} is smaller than the {self.processes.num_processes} processes "
+                "that share it"
+            )
+        self.device = self.processes.device
+        model.to(self.device)
         model.teacher.set_attn_implementation("eager")  # attention maps for distillation
         self.params = model.trainable_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
@@ -164,28 +180,60 @@ class ReplacingTrainer:
             progress,
             self.rng,
         )
-        parts = self.losses(batch, hybrid)
+        parts = self.losses(self._share(batch), hybrid)
         weights = {"ce": cfg.w_ce, "hidden": cfg.w_hidden, "attn": cfg.w_attn, "logit": cfg.w_logit}
         loss = sum(weights[k] * v for k, v in parts.items())
-        if not torch.isfinite(loss):
-            bad = next((k for k, v in parts.items() if not torch.isfinite(v)), "total")
+        shown = self._mean_across_processes(torch.stack([loss.detach(), *(v.detach() for v in parts.values())]))
+        if not torch.isfinite(shown).all():  # every process sees the same figures, so all stop together
+            named = dict(zip(["total", *parts], shown.tolist(), strict=True))
+            bad = next((k for k in parts if not np.isfinite(named[k])), "total")
             raise ConfigError(
-                f"step {self.state.step + 1}: the {bad} loss is {float(parts.get(bad, loss).detach())}; training stopped "
+                f"step {self.state.step + 1}: the {bad} loss is {named[bad]}; training stopped "
                 "(the last checkpoint is kept; try a lower --lr)"
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._average_gradients()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.state.step += 1
         return StepResult(
             step=self.state.step,
-            loss=float(loss.detach()),
-            parts={k: float(v.detach()) for k, v in parts.items()},
+            loss=float(shown[0]),
+            parts={k: float(v) for k, v in zip(parts, shown[1:], strict=True)},
             hybrid=hybrid.format(),
             seconds=time.perf_counter() - started,
         )
+
+    # --- several processes ----------------------------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.processes.is_main_process
+
+    def _share(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This process's rows of the global batch, on this process's device."""
+        n, rank = self.processes.num_processes, self.processes.process_index
+        return {k: (v[rank::n] if n > 1 else v).to(self.device) for k, v in batch.items()}
+
+    def _mean_across_processes(self, values: torch.Tensor) -> torch.Tensor:
+        if self.processes.num_processes == 1:
+            return values
+        values = values.clone()
+        dist.all_reduce(values)
+        return values / self.processes.num_processes
+
+    def _average_gradients(self) -> None:
+        """Mean of the module gradients over processes. All processes ran the same hybrid, so the same parameters
+        have gradients everywhere; they travel as one flat buffer."""
+        if self.processes.num_processes == 1:
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        flat = self._mean_across_processes(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
     def losses(self, batch: dict[str, torch.Tensor], hybrid: Assembly) -> dict[str, torch.Tensor]:
         """Each loss part of running `hybrid` on `batch`, against the frozen teacher."""
@@ -248,7 +296,9 @@ class ReplacingTrainer:
     def evaluate(self, batch_size: int = 64) -> dict[str, float]:
         """Held-out teacher-forced loss of each probe assembly (and their mean)."""
         model, adapter = self.model, self.model.adapter
-        batches = self.heldout.batches(batch_size, shuffle=False)
+        batches = [
+            {k: v.to(self.device) for k, v in b.items()} for b in self.heldout.batches(batch_size, shuffle=False)
+        ]
         result = {}
         for name, assembly in probe_assemblies(model).items():
             with adapter.swapped_layers(model.teacher, {s: model.stack_blocks(assembly, s) for s in STACKS}):
@@ -271,13 +321,14 @@ class ReplacingTrainer:
             if on_step:
                 on_step(result)
             step, last = self.state.step, self.state.step == cfg.steps
-            if last or (cfg.eval_every and step % cfg.eval_every == 0):
+            if self.is_main and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
                 scores = self.evaluate()
                 self.state.history.append({"step": step, **scores})
                 if on_eval:
                     on_eval(step, scores)
-            if last or (cfg.save_every and step % cfg.save_every == 0):
+            if self.is_main and (last or (cfg.save_every and step % cfg.save_every == 0)):
                 self.save(out_dir)
+        self.processes.wait_for_everyone()  # the others end once the main process has written the last checkpoint
         return self.state
 
     # --- checkpoints ----------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ evenly over predicted latency, the best proxy point always among them), plus the
 rule (size-first, speed-first) for comparison. Each is assembled, generates greedily for the first
 `validate_samples` pairs (BLEU, chrF and ROUGE with sacrebleu / rouge-score), and is timed end to end with the
 profile's call (`generate_fixed`, the profile's workload), all models round-robin so drift hits them alike. The
-validated frontier is the non-dominated set of those points on (validated metric, measured latency, predicted
+teacher is timed in the same rounds, so `measured_speed_ratio` (teacher / assembly) holds even when the machine
+runs slower or faster than when it was profiled. The validated frontier is the non-dominated set of those points on (validated metric, measured latency, predicted
 memory), restricted to the objectives asked for. `chosen` is the validated point with the best metric among those
 whose predicted latency and memory meet the budget.
 """
@@ -118,11 +119,17 @@ def validate_assemblies(
         on_progress(len(assemblies), total, "timing end to end")
     settings = profile.meta.get("settings", {})
     vocab = int(modular.teacher.config.vocab_size)
+    # The teacher is timed in the same rounds: the measured speed-up over it is immune to the machine's drift.
+    c = modular.config
+    teacher = models.get(str(Assembly.teacher(c.encoder_layers, c.decoder_layers))) or modular.assemble(
+        Assembly.teacher(c.encoder_layers, c.decoder_layers)
+    )
     with torch_threads(settings.get("threads")):  # time as the profile was measured
-        measured = time_models(list(models.values()), workload, Timer(settings.get("device", "cpu")), vocab, 0,
+        measured = time_models([*models.values(), teacher], workload, Timer(settings.get("device", "cpu")), vocab, 0,
                                warmup, repeats)  # fmt: skip
-    for row, ms in zip(rows, measured, strict=True):
+    for row, ms in zip(rows, measured, strict=False):
         row["measured_latency_ms"] = ms
+        row["measured_speed_ratio"] = measured[-1] / ms
     if on_progress:
         on_progress(total, total, "validated")
     return Validation(pd.DataFrame(rows), time.perf_counter() - start)
@@ -160,8 +167,8 @@ def frontier_table(search: SearchResult, objectives, validation: Validation, met
     table["on_validated_frontier"] = False
     table.loc[v.index[np.asarray(front, dtype=bool)], "on_validated_frontier"] = True
     table = table.rename(columns={"latency_ms": "predicted_latency_ms"})
-    first = ["assembly", "source", "rule", "size_ratio", "speed_ratio", "predicted_latency_ms", "measured_latency_ms",
-             "memory_mb", "proxy_loss", metric]  # fmt: skip
+    first = ["assembly", "source", "rule", "size_ratio", "speed_ratio", "measured_speed_ratio",
+             "predicted_latency_ms", "measured_latency_ms", "memory_mb", "proxy_loss", metric]  # fmt: skip
     rest = [c for c in table.columns if c not in first and c not in ("i", "j")]
     return table[first + rest].sort_values("predicted_latency_ms").reset_index(drop=True)
 
