@@ -114,7 +114,8 @@ class ReplacingTrainer:
 
     def __init__(self, model: ModularModel, config: TrainConfig, train: TokenizedData, heldout: TokenizedData):
         self.model, self.config, self.train, self.heldout = model, config, train, heldout
-        self.processes = PartialState()  # one process, or the group torchrun / accelerate launch started
+        # One process, or the group torchrun / accelerate launch started (gloo on CPUs, NCCL on GPUs).
+        self.processes = PartialState(cpu=not torch.cuda.is_available())
         if config.batch_size < self.processes.num_processes:
             raise ConfigError(
                 f"--batch-size {config.batch_size} is smaller than the {self.processes.num_processes} processes "
