@@ -554,6 +554,7 @@ def plan_worker(
         int, typer.Option(help="This worker's number: from --workers to --workers + --remote-workers - 1 of the plan.")
     ],
     threads: Annotated[int | None, typer.Option(help="torch threads for this worker.")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the plan to create its study.")] = 600,
 ) -> None:
     """Join a running plan from another machine and score its share (started with `plan --workers N`)."""
     from modformer.planner.run import worker_main
@@ -561,7 +562,7 @@ def plan_worker(
     _quiet_optuna()
     if index < 1:
         raise ConfigError(f"--index must be at least 1 (the plan is worker 0), got {index}")
-    done = worker_main(storage, study_name, index, threads)
+    done = worker_main(storage, study_name, index, threads, wait_s=wait)
     console.print(f"worker {index}: scored {done:,} assemblies")
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -302,3 +306,28 @@ def test_plan_bad_input_is_one_line(plan_root, data_dir, tmp_path, extra, phrase
     assert result.exit_code == 1, result.stdout
     assert phrase in result.stderr and result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_remote_worker_joins_through_a_database_url(plan_root, data_dir, tmp_path):
+    """`plan --remote-workers 1 --storage sqlite:///…` and `plan-worker` in two processes, as on two machines;
+    the frontier is the one a single process finds with the same seed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    search = ("--method", "nsga2", "--trials", 60, "--population", 8, "--seed", 1)
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    cmd = [sys.executable, "-m", "modformer.cli"]
+    plan = subprocess.Popen([str(a) for a in [*cmd, *plan_args(plan_root, data_dir, tmp_path / "two", *search,
+                             "--storage", url, "--study-name", "shared", "--remote-workers", 1)]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    worker = subprocess.run([*cmd, "plan-worker", "--storage", url, "--study-name", "shared", "--index", "1",
+                             "--wait", "120"], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    out, err = plan.communicate(timeout=600)
+    assert plan.returncode == 0, err[-2000:]
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    scored_by_worker = int(worker.stdout.split("scored")[1].split()[0].replace(",", ""))
+    assert scored_by_worker > 0
+    alone = cli(*plan_args(plan_root, data_dir, tmp_path / "one", *search))
+    assert alone.exit_code == 0, alone.stderr
+    front = [pd.read_csv(tmp_path / name / "frontier.csv") for name in ("one", "two")]
+    assert [f.loc[f["on_proxy_frontier"], "assembly"].tolist() for f in front][0] == front[1].loc[
+        front[1]["on_proxy_frontier"], "assembly"
+    ].tolist()

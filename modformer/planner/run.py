@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,17 +208,23 @@ def _check_workers(processes: list[mp.Process]) -> None:
             raise ModformerError(f"worker {k} stopped (exit code {p.exitcode}) before its share was scored")
 
 
-def worker_main(storage: str, study_name: str, index: int, threads: int | None = None) -> int:
+def worker_main(storage: str, study_name: str, index: int, threads: int | None = None, wait_s: float = 600) -> int:
     """Score the share of worker `index` of the study's plan until it is done (also `modformer plan-worker`)."""
     import optuna
 
     if threads:
         torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
-    except KeyError:
-        raise ConfigError(f"no study {study_name!r} in {storage}") from None
+    store = open_storage(storage)
+    deadline = time.monotonic() + wait_s
+    while True:  # a worker may start before the plan has created its study
+        try:
+            study = optuna.load_study(study_name=study_name, storage=store)
+            break
+        except KeyError:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"no study {study_name!r} in {storage} after {wait_s:.0f} s") from None
+            time.sleep(0.5)
     record = study.user_attrs.get("settings")
     if record is None:
         raise ConfigError(f"study {study_name!r} is not a modformer plan")
