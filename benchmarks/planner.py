@@ -3,18 +3,21 @@
     python benchmarks/planner.py [--modules runs/seed-claims/modular] [--work runs/bench-planner] [--overwrite]
 
 The modular checkpoint is the 12+12 Multi30k teacher's (../shared/models/multi30k-t5-12x12, granularities 2,3,4,6;
-made by `benchmarks/seed_claims.py`'s modular stage or by hand:
+made with:
 `modformer train --teacher ../shared/models/multi30k-t5-12x12 --data ../shared/data/multi30k_en_de --src-ext en
 --tgt-ext de --granularities 2,3,4,6 --steps 2000 --out runs/seed-claims/modular`). Stages, each cached under
 --work so that a rerun resumes:
 
 1. profile: `modformer profile` on the default grid.
-3. ground truth: the proxy (first 32 `val` pairs, as the plan's default) of all 85,264 assemblies, saved every few
-   encoder stacks (a rerun continues from the last save).
 2. plans: the default `modformer plan` (no budget), timed end to end (`plan_seconds`); then the same command again
    with the same seed into a second folder (`reproducible`: same scored set and same frontier).
+3. ground truth: the proxy (first 32 `val` pairs, as the plan's default) of all 85,264 assemblies, saved every few
+   encoder stacks (a rerun continues from the last save).
 4. hypervolume: the default plan's proxy frontier against the ground truth's, on (proxy loss, predicted latency,
-   predicted memory), both normalised by the whole space's ranges, reference point 1.1.
+   predicted memory), both normalised by the whole space's ranges, reference point 1.1. The same search is then
+   replayed with the ground truth as its scorer (no model: seconds) at several trial counts, which gives the
+   hypervolume reached against the share of the space scored, and checks that the replay of the default scores
+   exactly the assemblies the real plan scored.
 5. budgets: for latency budgets at the teacher's predicted latency / 1.25, 1.5, 2, 3 and 4, the top 3 proxy points
    of the plan's frontier within each budget and the best in-budget size-first and speed-first points are validated
    (BLEU of greedy outputs on the first 200 `val` pairs, as the plan does); the planner's answer at a budget is the
@@ -54,7 +57,8 @@ from modformer.io import atomic_path, write_json  # noqa: E402
 from modformer.planner.frontier import hypervolume, normaliser, pareto_mask  # noqa: E402
 from modformer.planner.plan import rule_points, validate_assemblies  # noqa: E402
 from modformer.planner.run import PlanSettings, load_for_scoring, pair_scorer  # noqa: E402
-from modformer.planner.space import SearchSpace, space_stacks  # noqa: E402
+from modformer.planner.search import Search, SearchConfig, default_trials, open_study  # noqa: E402
+from modformer.planner.space import Budget, SearchSpace, space_stacks  # noqa: E402
 from modformer.profiling.hardware import fingerprint  # noqa: E402
 from modformer.profiling.profile import LatencyProfile, default_workload  # noqa: E402
 
@@ -95,6 +99,20 @@ def ground_truth(space: SearchSpace, settings: PlanSettings, path: Path) -> np.n
                 with atomic_path(path) as tmp, open(tmp, "wb") as f:
                     np.save(f, grid)
     return grid
+
+
+def simulate(space: SearchSpace, truth: np.ndarray, trials: int | None, seed: int = 0) -> pd.DataFrame:
+    """The default search with the ground truth as its scorer (in-memory study): what the plan scores, without the
+    model. Values equal the proxy's, so with `trials=None` this must reproduce the real default plan's scored set."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = SearchConfig(method="nsga2", trials=trials, seed=seed)
+    study = open_study(optuna.storages.InMemoryStorage(), "sim", config, {})
+    lookup = lambda pairs, _progress: [float(truth[a, b]) for a, b in pairs]  # noqa: E731
+    search = Search(space, Budget(), config, study, lookup)
+    search.run()
+    return search.table()
 
 
 def main() -> None:
@@ -163,6 +181,16 @@ def main() -> None:
     hv_plan = hypervolume(plan_values[pareto_mask(plan_values)], low, span)
     check = scored.merge(pd.DataFrame({"i": i, "j": j, "truth": truth[i, j]}), on=["i", "j"])
     proxy_matches = float(np.abs(check["proxy_loss"] - check["truth"]).max())
+
+    # 4b. the same search with the ground truth as scorer, at several trial counts (seconds, no model needed)
+    curve = []
+    for trials in sorted({500, 1000, default_trials(space.size), 2000, 4000, 8000}):
+        sim = simulate(space, truth, trials)
+        values = sim[["proxy_loss", "latency_ms", "memory_mb"]].to_numpy(dtype=float)
+        curve.append({"trials": trials, "scored": len(sim), "scored_fraction": len(sim) / space.size,
+                      "hypervolume_fraction": hypervolume(values[pareto_mask(values)], low, span) / hv_truth})  # fmt: skip
+        if trials == default_trials(space.size):
+            simulated_matches_plan = sim["assembly"].tolist() == scored["assembly"].tolist()
 
     # 5. budgets: validate top-3 per budget and the rule points
     teacher_ms = float(space.latency_ms(*space.teacher))
@@ -244,6 +272,8 @@ def main() -> None:
         "ground_truth_frontier_size": int(len(truth_front)),
         "plan_frontier_size": int(pareto_mask(plan_values).sum()),
         "proxy_max_abs_difference_plan_vs_ground_truth": proxy_matches,
+        "hypervolume_by_trials": curve,
+        "simulated_default_equals_plan": bool(simulated_matches_plan),
         "budgets": per_budget,
         "chosen_unconstrained": json.loads((args.work / "plan-default" / "chosen.json").read_text()),
         "walls_s": {k: round(v, 1) for k, v in walls.items()},
