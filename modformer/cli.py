@@ -382,6 +382,75 @@ def export(
     )
 
 
+# --- baselines ----------------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def baseline(
+    method: Annotated[str, typer.Argument(help="sft, kd or pseudo.")],
+    teacher: Annotated[Path, typer.Option(help="Teacher: a Hugging Face seq2seq checkpoint folder (T5, BART).")],
+    shape: Annotated[str, typer.Option(help="Student layer counts 'E-D', e.g. 6-6 or 12-3.")],
+    out: Annotated[Path, typer.Option(help="Folder for the student (a plain Hugging Face checkpoint).")],
+    data: DataOpt = None,
+    src_ext: SrcExtOpt = None,
+    tgt_ext: TgtExtOpt = None,
+    src_column: SrcColOpt = "source",
+    tgt_column: TgtColOpt = "target",
+    prefix: PrefixOpt = "",
+    train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
+    val_split: Annotated[str, typer.Option(help="Held-out split for the periodic loss.")] = "val",
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
+    batch_size: Annotated[int, typer.Option(help="Sentence pairs per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 5e-4,
+    w_logit: Annotated[float, typer.Option(help="kd: weight of logit distillation.")] = 1.0,
+    w_hidden: Annotated[float, typer.Option(help="kd: weight of hidden-state distillation.")] = 1.0,
+    eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train a fixed-shape student to compare with the modular run: sft, kd or pseudo-labelling."""
+    from modformer.baselines import STATE_NAME, BaselineConfig, StudentTrainer, pseudo_labels
+    from modformer.checkpoints import load_seq2seq, load_tokenizer
+    from modformer.data import Seq2SeqData, load_split
+
+    config = BaselineConfig(method=method, shape=shape, steps=steps, batch_size=batch_size, lr=lr, w_logit=w_logit,
+                            w_hidden=w_hidden, eval_every=eval_every, save_every=save_every, seed=seed)  # fmt: skip
+    if resume and not (out / STATE_NAME).is_file():
+        raise ConfigError(f"--resume: {out} holds no baseline run to continue")
+    if not resume:
+        _refuse_existing(out, overwrite)
+    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    train_data = load_split(spec, train_split)
+    val_data = load_split(spec, val_split, limit=config.eval_pairs)
+    teacher_model = load_seq2seq(teacher, eager=method == "kd")
+    tokenizer = load_tokenizer(teacher)
+    trainer_args = (teacher_model, config)
+    with _progress() as progress:
+        if method == "pseudo":
+            task = progress.add_task("pseudo-labels", total=len(train_data), info="teacher, greedy")
+            targets = pseudo_labels(teacher_model, tokenizer, train_data.sources, out,
+                                    on_batch=lambda n: progress.advance(task, n))  # fmt: skip
+            train_data = Seq2SeqData(train_data.sources, targets, f"{train_data.origin}, teacher's outputs")
+        trainer = StudentTrainer(*trainer_args, train_data.tokenize(tokenizer), val_data.tokenize(tokenizer))
+        if resume:
+            trainer.resume(out)
+        layers = ", ".join(f"{s} {trainer.layer_map[s]}" for s in trainer.layer_map)
+        progress.console.print(f"{method} student {shape} (teacher layers {layers}); {config.steps} steps"
+                               + (f", resuming at {trainer.state.step}" if resume else ""))  # fmt: skip
+        task = progress.add_task(method, total=config.steps, completed=trainer.state.step, info="")
+
+        def on_step(step: int, loss: float, parts: dict) -> None:
+            shown = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
+            progress.update(task, completed=step, info=f"loss {loss:.3f} ({shown})")
+
+        def on_eval(step: int, loss: float) -> None:
+            progress.console.print(f"step {step}: held-out loss {loss:.3f}")
+
+        state = trainer.fit(out, tokenizer, on_step=on_step, on_eval=on_eval)
+    console.print(f"student written to [bold]{escape(str(out))}[/] ({state.step} steps, {state.seconds:.0f} s)")
+
+
 # --- plan ---------------------------------------------------------------------------------------------------------
 def _read_plan(folder: Path) -> tuple[dict, str]:
     """(chosen.json content, modules folder the plan was made from) of a plan folder."""

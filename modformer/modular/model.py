@@ -196,20 +196,7 @@ class ModularModel(nn.Module):
     def assemble(self, assembly: Assembly) -> nn.Module:
         """A standalone `*ForConditionalGeneration` holding only the blocks of `assembly` (weights copied)."""
         self.validate(assembly)
-        adapter, teacher = self.adapter, self.teacher
-        config = adapter.with_depths(teacher.config, len(assembly.encoder), len(assembly.decoder))
-        config._attn_implementation = teacher.config._attn_implementation
-        layer_prefixes = {s: f"{adapter.stack_paths[s]}.{adapter.layers_attr}." for s in STACKS}
-        state = {
-            name: t for name, t in teacher.state_dict().items() if not name.startswith(tuple(layer_prefixes.values()))
-        }
-        for stack in STACKS:
-            for j, layer in enumerate(self.stack_blocks(assembly, stack)):
-                state.update({f"{layer_prefixes[stack]}{j}.{n}": t for n, t in layer.state_dict().items()})
-        model = teacher.__class__(config)
-        model.load_state_dict(state, strict=True)
-        model.generation_config = copy.deepcopy(teacher.generation_config)
-        return model.eval()
+        return standalone(self.teacher, {s: self.stack_blocks(assembly, s) for s in STACKS})
 
     def cost_model(self) -> CostModel:
         """Parameter counts per block and fixed, for the strategies. Exact: a block's params are a layer's params."""
@@ -233,6 +220,23 @@ class ModularModel(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.blocks.parameters() if p.requires_grad]
+
+
+def standalone(teacher: nn.Module, layers: dict[str, list[nn.Module]]) -> nn.Module:
+    """A new model of the teacher's class: the teacher's embeddings, norms and head, with `layers` as its stacks
+    (weights copied). The first layer of each stack must be able to own T5's position table."""
+    adapter = adapter_for(teacher.config)
+    config = adapter.with_depths(teacher.config, len(layers["encoder"]), len(layers["decoder"]))
+    config._attn_implementation = teacher.config._attn_implementation
+    layer_prefixes = {s: f"{adapter.stack_paths[s]}.{adapter.layers_attr}." for s in STACKS}
+    state = {name: t for name, t in teacher.state_dict().items() if not name.startswith(tuple(layer_prefixes.values()))}
+    for stack in STACKS:
+        for j, layer in enumerate(layers[stack]):
+            state.update({f"{layer_prefixes[stack]}{j}.{n}": t for n, t in layer.state_dict().items()})
+    model = teacher.__class__(config)
+    model.load_state_dict(state, strict=True)
+    model.generation_config = copy.deepcopy(teacher.generation_config)
+    return model.eval()
 
 
 def check_teacher(config: ModularConfig, teacher: nn.Module, where: str | Path) -> None:

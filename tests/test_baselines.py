@@ -1,0 +1,87 @@
+"""Fixed-shape baseline students (sft, kd, pseudo): layer choice, construction, the CLI, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from modformer.baselines import make_student, spread_layers
+from modformer.cli import app
+from modformer.errors import ConfigError
+from tests.conftest import tiny_bart, tiny_t5
+
+runner = CliRunner()
+
+
+def test_spread_layers_follow_shleifer_and_rush():
+    assert spread_layers(12, 6) == [0, 2, 4, 7, 9, 11]
+    assert spread_layers(12, 3) == [0, 6, 11]
+    assert spread_layers(12, 12) == list(range(12))
+    assert spread_layers(4, 1) == [0]
+    for bad in (0, 13):
+        with pytest.raises(ConfigError, match="needs 1 to 12 layers"):
+            spread_layers(12, bad)
+
+
+@pytest.mark.parametrize("family", ["t5", "bart"])
+def test_student_copies_the_spread_layers(family):
+    teacher = tiny_t5(layers=4) if family == "t5" else tiny_bart(layers=4)
+    student, chosen = make_student(teacher, "2-3")
+    assert chosen == {"encoder": [0, 3], "decoder": [0, 2, 3]}
+    t, s = teacher.state_dict(), student.state_dict()
+    prefix = {"t5": ("encoder.block.", "decoder.block."), "bart": ("model.encoder.layers.", "model.decoder.layers.")}
+    for layers, pre in zip(chosen.values(), prefix[family], strict=True):
+        for j, i in enumerate(layers):
+            own = {k[len(f"{pre}{j}.") :]: v for k, v in s.items() if k.startswith(f"{pre}{j}.")}
+            assert own and all(torch.equal(v, t[f"{pre}{i}.{k}"]) for k, v in own.items())
+    with pytest.raises(ConfigError, match="expected 'E-D'"):
+        make_student(teacher, "six")
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def baseline_args(method, teacher, data, out, *extra) -> list:
+    return ["baseline", method, "--teacher", teacher, "--shape", "2-2", "--data", data, "--src-ext", "en",
+            "--tgt-ext", "de", "--out", out, "--batch-size", 8, "--eval-every", 2, "--save-every", 2, *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["sft", "kd", "pseudo"])
+def test_each_baseline_writes_a_plain_checkpoint(method, t5_teacher_dir, data_dir, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    out = tmp_path / method
+    result = run(*baseline_args(method, t5_teacher_dir, data_dir, out, "--steps", 2))
+    assert result.exit_code == 0, result.stderr
+    info = json.loads((out / "modformer.json").read_text())
+    assert info["baseline"]["method"] == method and info["completed_steps"] == 2
+    assert info["layers"] == {"encoder": [0, 3], "decoder": [0, 3]} and len(info["history"]) == 1
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    assert model.config.num_layers == 2 and model.config.num_decoder_layers == 2
+    assert (out / "pseudo_labels.txt").is_file() == (method == "pseudo")
+    if method == "kd":
+        assert "logit" in result.stderr and "hidden" in result.stderr
+
+
+def test_a_resumed_baseline_equals_an_uninterrupted_one(t5_teacher_dir, data_dir, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert run(*baseline_args("kd", t5_teacher_dir, data_dir, whole, "--steps", 4)).exit_code == 0
+    assert run(*baseline_args("kd", t5_teacher_dir, data_dir, split, "--steps", 2)).exit_code == 0
+    resumed = run(*baseline_args("kd", t5_teacher_dir, data_dir, split, "--steps", 4, "--resume"))
+    assert resumed.exit_code == 0, resumed.stderr
+    a, b = load_file(whole / "model.safetensors"), load_file(split / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    wrong = run(*baseline_args("sft", t5_teacher_dir, data_dir, split, "--steps", 6, "--resume"))
+    assert wrong.exit_code == 1 and "was trained with method 'kd', not 'sft'" in wrong.stderr
+
+
+def test_baseline_bad_input(t5_teacher_dir, data_dir, tmp_path):
+    result = run(*baseline_args("distil", t5_teacher_dir, data_dir, tmp_path / "x", "--steps", 2))
+    assert result.exit_code == 1 and "unknown baseline 'distil'" in result.stderr
+    result = run(*baseline_args("sft", t5_teacher_dir, data_dir, tmp_path / "y", "--steps", 2, "--resume"))
+    assert result.exit_code == 1 and "holds no baseline run" in result.stderr
