@@ -499,6 +499,9 @@ def plan(
         int | None, typer.Option(help="Assemblies to score on the nsga2 path (default: 1.5 % of the space, 500-2000).")
     ] = None,
     population: Annotated[int, typer.Option(help="NSGA-II population size.")] = 64,
+    class_seeds: Annotated[
+        int, typer.Option(help="nsga2: surrogate's best assemblies per block-count class, scored first.")
+    ] = 8,
     exhaustive_limit: Annotated[
         int, typer.Option(help="auto: exhaustive when at most this many fit the budget.")
     ] = 2000,
@@ -540,7 +543,7 @@ def plan(
     _refuse_existing(out, overwrite)
     parsed_budget = Budget.parse(budget)
     search = SearchConfig(method=method, trials=trials, population=population, exhaustive_limit=exhaustive_limit,
-                          seed=seed, objectives=_csv_tuple(objectives))  # fmt: skip
+                          seed=seed, objectives=_csv_tuple(objectives), class_seeds=class_seeds)  # fmt: skip
     workload = {k: v for k, v in (("batch", batch), ("src_len", src_len), ("gen_len", gen_len)) if v is not None}
     loaded_profile = _load_profile(profile)
     if workload:

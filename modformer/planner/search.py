@@ -8,7 +8,9 @@ name picks up what was scored and continues.
 * **exhaustive** (when the assemblies within the budget number at most `exhaustive_limit`): every one is scored.
 * **nsga2**: (1) the *marginals*: every encoder stack with the teacher's decoder and every decoder stack with the
   teacher's encoder; (2) their additive surrogate, loss(e, d) ≈ loss(e, T) + loss(T, d) − loss(T, T), ranks the whole
-  space at no cost, and its Pareto set (with the predicted costs) is enqueued as the first generations; (3) NSGA-II
+  space at no cost: its best `class_seeds` assemblies of every (encoder blocks, decoder blocks) class (cost follows
+  the block counts closely, so the frontier is made of each class's best few) and then its own Pareto set are
+  scored as the first generations; (3) NSGA-II
   (seeded; the budget as a constraint, so feasible assemblies always rank first) breeds the rest until `trials`
   assemblies have been scored. Assemblies past the budget are told their surrogate values and not scored: the
   constraint already ranks them last.
@@ -52,6 +54,7 @@ class SearchConfig:
     seed: int = 0
     objectives: tuple[str, ...] = OBJECTIVES
     mutation_prob: float = 0.1
+    class_seeds: int = 8  # nsga2: the surrogate's best per (encoder blocks, decoder blocks) class, scored first
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -230,8 +233,18 @@ class Search:
         dec = np.array([self.values[(ti, b)] for b in range(len(s.decoder))])
         i, j = s.all_pairs()
         self.surrogate = (enc[i] + dec[j] - self.values[(ti, tj)]).reshape(len(s.encoder), len(s.decoder))
-        # The surrogate's own frontier (within the budget) seeds the search, best surrogate quality first.
         ok = s.violation(self.budget, i, j) <= 0
+        # Latency and memory follow the block counts closely, so the frontier holds the best few assemblies of
+        # each (encoder blocks, decoder blocks) class: score the surrogate's best few of every class within budget.
+        if self.config.class_seeds:
+            n_enc = np.array([len(e) for e in s.encoder])[i]
+            n_dec = np.array([len(d) for d in s.decoder])[j]
+            ranked = pd.DataFrame({"k": np.flatnonzero(ok), "ne": n_enc[ok], "nd": n_dec[ok],
+                                   "sur": self.surrogate[i[ok], j[ok]]}).sort_values(["sur", "k"], kind="stable")  # fmt: skip
+            best = ranked.groupby(["ne", "nd"], sort=False).head(self.config.class_seeds)
+            room = max(target - len(self.values), 0)  # best surrogate first, within the trials asked for
+            self._score_pairs([(int(i[k]), int(j[k])) for k in best["k"][:room]], "class seeds", total=target)
+        # Then the surrogate's own frontier (within the budget), best surrogate quality first.
         objectives = self._objective_columns(self.surrogate[i, j], s.latency_ms(i, j), s.memory_mb(i, j))
         seeds = np.flatnonzero(ok)[pareto_mask(objectives[ok])]
         seeds = seeds[np.argsort(self.surrogate[i[seeds], j[seeds]], kind="stable")]
