@@ -496,7 +496,7 @@ def plan(
     ),
     method: Annotated[str, typer.Option(help="auto, exhaustive or nsga2 (auto: exhaustive when small).")] = "auto",
     trials: Annotated[
-        int | None, typer.Option(help="Assemblies to score on the nsga2 path (default: 1.5 % of the space, 500-2000).")
+        int | None, typer.Option(help="Assemblies to score on the nsga2 path (default: 2 % of the space, 500-2500).")
     ] = None,
     population: Annotated[int, typer.Option(help="NSGA-II population size.")] = 64,
     class_seeds: Annotated[
