@@ -496,7 +496,11 @@ def plan(
     ),
     method: Annotated[str, typer.Option(help="auto, exhaustive or nsga2 (auto: exhaustive when small).")] = "auto",
     trials: Annotated[
-        int | None, typer.Option(help="Assemblies to score on the nsga2 path (default: 2 % of the space, 500-2500).")
+        int | None,
+        typer.Option(
+            help="Assemblies to score on the nsga2 path (default: 2 % of the space, 500-2500; the last "
+            "generation may add up to a population more)."
+        ),
     ] = None,
     population: Annotated[int, typer.Option(help="NSGA-II population size.")] = 64,
     class_seeds: Annotated[

@@ -147,7 +147,7 @@ def test_exhaustive_and_nsga2_agree_on_a_small_space(small, tmp_path):
     exhaustive = run_search(small, tmp_path, name="ex", method="exhaustive")
     assert exhaustive.method == "exhaustive" and exhaustive.scored_count == 169
     nsga = run_search(small, tmp_path, name="ga", method="nsga2", trials=120, population=16, seed=3)
-    assert nsga.method == "nsga2" and nsga.scored_count <= 120
+    assert nsga.method == "nsga2" and nsga.scored_count <= 120 + 16  # the last generation may overshoot
     objectives = ("quality", "latency", "memory")
     full = exhaustive.frontier(objectives)
     found = nsga.frontier(objectives)
