@@ -18,7 +18,7 @@ made with:
    replayed with the ground truth as its scorer (no model: seconds) at several trial counts, which gives the
    hypervolume reached against the share of the space scored, and checks that the replay of the default scores
    exactly the assemblies the real plan scored.
-5. budgets: for latency budgets at the teacher's predicted latency / 1.25, 1.5, 2, 3 and 4, the top 3 proxy points
+5. budgets: for latency budgets at the teacher's predicted latency / 1.2, 1.5, 2, 2.5 and 3, the top 3 proxy points
    of the plan's frontier within each budget and the best in-budget size-first and speed-first points are validated
    (BLEU of greedy outputs on the first 200 `val` pairs, as the plan does); the planner's answer at a budget is the
    best validated point within it (rule points included: the plan validates them too), and it is *strictly better*
@@ -66,7 +66,7 @@ DATA = ROOT.parent / "shared" / "data" / "multi30k_en_de"
 CLI = [sys.executable, "-m", "modformer.cli"]
 OBJECTIVES = ("quality", "latency", "memory")
 TARGETS = {"hypervolume_fraction": (">=", 0.98), "scored_fraction": ("<=", 0.20), "plan_seconds": ("<=", 300.0)}
-BUDGET_DIVISORS = (1.25, 1.5, 2.0, 3.0, 4.0)
+BUDGET_DIVISORS = (1.2, 1.5, 2.0, 2.5, 3.0)  # the fastest assembly is 3.06x the teacher
 
 
 def run(cmd: list, log: Path) -> float:
@@ -184,13 +184,16 @@ def main() -> None:
 
     # 4b. the same search with the ground truth as scorer, at several trial counts (seconds, no model needed)
     curve = []
-    for trials in sorted({500, 1000, default_trials(space.size), 2000, 4000, 8000}):
+    for trials in sorted({500, 1000, default_trials(space.size), 2500}):
         sim = simulate(space, truth, trials)
         values = sim[["proxy_loss", "latency_ms", "memory_mb"]].to_numpy(dtype=float)
         curve.append({"trials": trials, "scored": len(sim), "scored_fraction": len(sim) / space.size,
                       "hypervolume_fraction": hypervolume(values[pareto_mask(values)], low, span) / hv_truth})  # fmt: skip
         if trials == default_trials(space.size):
-            simulated_matches_plan = sim["assembly"].tolist() == scored["assembly"].tolist()
+            # The plan also scores the size-first / speed-first points (for its plot); the search's own are the rest.
+            rule_set = set(rule_points(load_for_scoring(settings).modular, space)["assembly"])
+            extra = set(scored["assembly"]) - set(sim["assembly"])
+            simulated_matches_plan = set(sim["assembly"]) <= set(scored["assembly"]) and extra <= rule_set
 
     # 5. budgets: validate top-3 per budget and the rule points
     teacher_ms = float(space.latency_ms(*space.teacher))
