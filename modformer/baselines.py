@@ -34,6 +34,7 @@ from modformer.io import atomic_dir, atomic_path, read_json, torch_load, write_j
 from modformer.modular.families import STACKS, adapter_for
 from modformer.modular.losses import HiddenStateLoss, LogitLoss
 from modformer.modular.model import standalone
+from modformer.modular.trainer import decode_random_state, encode_random_state, warmup_linear_decay
 
 METHODS = ("sft", "kd", "pseudo")
 STATE_NAME = "trainer_state.pt"
@@ -121,10 +122,7 @@ class StudentTrainer:
         torch.manual_seed(config.seed)
 
     def _lr_factor(self, step: int) -> float:
-        warm = self.config.warmup_steps
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.1, 1.0 - 0.9 * (step - warm) / max(self.config.steps - warm, 1))
+        return warmup_linear_decay(step, self.config.warmup_steps, self.config.steps)
 
     # --- one step -------------------------------------------------------------------------------------------------
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -218,11 +216,9 @@ class StudentTrainer:
                 "history": self.state.history}  # fmt: skip
 
     def _state_dict(self) -> dict:
-        version, internal, gauss = self.rng.getstate()
         return {"step": self.state.step, "seconds": self.state.seconds, "history": self.state.history,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "python_rng": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                               "gauss": gauss}, "torch_rng": torch.get_rng_state()}  # fmt: skip
+                "python_rng": encode_random_state(self.rng.getstate()), "torch_rng": torch.get_rng_state()}  # fmt: skip
 
     def resume(self, out_dir: Path) -> None:
         """Continue the run saved in `out_dir`: its student weights, optimizer, scheduler, random states and step."""
@@ -242,8 +238,7 @@ class StudentTrainer:
         state = torch_load(out_dir / STATE_NAME, "trainer state")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        rng = state["python_rng"]
-        self.rng.setstate((rng["version"], tuple(int(x) for x in rng["internal"].tolist()), rng["gauss"]))
+        self.rng.setstate(decode_random_state(state["python_rng"]))
         torch.set_rng_state(state["torch_rng"])
         self.state = StudentState(step=int(state["step"]), history=list(state["history"]),
                                   seconds=float(state["seconds"]))  # fmt: skip

@@ -134,11 +134,7 @@ class ReplacingTrainer:
         torch.manual_seed(config.seed)
 
     def _lr_factor(self, step: int) -> float:
-        warm = self.config.warmup_steps
-        if step < warm:
-            return (step + 1) / warm
-        frac = (step - warm) / max(self.config.steps - warm, 1)
-        return max(0.1, 1.0 - 0.9 * frac)
+        return warmup_linear_decay(step, self.config.warmup_steps, self.config.steps)
 
     @classmethod
     def start_or_resume(
@@ -345,7 +341,7 @@ class ReplacingTrainer:
                 "history": self.state.history,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "python_rng": _encode_random_state(self.rng.getstate()),
+                "python_rng": encode_random_state(self.rng.getstate()),
                 "torch_rng": torch.get_rng_state(),
             },
         )
@@ -356,7 +352,7 @@ class ReplacingTrainer:
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.rng.setstate(_decode_random_state(state["python_rng"]))
+            self.rng.setstate(decode_random_state(state["python_rng"]))
             torch.set_rng_state(state["torch_rng"])
             self.state = TrainState(step=int(state["step"]), history=list(state["history"]))
         except (KeyError, ValueError, TypeError) as err:
@@ -367,11 +363,18 @@ class ReplacingTrainer:
             )
 
 
-def _encode_random_state(state: tuple) -> dict:
+def warmup_linear_decay(step: int, warmup_steps: int, steps: int) -> float:
+    """Learning-rate factor: linear warm-up over `warmup_steps`, then linear decay to 10 % at `steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.1, 1.0 - 0.9 * (step - warmup_steps) / max(steps - warmup_steps, 1))
+
+
+def encode_random_state(state: tuple) -> dict:
     """random.Random state as tensors and ints, so the file loads with torch.load(weights_only=True)."""
     version, internal, gauss = state
     return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
 
 
-def _decode_random_state(obj: dict) -> tuple:
+def decode_random_state(obj: dict) -> tuple:
     return (obj["version"], tuple(int(x) for x in obj["internal"].tolist()), obj["gauss"])

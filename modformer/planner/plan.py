@@ -146,7 +146,7 @@ class PlanResult:
     scored: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)  # every scored assembly
 
 
-def frontier_table(search: SearchResult, objectives, validation: Validation, metric: str, budget: Budget,
+def frontier_table(search: SearchResult, objectives, validation: Validation, metric: str,
                    rules: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
     """The proxy frontier (within the budget) joined with validation, with both frontier flags."""
     proxy_front = search.frontier(objectives)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -53,7 +53,6 @@ class ProxyStats:
     block_runs: int = 0  # block forward passes actually computed
     block_runs_unshared: int = 0  # what scoring each assembly on its own would have cost
     seconds: float = 0.0
-    encoder_cache: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         saved = 1 - self.block_runs / self.block_runs_unshared if self.block_runs_unshared else 0.0

@@ -139,9 +139,9 @@ def run_plan(
 
     study = open_study(open_storage(storage), study_name, config, settings.study_record())
     score = pair_scorer(loaded.scorer, space_stacks(modular.config))
-    search = Search(space, budget, config, study, score, workers=workers + remote_workers, on_progress=phase("search"))
     processes = _start_workers(storage, study_name, workers)
-    search._worker_check = lambda: _check_workers(processes)
+    search = Search(space, budget, config, study, score, workers=workers + remote_workers, on_progress=phase("search"),
+                    check_workers=lambda: _check_workers(processes))  # fmt: skip
     try:
         result = search.run()
         rules = planning.rule_points(modular, space)
@@ -170,7 +170,7 @@ def run_plan(
         modular, loaded.tokenizer, chosen_texts, pairs, profile, workload,
         max_new_tokens=settings.max_new_tokens, on_progress=phase("validate"),
     )  # fmt: skip
-    frontier = planning.frontier_table(result, config.objectives, validation, settings.metric, budget, rules)
+    frontier = planning.frontier_table(result, config.objectives, validation, settings.metric, rules)
     rules = rules.merge(validation.rows[["assembly", settings.metric, "measured_latency_ms"]], on="assembly",
                         how="left")  # fmt: skip
     chosen = planning.choose(frontier, settings.metric)

@@ -163,7 +163,8 @@ class Search:
     """One plan's search over `space` (see the module docstring)."""
 
     def __init__(self, space: SearchSpace, budget: Budget, config: SearchConfig, study: optuna.Study,
-                 score: Scorer, *, workers: int = 1, on_progress: Progress | None = None):  # fmt: skip
+                 score: Scorer, *, workers: int = 1, on_progress: Progress | None = None,
+                 check_workers: Callable[[], None] = lambda: None):  # fmt: skip
         self.space, self.budget, self.config, self.study = space, budget, config, study
         self._score_local = score
         self.workers = workers
@@ -176,7 +177,7 @@ class Search:
         self.surrogate: np.ndarray | None = None
         self.stage = ""
         self._started = time.perf_counter()
-        self._worker_check: Callable[[], None] = lambda: None
+        self._worker_check = check_workers  # raises when a worker is gone (called while waiting for them)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             if t.user_attrs.get("scored"):
                 self.values[(t.params["encoder"], t.params["decoder"])] = float(t.user_attrs["proxy_loss"])
