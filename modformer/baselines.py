@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from modformer import __version__
-from modformer.data import TokenizedData
+from modformer.data import TokenizedData, read_lines
 from modformer.errors import CheckpointError, ConfigError
 from modformer.evaluation import teacher_forced_loss
 from modformer.io import atomic_dir, atomic_path, read_json, torch_load, write_json
@@ -244,6 +244,21 @@ class StudentTrainer:
                                   seconds=float(state["seconds"]))  # fmt: skip
         if self.state.step > self.config.steps:
             raise ConfigError(f"the run in {out_dir} is at step {self.state.step}, past --steps {self.config.steps}")
+
+
+def read_pseudo_labels(path: Path, count: int, out_dir: Path) -> list[str]:
+    """Labels made earlier (one per line, e.g. another student's `pseudo_labels.txt`), copied into `out_dir`."""
+    lines = read_lines(Path(path))
+    if len(lines) != count:
+        raise ConfigError(
+            f"{path}: {len(lines)} pseudo-labels for {count} training sources; they must pair line by line"
+        )
+    if any(not line.strip() for line in lines):
+        raise ConfigError(f"{path}: line {next(i for i, x in enumerate(lines, 1) if not x.strip())} is empty")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with atomic_path(Path(out_dir) / PSEUDO_NAME) as tmp:
+        Path(tmp).write_text("\n".join(lines), encoding="utf-8")
+    return lines
 
 
 def pseudo_labels(teacher: nn.Module, tokenizer, sources: list[str], out_dir: Path, *, batch_size: int = 64,

@@ -403,6 +403,14 @@ def baseline(
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 5e-4,
     w_logit: Annotated[float, typer.Option(help="kd: weight of logit distillation.")] = 1.0,
     w_hidden: Annotated[float, typer.Option(help="kd: weight of hidden-state distillation.")] = 1.0,
+    pseudo_labels_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--pseudo-labels",
+            help="pseudo: reuse these teacher outputs (one per training source, e.g. "
+            "another pseudo student's pseudo_labels.txt) instead of generating them.",
+        ),  # fmt: skip
+    ] = None,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -410,7 +418,7 @@ def baseline(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a fixed-shape student to compare with the modular run: sft, kd or pseudo-labelling."""
-    from modformer.baselines import STATE_NAME, BaselineConfig, StudentTrainer, pseudo_labels
+    from modformer.baselines import STATE_NAME, BaselineConfig, StudentTrainer, pseudo_labels, read_pseudo_labels
     from modformer.checkpoints import load_seq2seq, load_tokenizer
     from modformer.data import Seq2SeqData, load_split
 
@@ -418,6 +426,8 @@ def baseline(
                             w_hidden=w_hidden, eval_every=eval_every, save_every=save_every, seed=seed)  # fmt: skip
     if resume and not (out / STATE_NAME).is_file():
         raise ConfigError(f"--resume: {out} holds no baseline run to continue")
+    if pseudo_labels_file is not None and method != "pseudo":
+        raise ConfigError(f"--pseudo-labels is for the pseudo method, not {method}")
     if not resume:
         _refuse_existing(out, overwrite)
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
@@ -427,10 +437,13 @@ def baseline(
     tokenizer = load_tokenizer(teacher)
     trainer_args = (teacher_model, config)
     with _progress() as progress:
-        if method == "pseudo":
+        if method == "pseudo" and pseudo_labels_file is not None:  # checked, then copied into --out
+            targets = read_pseudo_labels(pseudo_labels_file, len(train_data), out)
+        elif method == "pseudo":
             task = progress.add_task("pseudo-labels", total=len(train_data), info="teacher, greedy")
             targets = pseudo_labels(teacher_model, tokenizer, train_data.sources, out,
                                     on_batch=lambda n: progress.advance(task, n))  # fmt: skip
+        if method == "pseudo":
             train_data = Seq2SeqData(train_data.sources, targets, f"{train_data.origin}, teacher's outputs")
         trainer = StudentTrainer(*trainer_args, train_data.tokenize(tokenizer), val_data.tokenize(tokenizer))
         if resume:
@@ -773,6 +786,13 @@ def profile(
     src_len: Annotated[str, typer.Option(help="Source lengths to measure, e.g. 32,64.")] = "32,64",
     gen_len: Annotated[str, typer.Option(help="New tokens per call, e.g. 32.")] = "32",
     repeats: Annotated[int, typer.Option(help="Timed rounds per block measurement.")] = 20,
+    statistic: Annotated[
+        str,
+        typer.Option(
+            help="Summarise the rounds by their min (a call without interference: stable on a shared "
+            "machine) or median (the typical call)."
+        ),  # fmt: skip
+    ] = "min",
     memory: Annotated[
         bool, typer.Option(help="Measure peak memory (a fresh process per model and grid point).")
     ] = True,
@@ -795,7 +815,7 @@ def profile(
     config = ProfileConfig(
         device=device, dtype=dtype, threads=threads, batch_sizes=_int_list(batch, "--batch"),
         src_lens=_int_list(src_len, "--src-len"), gen_lens=_int_list(gen_len, "--gen-len"), repeats=repeats,
-        memory=memory, seed=seed,
+        memory=memory, seed=seed, statistic=statistic,
     )  # fmt: skip
     for path in profile_paths(out):
         _refuse_existing(path, overwrite)
@@ -867,12 +887,13 @@ def _print_profile(result) -> None:
         f"{fp.get('torch_threads')} threads, {fp.get('dtype')}), torch {fp.get('torch')}, "
         f"transformers {fp.get('transformers')}, {meta.get('created', '?')}; "
         f"grid: batch {grid.get('batch_sizes')}, src_len {grid.get('src_lens')}, gen_len {grid.get('gen_lens')}, "
-        f"cache_len {grid.get('cache_lens')}; {meta.get('profile_seconds', '?')} s",
+        f"cache_len {grid.get('cache_lens')}; {meta.get('settings', {}).get('statistic', 'median')} of the rounds; "
+        f"{meta.get('profile_seconds', '?')} s",
         highlight=False,
     )
     for stack in ("encoder", "decoder"):
         _print_frame(block_summary(result, stack), f"{stack} blocks (ms each block adds)", index="block")
-    _print_frame(fixed_summary(result), "fixed costs (zero-layer generate) and peak memory")
+    _print_frame(fixed_summary(result), "fixed costs (zero-layer generate), calibration and peak memory")
     validation = meta.get("validation")
     if validation:
         per_batch = validation.get("per_batch", {})

@@ -400,7 +400,7 @@ def _found(splits: list[str]) -> str:
 
 
 def _read_line_files(source: Path, target: Path) -> _Raw:
-    sources, targets = _read_lines(source), _read_lines(target)
+    sources, targets = read_lines(source), read_lines(target)
     if len(sources) != len(targets):
         raise DataError(
             f"{source} has {len(sources)} lines but {target} has {len(targets)}: the files must be line-aligned"
@@ -409,7 +409,8 @@ def _read_line_files(source: Path, target: Path) -> _Raw:
     return _Raw(sources, targets, f"{source} + {target}", lambda side, row: f"{paths[side]} line {row + 1}")
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
+    """The file's lines (UTF-8, final newline and CRs dropped); a DataError for a missing, empty or undecodable file."""
     lines = _read_text(path).split("\n")  # not splitlines(): it also splits on \x1c, \u2028 and friends
     if lines[-1] == "":
         lines.pop()
@@ -473,7 +474,7 @@ def _read_table(path: Path, spec: DataSpec) -> _Raw:
 
 def _read_jsonl(path: Path, spec: DataSpec) -> _Raw:
     sources, targets, line_numbers = [], [], []
-    for number, line in enumerate(_read_lines(path), start=1):
+    for number, line in enumerate(read_lines(path), start=1):
         if not line.strip():
             continue  # blank lines between records carry no pair
         try:

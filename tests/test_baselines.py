@@ -85,3 +85,34 @@ def test_baseline_bad_input(t5_teacher_dir, data_dir, tmp_path):
     assert result.exit_code == 1 and "unknown baseline 'distil'" in result.stderr
     result = run(*baseline_args("sft", t5_teacher_dir, data_dir, tmp_path / "y", "--steps", 2, "--resume"))
     assert result.exit_code == 1 and "holds no baseline run" in result.stderr
+
+
+def test_pseudo_labels_can_be_reused(t5_teacher_dir, data_dir, tmp_path):
+    first = tmp_path / "first"
+    assert run(*baseline_args("pseudo", t5_teacher_dir, data_dir, first, "--steps", 2)).exit_code == 0
+    labels = first / "pseudo_labels.txt"
+    # A file of other labels, one per training source: the student trains on exactly those (no teacher generation).
+    own = tmp_path / "own.txt"
+    count = len(labels.read_text(encoding="utf-8").split("\n"))
+    own.write_text("\n".join(f"label {i}" for i in range(count)) + "\n", encoding="utf-8")
+    second = tmp_path / "second"
+    result = run(*baseline_args("pseudo", t5_teacher_dir, data_dir, second, "--steps", 2, "--pseudo-labels", own))
+    assert result.exit_code == 0, result.stderr
+    assert (second / "pseudo_labels.txt").read_text(encoding="utf-8").split("\n") == own.read_text(
+        encoding="utf-8"
+    ).splitlines()
+    assert "pseudo-labels" not in result.stderr  # no generation progress bar
+    # Bad input: a count that does not pair with the sources, an empty line, the option with another method.
+    short = tmp_path / "short.txt"
+    short.write_text("one\ntwo\n", encoding="utf-8")
+    result = run(*baseline_args("pseudo", t5_teacher_dir, data_dir, tmp_path / "a", "--steps", 2,
+                                "--pseudo-labels", short))  # fmt: skip
+    assert result.exit_code == 1 and f"2 pseudo-labels for {count} training sources" in result.stderr
+    assert not (tmp_path / "a").exists()
+    gap = tmp_path / "gap.txt"
+    gap.write_text("\n".join(["x"] * (count - 1) + [" "]) + "\n", encoding="utf-8")
+    result = run(*baseline_args("pseudo", t5_teacher_dir, data_dir, tmp_path / "b", "--steps", 2,
+                                "--pseudo-labels", gap))  # fmt: skip
+    assert result.exit_code == 1 and f"line {count} is empty" in result.stderr
+    result = run(*baseline_args("kd", t5_teacher_dir, data_dir, tmp_path / "c", "--steps", 2, "--pseudo-labels", own))
+    assert result.exit_code == 1 and "--pseudo-labels is for the pseudo method" in result.stderr

@@ -25,6 +25,7 @@ from modformer.profiling.hardware import compare, fingerprint
 from modformer.profiling.measure import ProfileConfig, all_blocks, param_bytes, profile_modules
 from modformer.profiling.profile import (
     COLUMNS,
+    KINDS,
     LatencyProfile,
     ProfileMismatchWarning,
     Workload,
@@ -112,7 +113,11 @@ def test_table_schema(profile, modular):
         "dec_step": len(dec) * points * len(cache_lens),
         "dec_first_extra": len(dec) * points,
         "fixed_generate": points * 2,  # at 1 and 4 new tokens
+        "calibration_generate": points * 2 * 3,  # encoder only, decoder only, teacher; at 1 and 4 new tokens
     }
+    calibration = table[table["kind"] == "calibration_generate"]
+    assert sorted(set(calibration["block"])) == ["decoder_only", "encoder_only", "teacher"]
+    assert (calibration["latency_ms"] > 0).all()
     for b in blocks:
         row = table[table["block"] == b.key].iloc[0]
         assert row["param_bytes"] == param_bytes(modular.block(b.stack, b.start, b.size))
@@ -131,7 +136,13 @@ def test_bart_profiles_too(bart_teacher_dir):
     config = ProfileConfig(batch_sizes=(1,), src_lens=(6,), gen_lens=(2,), warmup=0, repeats=1, generate_repeats=1,
                            passes=1, memory=False, threads=1)  # fmt: skip
     result = profile_modules(bart, config)
-    assert set(result.table["kind"]) == {"enc_forward", "dec_step", "dec_first_extra", "fixed_generate"}
+    assert set(result.table["kind"]) == {
+        "enc_forward",
+        "dec_step",
+        "dec_first_extra",
+        "fixed_generate",
+        "calibration_generate",
+    }
     p = predict(result, Assembly.parse("enc=2,2 dec=1,1,2"), Workload(1, 6, 2))
     assert np.isfinite(p.latency_ms) and len(p.breakdown) == 1 + 2 + 3
 
@@ -141,7 +152,12 @@ def test_summaries(profile):
     assert len(enc) == 6 and "pass B=2 S=10 (ms)" in enc.columns
     dec = block_summary(profile, "decoder")
     assert "step L=2 B=1 S=6 (ms)" in dec.columns and "first extra B=2 S=6 (ms)" in dec.columns
-    assert list(fixed_summary(profile)["gen_len"]) == [1, 4] * 4
+    fixed = fixed_summary(profile)
+    assert list(fixed["gen_len"]) == [1, 4] * 4
+    assert {"teacher_ms", "encoder_only_ms", "decoder_only_ms", "encoder_factor", "decoder_factor"} <= set(fixed)
+    first = fixed.iloc[0]
+    scales = profile.costs(Workload(int(first["batch"]), int(first["src_len"]), int(first["gen_len"]))).scales
+    assert (first["encoder_factor"], first["decoder_factor"]) == (scales["encoder"], scales["decoder"])
 
 
 # --- prediction ---------------------------------------------------------------------------------------------------
@@ -164,7 +180,13 @@ def test_predict_is_the_sum_of_the_table(profile):
         # steps see cache lengths 0, 1, 2, 3; length 1 lies halfway between the measured 0 and 2
         expected += at("dec_first_extra", k) + c0 + (c0 + c2) / 2 + c2 + c3
     p = predict(profile, a, Workload(B, S, G))
-    assert p.latency_ms == pytest.approx(expected, rel=1e-12)
+    assert p.breakdown["block_ms"].sum() == pytest.approx(expected, rel=1e-12)  # the blocks as measured
+    scales = profile.costs(Workload(B, S, G)).scales  # then one calibration factor per stack
+    parts = p.breakdown.set_index("block")
+    calibrated = parts.loc["fixed", "latency_ms"] + sum(
+        scales[stack] * parts.loc[parts["stack"] == stack, "block_ms"].sum() for stack in ("encoder", "decoder")
+    )
+    assert p.latency_ms == pytest.approx(calibrated, rel=1e-12)
     assert not p.extrapolated and p.reason == ""
     assert list(p.breakdown["block"]) == ["fixed", "encoder_k2_s0", "encoder_k1_s2", "encoder_k1_s3",
                                           "decoder_k2_s0", "decoder_k2_s2"]  # fmt: skip
@@ -188,8 +210,11 @@ def test_axis_weights():
     assert axis_weights([32], 40) == ([(0, 1.0)], True)
 
 
-def synthetic_profile() -> LatencyProfile:
-    """A 2+2 model with modules of size 2 whose costs are linear in B, S and L, with known coefficients."""
+def synthetic_profile(calibration: tuple[float, float, float] | None = None) -> LatencyProfile:
+    """A 2+2 model with modules of size 2 whose costs are linear in B, S and L, with known coefficients.
+
+    `calibration` (a, b, extra): calibration calls in which the teacher's encoder layers add a times their block sum,
+    its decoder layers b times theirs, and the whole teacher that plus `extra` ms."""
     rows = []
     base = dict.fromkeys(COLUMNS)
     blocks = [("encoder", 0, 1), ("encoder", 1, 1), ("encoder", 0, 2), ("decoder", 0, 1), ("decoder", 1, 1),
@@ -212,10 +237,41 @@ def synthetic_profile() -> LatencyProfile:
                                  "latency_ms": 0.2 + 0.1 * B + 0.001 * S + 0.01 * L})  # fmt: skip
             for S in (16, 32):
                 for G in (1, 16):
+                    fixed = 2.0 + G * (0.5 + 0.1 * B)
                     rows.append({**base, "kind": "fixed_generate", "stack": "model", "block": "fixed", "batch": B,
-                                 "src_len": S, "gen_len": G, "latency_ms": 2.0 + G * (0.5 + 0.1 * B)})  # fmt: skip
+                                 "src_len": S, "gen_len": G, "latency_ms": fixed})  # fmt: skip
+                    if calibration:
+                        a, b, extra = calibration
+                        enc, dec = teacher_sums(B, S, G)
+                        for name, ms in (("encoder_only", a * enc), ("decoder_only", b * dec),
+                                         ("teacher", a * enc + b * dec + extra)):  # fmt: skip
+                            rows.append({**base, "kind": "calibration_generate", "stack": "model", "block": name,
+                                         "batch": B, "src_len": S, "gen_len": G, "latency_ms": fixed + ms})  # fmt: skip
     meta = new_meta(fingerprint=fingerprint("cpu", "fp32", 1), grid={}, model={}, settings={})
     return LatencyProfile(pd.DataFrame(rows), meta)
+
+
+def teacher_sums(B: int, S: int, G: int) -> tuple[float, float]:
+    """What the synthetic profile's two teacher layers of each stack cost in one call, by hand."""
+    enc = 2 * (1.0 + 0.5 * B + 0.01 * S)
+    dec = 2 * (0.1 * B + sum(0.2 + 0.1 * B + 0.001 * S + 0.01 * t for t in range(G)))
+    return enc, dec
+
+
+def test_calibration_scales_each_stack():
+    # Consistent calls: the factors are found exactly; the k2 module is scaled like the teacher's layers.
+    p = predict(synthetic_profile((1.5, 0.8, 0.0)), Assembly.parse("enc=2 dec=1,1"), Workload(8, 32, 16))
+    enc, dec = teacher_sums(8, 32, 16)
+    assert p.latency_ms == pytest.approx(2.0 + 16 * 1.3 + 1.5 * enc / 2 + 0.8 * dec, rel=1e-9)
+    # The whole teacher 3 ms dearer than its halves: the encoder factor comes from the one-token encoder-only call
+    # (exact, 1.0); the decoder's is the mean of what the decoder-only call and the whole teacher say, by hand.
+    profile = synthetic_profile((1.0, 1.0, 3.0))
+    scales = profile.costs(Workload(1, 16, 16)).scales
+    e, d = teacher_sums(1, 16, 16)
+    assert scales["encoder"] == pytest.approx(1.0, rel=1e-9)
+    assert scales["decoder"] == pytest.approx((d + (e + d + 3.0 - e)) / (2 * d), rel=1e-9)
+    # No calibration rows (an older profile): the blocks as measured.
+    assert synthetic_profile().costs(Workload(1, 16, 1)).scales == {"encoder": 1.0, "decoder": 1.0}
 
 
 def expected_synthetic(B: int, S: int, G: int) -> float:
@@ -371,7 +427,7 @@ def test_cli_profile_and_show(modules_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert out.is_file() and out.with_suffix(".csv").is_file()
     loaded = LatencyProfile.load(out)
-    assert set(loaded.table["kind"]) == {"enc_forward", "dec_step", "dec_first_extra", "fixed_generate", "peak_memory"}
+    assert set(loaded.table["kind"]) == set(KINDS)
     memory = loaded.table[loaded.table["kind"] == "peak_memory"]
     assert set(memory["block"]) == {"zero_layers", "teacher"} and (memory["mem_bytes"] > 0).all()
     figures = loaded.meta["validation"]["per_batch"]["1"]

@@ -96,6 +96,7 @@ class StepResult:
 class TrainState:
     step: int = 0
     history: list[dict] = field(default_factory=list)  # periodic held-out losses
+    seconds: float = 0.0  # training wall time so far, over all sessions (resumes included)
 
 
 def probe_assemblies(model: ModularModel) -> dict[str, Assembly]:
@@ -313,8 +314,10 @@ class ReplacingTrainer:
     ) -> TrainState:
         cfg, out_dir = self.config, Path(out_dir)
         stream: Iterator = self.train.stream(cfg.batch_size, seed=cfg.seed, start_step=self.state.step)
+        started = time.perf_counter() - self.state.seconds
         while self.state.step < cfg.steps:
             result = self.step(next(stream))
+            self.state.seconds = time.perf_counter() - started
             if on_step:
                 on_step(result)
             step, last = self.state.step, self.state.step == cfg.steps
@@ -332,13 +335,18 @@ class ReplacingTrainer:
     def save(self, out_dir: str | Path) -> None:
         """Modules + config, then the trainer state (optimizer, scheduler, RNGs, step); each file atomically."""
         out_dir = Path(out_dir)
-        self.model.config.training = {**asdict(self.config), "completed_steps": self.state.step}
+        self.model.config.training = {
+            **asdict(self.config),
+            "completed_steps": self.state.step,
+            "wall_s": round(self.state.seconds, 1),
+        }
         self.model.save_pretrained(out_dir)
         torch_save(
             out_dir / STATE_NAME,
             {
                 "step": self.state.step,
                 "history": self.state.history,
+                "seconds": self.state.seconds,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "python_rng": encode_random_state(self.rng.getstate()),
@@ -354,7 +362,9 @@ class ReplacingTrainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.rng.setstate(decode_random_state(state["python_rng"]))
             torch.set_rng_state(state["torch_rng"])
-            self.state = TrainState(step=int(state["step"]), history=list(state["history"]))
+            self.state = TrainState(
+                step=int(state["step"]), history=list(state["history"]), seconds=float(state.get("seconds", 0.0))
+            )  # older checkpoints: unknown
         except (KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"{out_dir}/{STATE_NAME}: cannot resume from it ({err})") from None
         if self.state.step > self.config.steps:

@@ -34,8 +34,8 @@ from modformer.evaluation import lazy_cache
 from modformer.modular.model import ModularModel, module_key
 from modformer.profiling.hardware import fingerprint, torch_dtype
 from modformer.profiling.memory import peak_memory
-from modformer.profiling.profile import COLUMNS, LatencyProfile, new_meta
-from modformer.profiling.timer import Case, Timer, Timing, check_device
+from modformer.profiling.profile import CALIBRATION, COLUMNS, LatencyProfile, new_meta
+from modformer.profiling.timer import Case, Timer, Timing, check_device, check_statistic
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being measured)
 
@@ -53,13 +53,15 @@ class ProfileConfig:
     cache_points: int = 3  # self-attention cache lengths per decoder grid, evenly spread over 0 .. max gen_len - 1
     warmup: int = 3  # untimed rounds before the timed ones
     repeats: int = 20  # timed rounds of the block measurements (each round runs every case once)
-    generate_repeats: int = 10  # timed rounds of the fixed-cost generate calls
+    generate_repeats: int = 30  # timed rounds of the fixed-cost and calibration generate calls
     passes: int = 2  # walks over the whole grid, each with its share of the rounds: slow drifts hit all points alike
+    statistic: str = "min"  # min or median of the rounds (see `timer.STATISTICS`); validation uses the same
     memory: bool = True  # measure peak memory (one fresh process per model and grid point)
     seed: int = 0  # random token ids and hidden states
 
     def __post_init__(self) -> None:
         check_device(self.device)
+        check_statistic(self.statistic)
         torch_dtype(self.dtype)
         for name in ("batch_sizes", "src_lens", "gen_lens"):
             values = tuple(getattr(self, name))
@@ -216,10 +218,12 @@ class Bench:
         return Case(fn=lambda: self.decode(p, p.token, holder["cache"]), setup=fresh,
                     context=self.swapped("decoder", layout))  # fmt: skip
 
-    def generate_case(self, p: _Point, gen_len: int) -> Case:
-        """A real `generate` of exactly `gen_len` new tokens by the model with no layers: the fixed costs."""
-        empty = functools.partial(self.adapter.swapped_layers, self.teacher, {"encoder": [], "decoder": []})
-        return Case(fn=lambda: generate_fixed(self.teacher, p.ids, p.mask, gen_len), context=empty)
+    def generate_case(self, p: _Point, gen_len: int, keep: Sequence[str] = ()) -> Case:
+        """A real `generate` of exactly `gen_len` new tokens by the teacher with the layers of the stacks not in `keep`
+        taken out: with none kept, the fixed costs; with one or both, a calibration call (see `CALIBRATION`)."""
+        layouts = {s: [] for s in ("encoder", "decoder") if s not in keep}
+        context = functools.partial(self.adapter.swapped_layers, self.teacher, layouts)
+        return Case(fn=lambda: generate_fixed(self.teacher, p.ids, p.mask, gen_len), context=context)
 
 
 def generate_fixed(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, gen_len: int) -> torch.Tensor:
@@ -241,14 +245,14 @@ def _row(**values) -> dict:
     return row
 
 
-def _block_rows(kind: str, blocks, timings, baseline, statics, **where) -> list[dict]:
-    """Differences of each block's timing against its baseline's median."""
-    base = [t.median_ms for t in timings[:2]]
+def _block_rows(kind: str, blocks, timings, baseline, statics, statistic: str, **where) -> list[dict]:
+    """Differences of each block's timing against its baseline's (both summarised by `statistic`)."""
+    base = [t.value(statistic) for t in timings[:2]]
     rows = []
     for b, t, j in zip(blocks, timings[2:], baseline, strict=True):
         ref = base[j]
         rows.append(_row(kind=kind, stack=b.stack, block=b.key, start=b.start, size=b.size,
-                         position="first" if b.first else "above", latency_ms=t.median_ms - ref,
+                         position="first" if b.first else "above", latency_ms=t.value(statistic) - ref,
                          p10_ms=t.p10_ms - ref, p90_ms=t.p90_ms - ref, base_ms=ref, repeats=t.repeats,
                          **statics[b.key], **where))  # fmt: skip
     return rows
@@ -424,8 +428,8 @@ def _sample_step(bench: Bench, step: tuple, by_stack) -> list[list[float]]:
     cfg, timer = bench.config, bench.timer
     p = bench.point(batch, src)
     rounds = _rounds(cfg.repeats, cfg.passes)
-    if kind == "fixed":
-        cases = [bench.generate_case(p, g) for g in cfg.fixed_gen_lens()]
+    if kind == "fixed":  # per generation length: the zero-layer model, then the calibration calls
+        cases = [bench.generate_case(p, g, keep) for g in cfg.fixed_gen_lens() for keep in ((), *CALIBRATION.values())]
         return timer.interleaved_samples(cases, warmup=min(cfg.warmup, 2), repeats=_rounds(cfg.generate_repeats,
                                          cfg.passes))  # fmt: skip
     stack = "encoder" if kind == "enc" else "decoder"
@@ -442,21 +446,24 @@ def _sample_step(bench: Bench, step: tuple, by_stack) -> list[list[float]]:
 def _timing_rows(bench: Bench, step: tuple, samples: list[list[float]], by_stack, statics) -> list[dict]:
     kind, batch, src, *rest = step
     where = {"batch": batch, "src_len": src}
+    stat = bench.config.statistic
     timings = [Timing.from_samples(s) for s in samples]
     if kind == "fixed":
-        return [_row(kind="fixed_generate", stack="model", block="fixed", gen_len=g, latency_ms=t.median_ms,
-                     p10_ms=t.p10_ms, p90_ms=t.p90_ms, base_ms=0.0, repeats=t.repeats, **where)
-                for g, t in zip(bench.config.fixed_gen_lens(), timings, strict=True)]  # fmt: skip
+        names = [("fixed_generate", "fixed")] + [("calibration_generate", name) for name in CALIBRATION]
+        labels = [(g, *name) for g in bench.config.fixed_gen_lens() for name in names]
+        return [_row(kind=k, stack="model", block=block, gen_len=g, latency_ms=t.value(stat), p10_ms=t.p10_ms,
+                     p90_ms=t.p90_ms, base_ms=0.0, repeats=t.repeats, **where)
+                for (g, k, block), t in zip(labels, timings, strict=True)]  # fmt: skip
     stack = "encoder" if kind == "enc" else "decoder"
     blocks = by_stack[stack]
     _, baseline = bench.layouts(stack, blocks)
     if kind == "enc":
-        return _block_rows("enc_forward", blocks, timings, baseline, statics, **where)
+        return _block_rows("enc_forward", blocks, timings, baseline, statics, stat, **where)
     if kind == "step":
-        return _block_rows("dec_step", blocks, timings, baseline, statics, cache_len=rest[0], **where)
+        return _block_rows("dec_step", blocks, timings, baseline, statics, stat, cache_len=rest[0], **where)
     n = len(timings) // 2  # first step minus a later step at cache length 0, measured side by side
-    first = _block_rows("dec_first_extra", blocks, timings[:n], baseline, statics, **where)
-    later = _block_rows("dec_step", blocks, timings[n:], baseline, statics, **where)
+    first = _block_rows("dec_first_extra", blocks, timings[:n], baseline, statics, stat, **where)
+    later = _block_rows("dec_step", blocks, timings[n:], baseline, statics, stat, **where)
     for f, lt in zip(first, later, strict=True):
         for col in ("latency_ms", "p10_ms", "p90_ms"):
             f[col] -= lt["latency_ms"]

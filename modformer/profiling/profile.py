@@ -20,10 +20,21 @@ A block in the first place of its stack (``position`` ``first``: ``start`` 0) is
 stack, so it also carries what the stack does once per pass (T5's position bias, masks that grow with the cache);
 any other block is measured above the teacher's first layer, against that layer alone.
 
+- ``calibration_generate``: a real ``generate`` of ``gen_len`` new tokens by the teacher with only its encoder layers
+  (``block`` ``encoder_only``), only its decoder layers (``decoder_only``), or all of them (``teacher``), timed in
+  the same rounds as ``fixed_generate``.
+
 Prediction for a workload (batch B, source length S, G new tokens)::
 
-    latency = fixed(B, S, G) + sum_enc c_enc(b, B, S)
-              + sum_dec [ first_extra(b, B, S) + sum_{t < G} c_dec(b, B, S, L=t) ]
+    latency = fixed(B, S, G) + a(B, S, G) sum_enc c_enc(b, B, S)
+              + b(B, S, G) sum_dec [ first_extra(b, B, S) + sum_{t < G} c_dec(b, B, S, L=t) ]
+
+with ``a`` and ``b`` the calibration factors, chosen so that the teacher's own block sums match what its layers add
+to real calls (the calibration calls minus the zero-layer one; see `_calibration_scales`). Blocks measured one at a time miss
+what a whole stack does per layer inside ``generate`` (cache bookkeeping, the loop's per-layer work); the factors put
+it back, and since every block of a stack is a layer of the same shape, one factor per stack serves them all.
+Calibration uses the teacher and two half-models that are not valid assemblies, so no assembly the validation
+measures has been fitted on. (``block_ms`` in a prediction's breakdown is the block's cost before the factor.)
     memory  = peak_zero(B, S, G) + alpha(B, S, G) * sum_b [ param_bytes(b) + B (G kv_self(b) + S kv_cross(b)) ]
 
 with ``alpha`` the teacher's measured peak over the zero-layer model's, per byte of its blocks (about 1 when the
@@ -78,7 +89,13 @@ COLUMNS: dict[str, str] = {
     "act_bytes_per_token": "Int64",  # the block's largest single intermediate tensor, per token
     "mem_bytes": "Int64",  # peak_memory only
 }
-KINDS = ("enc_forward", "dec_step", "dec_first_extra", "fixed_generate", "peak_memory")
+KINDS = ("enc_forward", "dec_step", "dec_first_extra", "fixed_generate", "calibration_generate", "peak_memory")
+# Calibration calls (``calibration_generate`` rows): a real `generate` by the teacher with only these stacks' layers.
+CALIBRATION: dict[str, tuple[str, ...]] = {
+    "encoder_only": ("encoder",),
+    "decoder_only": ("decoder",),
+    "teacher": ("encoder", "decoder"),
+}
 
 
 class ProfileMismatchWarning(UserWarning):
@@ -292,8 +309,9 @@ def _line(points: np.ndarray, values: np.ndarray, xs: np.ndarray) -> np.ndarray:
 class _WorkloadCosts:
     """Everything `predict` needs for one workload, per block (indexed by block key)."""
 
-    blocks: pd.DataFrame  # stack, start, size, position, latency_ms (per call), param_bytes, cache_bytes
+    blocks: pd.DataFrame  # stack, start, size, position, latency_ms (per call, calibrated), block_ms (as measured), ...
     fixed_ms: float
+    scales: dict[str, float]  # per stack: the calibration factor applied to its blocks (1.0 without calibration rows)
     mem_zero_bytes: float | None
     mem_alpha: float | None
     reasons: list[str]
@@ -343,14 +361,51 @@ def _workload_costs(table: pd.DataFrame, w: Workload) -> _WorkloadCosts:
         records.append(_block_record(key, rows.iloc[0], total, w))
     blocks = pd.DataFrame(records).set_index("block")
 
-    fixed_values = {(int(r.batch), int(r.src_len), int(r.gen_len)): float(r.latency_ms) for r in fixed.itertuples()}
-    fixed_ms = interpolate(fixed_values, (b_axis, s_axis, g_axis), (B, S, G))
+    fixed_ms = _interpolate_bsg(fixed, b_axis, s_axis, g_axis, w)
+    blocks["block_ms"] = blocks["latency_ms"]
+    calibration = table[table["kind"] == "calibration_generate"]
+    scales = {"encoder": 1.0, "decoder": 1.0}
+    if not calibration.empty:
+
+        def added(name: str, gen_len: int) -> float:  # what the call's layers add to the zero-layer call
+            at = Workload(B, S, gen_len)
+            calls = calibration[calibration["block"] == name]
+            return _interpolate_bsg(calls, b_axis, s_axis, g_axis, at) - _interpolate_bsg(fixed, b_axis, s_axis,
+                                                                                          g_axis, at)  # fmt: skip
+
+        scales = _calibration_scales(blocks, added("encoder_only", g_axis[0]), added("decoder_only", G),
+                                     added("teacher", G))  # fmt: skip
+    blocks["latency_ms"] = blocks["block_ms"] * blocks["stack"].map(scales)
 
     mem_zero = mem_alpha = None
     memory = table[table["kind"] == "peak_memory"]
     if not memory.empty:
         mem_zero, mem_alpha = _memory_terms(memory, blocks, w, reasons)
-    return _WorkloadCosts(blocks, fixed_ms, mem_zero, mem_alpha, reasons)
+    return _WorkloadCosts(blocks, fixed_ms, scales, mem_zero, mem_alpha, reasons)
+
+
+def _interpolate_bsg(rows: pd.DataFrame, b_axis, s_axis, g_axis, w: Workload) -> float:
+    values = {(int(r.batch), int(r.src_len), int(r.gen_len)): float(r.latency_ms) for r in rows.itertuples()}
+    return interpolate(values, (b_axis, s_axis, g_axis), (w.batch, w.src_len, w.gen_len))
+
+
+def _calibration_scales(blocks: pd.DataFrame, enc_only: float, dec_only: float, both: float) -> dict[str, float]:
+    """Per-stack factors that make the teacher's block sums match what its layers add to real `generate` calls.
+
+    With E and D the sums of the teacher's own encoder and decoder blocks for the call: the encoder factor is
+    `enc_only` / E, measured on the shortest calls (`enc_only`: what the encoder layers add to a call of the
+    fewest new tokens, where they are the largest share of it); the decoder factor is the mean of `dec_only` / D and
+    (`both` - encoder factor x E) / D, on calls of the workload's length. They carry what timing one block at a time
+    cannot see (the generation loop's per-layer work, caches shared by the layers). A factor that comes out
+    non-positive (blocks too cheap to time apart from the noise) is left at 1.
+    """
+    teacher = blocks[blocks["size"] == 1]
+    e = float(teacher.loc[teacher["stack"] == "encoder", "block_ms"].sum())
+    d = float(teacher.loc[teacher["stack"] == "decoder", "block_ms"].sum())
+    a = enc_only / e if e > 0 else 1.0
+    a = a if a > 0 else 1.0
+    b = (dec_only + both - a * e) / (2 * d) if d > 0 else 1.0
+    return {"encoder": float(a), "decoder": float(b) if b > 0 else 1.0}
 
 
 def _block_record(key: str, m: pd.Series, latency_ms: float, w: Workload) -> dict:
@@ -403,12 +458,12 @@ def predict(profile: LatencyProfile, assembly: Assembly, workload: Workload) -> 
                 f"profile the modular checkpoint this assembly comes from"
             )
         keys.append(key)
-    columns = ["stack", "start", "size", "position", "latency_ms", "param_bytes", "cache_bytes"]
+    columns = ["stack", "start", "size", "position", "latency_ms", "block_ms", "param_bytes", "cache_bytes"]
     parts = costs.blocks.loc[keys, columns].reset_index()
     alpha = costs.mem_alpha
     parts["memory_bytes"] = (parts["param_bytes"] + parts["cache_bytes"]) * alpha if alpha is not None else np.nan
     fixed = pd.DataFrame([{"block": "fixed", "stack": "model", "start": pd.NA, "size": pd.NA, "position": "",
-                           "latency_ms": costs.fixed_ms, "param_bytes": pd.NA, "cache_bytes": pd.NA,
+                           "latency_ms": costs.fixed_ms, "block_ms": costs.fixed_ms, "param_bytes": pd.NA, "cache_bytes": pd.NA,
                            "memory_bytes": costs.mem_zero_bytes if alpha is not None else np.nan}])  # fmt: skip
     breakdown = pd.concat([fixed, parts], ignore_index=True)
     memory = float(breakdown["memory_bytes"].sum()) if alpha is not None else None
@@ -456,10 +511,19 @@ def _pivot(rows: pd.DataFrame, label: str) -> pd.DataFrame:
 
 
 def fixed_summary(profile: LatencyProfile) -> pd.DataFrame:
-    """Fixed costs per grid point: the zero-layer generate (ms) and, where measured, the two peak-memory runs."""
+    """Fixed costs per grid point: the zero-layer generate (ms), where measured the calibration calls (ms) and the
+    factors they give each stack, and the two peak-memory runs."""
     t = profile.table
     fixed = t[t["kind"] == "fixed_generate"][["batch", "src_len", "gen_len", "latency_ms"]]
     fixed = fixed.rename(columns={"latency_ms": "fixed_generate_ms"})
+    calibration = t[t["kind"] == "calibration_generate"]
+    if not calibration.empty:
+        wide = calibration.pivot_table(index=["batch", "src_len", "gen_len"], columns="block", values="latency_ms")
+        wide.columns = [f"{c}_ms" for c in wide.columns]
+        fixed = fixed.merge(wide.reset_index(), on=["batch", "src_len", "gen_len"], how="left")
+        for stack in ("encoder", "decoder"):
+            fixed[f"{stack}_factor"] = [profile.costs(Workload(int(r.batch), int(r.src_len), int(r.gen_len)))
+                                        .scales[stack] for r in fixed.itertuples()]  # fmt: skip
     memory = t[t["kind"] == "peak_memory"]
     if not memory.empty:
         wide = memory.pivot_table(index=["batch", "src_len", "gen_len"], columns="block", values="mem_bytes")

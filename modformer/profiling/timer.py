@@ -1,4 +1,4 @@
-"""One timer for CPU and CUDA: warm-up, repeats, the median and a trimmed range.
+"""One timer for CPU and CUDA: warm-up, repeats, the minimum, the median and a trimmed range.
 
 On CUDA a call is bracketed by two `torch.cuda.Event(enable_timing=True)` and the device is synchronised before the
 start (so queued work from the untimed set-up is not charged) and after the end; on the CPU it is
@@ -19,6 +19,9 @@ import torch
 from modformer.errors import ConfigError
 
 DEVICES = ("cpu", "cuda")
+# What a set of repeats is summarised by: "min" is a call's cost without interference (stable on a shared machine,
+# where other tenants slow some calls by tens of per cent for seconds at a time); "median" is the typical call.
+STATISTICS = ("min", "median")
 _TRIM = 0.10  # share of samples dropped at each end for the trimmed mean
 
 
@@ -27,6 +30,7 @@ class Timing:
     """Summary of repeated timings of one call, in milliseconds."""
 
     median_ms: float
+    min_ms: float
     p10_ms: float
     p90_ms: float
     trimmed_mean_ms: float  # mean after dropping the top and bottom 10 %
@@ -42,11 +46,17 @@ class Timing:
         kept = xs[cut : n - cut] or xs
         return cls(
             median_ms=statistics.median(xs),
+            min_ms=xs[0],
             p10_ms=_quantile(xs, 0.10),
             p90_ms=_quantile(xs, 0.90),
             trimmed_mean_ms=sum(kept) / len(kept),
             repeats=n,
         )
+
+    def value(self, statistic: str) -> float:
+        """The figure `statistic` (one of `STATISTICS`) names."""
+        check_statistic(statistic)
+        return self.min_ms if statistic == "min" else self.median_ms
 
 
 @dataclass(frozen=True)
@@ -71,6 +81,11 @@ def check_device(device: str) -> None:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+
+
+def check_statistic(statistic: str) -> None:
+    if statistic not in STATISTICS:
+        raise ConfigError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
 
 
 def _check_rounds(warmup: int, repeats: int) -> None:

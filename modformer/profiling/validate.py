@@ -40,7 +40,7 @@ from modformer.profiling.hardware import torch_dtype
 from modformer.profiling.measure import generate_fixed, torch_threads
 from modformer.profiling.memory import peak_memory
 from modformer.profiling.profile import LatencyProfile, Workload, predict
-from modformer.profiling.timer import Case, Timer
+from modformer.profiling.timer import Case, Timer, Timing
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +142,17 @@ def _inputs(vocab: int, w: Workload, seed: int, device: str) -> tuple[torch.Tens
 
 
 def time_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int,
-                 repeats: int) -> list[float]:  # fmt: skip
-    """Median latency (ms) of each model's `generate_fixed`, timed round-robin."""
+                 repeats: int) -> list[Timing]:  # fmt: skip
+    """Timings of each model's `generate_fixed`, round-robin."""
     ids, mask = _inputs(vocab, w, seed, timer.device)
     cases = [Case(fn=lambda m=m: generate_fixed(m, ids, mask, w.gen_len)) for m in models]
     with torch.no_grad():
-        return [t.median_ms for t in timer.interleaved(cases, warmup=warmup, repeats=repeats)]
+        return timer.interleaved(cases, warmup=warmup, repeats=repeats)
+
+
+def profile_statistic(profile: LatencyProfile) -> str:
+    """The statistic the profile's blocks were summarised by (profiles made before the setting existed: median)."""
+    return profile.meta.get("settings", {}).get("statistic", "median")
 
 
 def validate(
@@ -158,14 +163,15 @@ def validate(
     *,
     seed: int = 0,
     warmup: int = 2,
-    repeats: int = 10,
+    repeats: int = 20,
     memory: bool | None = None,
     export_check: bool = True,
     on_progress: Progress | None = None,
 ) -> dict:
     """Measure `n` held-out assemblies end to end and compare with `predict`; store and return the figures.
 
-    Runs on the profile's device, dtype and thread count. `memory` (default: when the profile holds memory
+    Runs on the profile's device, dtype and thread count, and summarises the repeats by the profile's statistic
+    (its blocks' minimum or median: like with like); both the minimum and the median are kept per row. `memory` (default: when the profile holds memory
     measurements) adds one fresh process per assembly and workload. The result is also kept in
     `profile.meta["validation"]`.
     """
@@ -180,6 +186,7 @@ def validate(
     teacher = Assembly.teacher(c.encoder_layers, c.decoder_layers)
     assemblies = [teacher, *held_out]
     timer = Timer(device)
+    statistic = profile_statistic(profile)
     vocab = int(modular.teacher.config.vocab_size)
     steps = len(workloads) * (1 + (len(held_out) if memory else 0)) + (len(workloads) if export_check else 0)
     done = 0
@@ -196,13 +203,15 @@ def validate(
         models = [modular.assemble(a).to(device=device, dtype=dtype) for a in assemblies]
         for w in workloads:
             tick(f"end-to-end latency, {w}")
-            measured = time_models(models, w, timer, vocab, seed, warmup, repeats)
-            for a, model, ms in zip(assemblies, models, measured, strict=True):
+            timings = time_models(models, w, timer, vocab, seed, warmup, repeats)
+            for a, model, t in zip(assemblies, models, timings, strict=True):
                 p = predict(profile, a, w)
                 records.append({"assembly": a.format(), "shape": a.shape, "held_out": a != teacher,
                                 "depth_ratio": depth_ratio(a), "params": _params(model), "batch": w.batch,
                                 "src_len": w.src_len, "gen_len": w.gen_len, "predicted_ms": p.latency_ms,
-                                "measured_ms": ms, "predicted_mem_bytes": p.memory_bytes, "measured_mem_bytes": None,
+                                "measured_ms": t.value(statistic), "measured_median_ms": t.median_ms,
+                                "measured_min_ms": t.min_ms, "predicted_mem_bytes": p.memory_bytes,
+                                "measured_mem_bytes": None,
                                 "extrapolated": p.extrapolated})  # fmt: skip
         if memory:
             saved = {}
@@ -220,7 +229,7 @@ def validate(
                             r["measured_mem_bytes"] = peak
         if export_check:
             export = _export_check(modular, held_out[0], models[1], workloads, timer, vocab, seed, warmup, repeats,
-                                   Path(tmp), device, dtype, tick)  # fmt: skip
+                                   Path(tmp), device, dtype, tick, statistic)  # fmt: skip
     rows = pd.DataFrame(records)
     if rows["extrapolated"].any():
         log.warning("some validation workloads lie outside the profile's grid: their predictions are extrapolated")
@@ -229,6 +238,7 @@ def validate(
         "n": len(held_out),
         "seed": seed,
         "repeats": repeats,
+        "statistic": statistic,
         "workloads": [vars(w) for w in workloads],
         "selection": "random valid assemblies, depth ratio spread log-evenly over 1.1x-6x (capped at the largest)",
         "per_batch": summarise(rows),
@@ -246,7 +256,7 @@ def _params(model: nn.Module) -> int:
 
 
 def _export_check(modular, assembly, in_memory, workloads, timer, vocab, seed, warmup, repeats, tmp, device, dtype,
-                  tick) -> dict:  # fmt: skip
+                  tick, statistic) -> dict:  # fmt: skip
     """Export one assembly, reload it with transformers alone, and time it beside the in-memory assembly and a
     model of the same config built directly by transformers."""
     from transformers import AutoModelForSeq2SeqLM
@@ -266,7 +276,8 @@ def _export_check(modular, assembly, in_memory, workloads, timer, vocab, seed, w
         with torch.no_grad():
             same = bool(torch.equal(generate_fixed(in_memory, ids, mask, w.gen_len),
                                     generate_fixed(reloaded, ids, mask, w.gen_len)))  # fmt: skip
-        ms = time_models([in_memory, reloaded, native], w, timer, vocab, seed, warmup, repeats)
+        ms = [t.value(statistic) for t in time_models([in_memory, reloaded, native], w, timer, vocab, seed, warmup,
+                                                       repeats)]  # fmt: skip
         per_workload.append({"batch": w.batch, "src_len": w.src_len, "gen_len": w.gen_len,
                              "assembled_ms": ms[0], "exported_ms": ms[1], "native_ms": ms[2],
                              "export_vs_native_ratio": ms[1] / ms[2], "export_vs_assembled_ratio": ms[1] / ms[0],

@@ -1,0 +1,586 @@
+"""The seed's claims on real data: one modular run against SFT, KD and pseudo-labelling students of fixed shapes.
+
+    python benchmarks/seed_claims.py [--work runs/seed-claims] [--steps 2000] [--stages all]
+
+Every training run and every score is cached under --work; a rerun skips what is done, and a run that was stopped
+mid-training continues from its last checkpoint (`--resume`), so the benchmark can be interrupted at any time.
+Training goes through the CLI exactly as a user runs it; scoring and timing load the results in this process.
+
+Multi30k En->De (../shared/data/multi30k_en_de; train to train, val for held-out losses, every reported figure on
+test_2016_flickr, greedy, sacrebleu BLEU and chrF). Teacher: ../shared/models/multi30k-t5-12x12, used as any
+user's checkpoint.
+
+1. modular: `modformer train` (granularities 2,3,4,6; --steps, --batch-size).
+2. assemblies: the teacher; 12-6, 6-6, 4-4 (size-first shapes), 12-3, 12-2 (speed-first), 3-3, 2-2; and --spread
+   assemblies from the size-first and speed-first sequences with depth ratios (teacher layers / assembly blocks)
+   spread log-evenly over 1.1x-6x.
+3. random orders: at 6-6 and 12-3, up to 5 other valid assemblies with the same block counts, drawn at random
+   (granularities and their order): the same modules, no training.
+4. students: `modformer baseline sft|kd|pseudo` at 6-6 and 12-3, the modular run's steps and batch size. The
+   teacher's greedy outputs for the 29,000 training sources are generated once (timed) and shared by both pseudo
+   students (`--pseudo-labels`).
+5. ablations: `modformer train --no-curriculum` and `--w-attn 0` (same steps), scored at 6-6 and 12-3.
+6. seeds: where the modular assembly and a student of the same shape are within 0.5 BLEU, both get a second seed
+   and the comparison uses the mean.
+7. timing: every Multi30k model above and the teacher, round-robin in one run (`generate` of exactly 32 new tokens
+   for a 32-token source, batch 1, the profiler's timer and thread count; the least of 10 rounds, as the profiler's
+   default statistic): speed_ratio = teacher ms / model ms.
+8. squad: SQuAD question generation (../shared/data/squad_qg): a 12+12 teacher trained with `modformer teacher
+   --preset base`, one modular run and a KD 6-6 student (same steps); BLEU-4 (sacrebleu) and ROUGE-L on the first
+   --squad-eval pairs of `valid`, timed like 7.
+
+Writes benchmarks/results/seed_claims.json (`rows`: one per model), seed_claims.md (the tables), seed_claims.png,
+with the command, the machine and the wall time of each stage. A partial run writes them too, marking what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from modformer.baselines import INFO_NAME, PSEUDO_NAME, pseudo_labels  # noqa: E402
+from modformer.checkpoints import load_seq2seq, load_tokenizer  # noqa: E402
+from modformer.data import DataSpec, load_split  # noqa: E402
+from modformer.evaluation import score_model  # noqa: E402
+from modformer.io import atomic_path, write_json  # noqa: E402
+from modformer.modular.assembly import Assembly, valid_stacks  # noqa: E402
+from modformer.modular.model import ModularModel  # noqa: E402
+from modformer.modular.strategies import assembly_for_shape, strategy_sequence  # noqa: E402
+from modformer.profiling.hardware import fingerprint  # noqa: E402
+from modformer.profiling.profile import Workload  # noqa: E402
+from modformer.profiling.timer import Timer  # noqa: E402
+from modformer.profiling.validate import time_models  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+CLI = [sys.executable, "-m", "modformer.cli"]
+TASKS = {
+    "multi30k": {"data": SHARED / "data" / "multi30k_en_de", "src_ext": "en", "tgt_ext": "de", "val": "val",
+                 "test": "test_2016_flickr"},
+    "squad_qg": {"data": SHARED / "data" / "squad_qg", "src_ext": "src", "tgt_ext": "tgt", "val": "valid",
+                 "test": "valid"},
+}  # fmt: skip
+GRANULARITIES = "2,3,4,6"
+NAMED = {"12-6": "size-first", "6-6": "size-first", "4-4": "size-first", "12-3": "speed-first",
+         "12-2": "speed-first", "3-3": "size-first", "2-2": "size-first"}  # fmt: skip
+TEACHER_DEPTHS = (12, 12)  # both teachers here are 12+12 (checked when their modules load)
+GRANULARITY_LIST = tuple(int(g) for g in GRANULARITIES.split(","))
+COMPARED = ("6-6", "12-3")  # the shapes the students and ablations are trained / scored at
+METHODS = ("sft", "kd", "pseudo")
+ABLATIONS = {"no-curriculum": ["--no-curriculum"], "no-attn": ["--w-attn", "0"]}
+RANDOM_ORDERS = 5
+CLOSE_BLEU = 0.5  # margins under this get a second seed
+TIMING = Workload(batch=1, src_len=32, gen_len=32)
+TIMING_REPEATS = 10  # the least of them is a call's cost without interference (see the README's profiling section)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bookkeeping
+# --------------------------------------------------------------------------------------------------------------------
+class Work:
+    """The work folder: cached scores, stage wall times, logs."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.scores_path, self.walls_path = folder / "scores.json", folder / "walls.json"
+        self.scores = json.loads(self.scores_path.read_text()) if self.scores_path.exists() else {}
+        self.walls = json.loads(self.walls_path.read_text()) if self.walls_path.exists() else {}
+
+    def save(self) -> None:
+        write_json(self.scores_path, self.scores)
+        write_json(self.walls_path, self.walls)
+
+    def add_wall(self, stage: str, seconds: float) -> None:
+        self.walls[stage] = round(self.walls.get(stage, 0.0) + seconds, 1)
+        self.save()
+
+
+def run(cmd: list, log: Path) -> float:
+    """Run a CLI command, its output appended to `log`; the wall time in seconds. Stops the benchmark on failure."""
+    started = time.perf_counter()
+    with log.open("a") as f:
+        f.write(f"\n$ {' '.join(map(str, cmd[2:]))}\n")
+        f.flush()
+        code = subprocess.call([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code != 0:
+        sys.exit(f"{' '.join(map(str, cmd[2:]))} failed (exit {code}); see {log}")
+    return time.perf_counter() - started
+
+
+def data_args(task: str, *, val: bool = True) -> list:
+    t = TASKS[task]
+    args = ["--data", t["data"], "--src-ext", t["src_ext"], "--tgt-ext", t["tgt_ext"]]
+    return [*args, "--val-split", t["val"]] if val else args
+
+
+def completed_steps(out: Path) -> tuple[int, float | None]:
+    """(steps done, training wall seconds) of a modular run or a student in `out`; (0, None) if none."""
+    for name, key in (("modular_config.json", "training"), (INFO_NAME, None)):
+        path = out / name
+        if path.is_file():
+            info = json.loads(path.read_text())
+            info = info.get(key, {}) if key else info
+            return int(info.get("completed_steps", 0)), info.get("wall_s")
+    return 0, None
+
+
+def train(work: Work, stage: str, command: list, out: Path, steps: int) -> float | None:
+    """Train (or resume) one run through the CLI; its cumulative training wall time in seconds."""
+    done, _ = completed_steps(out)
+    if done < steps:
+        again = ["--resume"] if (out / "trainer_state.pt").is_file() else ["--overwrite"]
+        print(
+            f"[{stage}] {' '.join(map(str, command[2:4]))} -> {out} ({'resuming at ' + str(done) if done else 'new'})"
+        )
+        work.add_wall(stage, run([*command, "--out", out, *again], work.folder / f"{out.name}.log"))
+    return completed_steps(out)[1]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What to score
+# --------------------------------------------------------------------------------------------------------------------
+def spread_assemblies(modular: ModularModel, count: int) -> list[tuple[str, Assembly]]:
+    """`count` assemblies of the size-first and speed-first sequences, depth ratios log-even over 1.1x-6x; each with
+    the first sequence it belongs to."""
+    cost = modular.cost_model()
+    depth = cost.encoder_layers + cost.decoder_layers
+    pool, rule = {}, {}
+    for name in ("size-first", "speed-first"):
+        for a in strategy_sequence(name, cost):
+            pool.setdefault(str(a), a)
+            rule.setdefault(str(a), name)
+    ratios = {text: depth / len(a.encoder + a.decoder) for text, a in pool.items()}
+    chosen: list[str] = []
+    for target in np.geomspace(1.1, min(6.0, max(ratios.values())), count):
+        free = [t for t in pool if t not in chosen]
+        if free:
+            chosen.append(min(free, key=lambda t: (abs(math.log(ratios[t] / target)), t)))
+    return [(rule[t], pool[t]) for t in sorted(chosen, key=lambda t: ratios[t])]
+
+
+def random_orders(modular: ModularModel, shape: str, count: int, seed: int = 0) -> list[Assembly]:
+    """Up to `count` valid assemblies with the block counts of `shape` other than the deterministic one."""
+    c = modular.config
+    enc_blocks, dec_blocks = (int(x) for x in shape.split("-"))
+    encs = [s for s in valid_stacks(c.encoder_layers, c.granularities) if len(s) == enc_blocks]
+    decs = [s for s in valid_stacks(c.decoder_layers, c.granularities) if len(s) == dec_blocks]
+    rule = assembly_for_shape(shape, c.encoder_layers, c.decoder_layers, c.granularities)
+    others = [Assembly(e, d) for e in encs for d in decs if Assembly(e, d) != rule]
+    return random.Random(f"{seed}-{shape}").sample(others, min(count, len(others)))
+
+
+def score(work: Work, key: str, load, pairs, desc: str) -> dict:
+    """Scores of one model on `pairs` (cached by `key`)."""
+    if key not in work.scores:
+        model, tokenizer = load()
+        started = time.perf_counter()
+        scores = score_model(model, tokenizer, pairs, batch_size=64, max_new_tokens=64).to_json()
+        scores["score_s"] = round(time.perf_counter() - started, 1)
+        print(f"  {desc}: BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f} ({scores['score_s']:.0f} s)")
+        work.scores[key] = scores
+        work.save()
+    return work.scores[key]
+
+
+def time_all(work: Work, task: str, loaders: dict, threads: int) -> dict[str, float]:
+    """Least ms (of TIMING_REPEATS) of every model in `loaders` (teacher included), round-robin in one run (the
+    median is kept beside it); cached per set of models."""
+    path = work.folder / f"timing-{task}.json"
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    if sorted(cached.get("ms", {})) == sorted(loaders) and cached.get("statistic") == "min":
+        return cached["ms"]
+    names = list(loaders)
+    print(f"[timing] {task}: {len(names)} models, round-robin, {TIMING}, {threads} threads")
+    models = [loaders[n]()[0] for n in names]
+    vocab = int(models[0].config.vocab_size)
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    timings = time_models(models, TIMING, Timer("cpu"), vocab, 0, 2, TIMING_REPEATS)
+    work.add_wall(f"{task}-timing", time.perf_counter() - started)
+    ms = {n: t.min_ms for n, t in zip(names, timings, strict=True)}
+    write_json(
+        path,
+        {
+            "workload": str(TIMING),
+            "threads": threads,
+            "statistic": "min",
+            "repeats": TIMING_REPEATS,
+            "ms": ms,
+            "median_ms": {n: t.median_ms for n, t in zip(names, timings, strict=True)},
+        },
+    )
+    return ms
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Stages
+# --------------------------------------------------------------------------------------------------------------------
+def modular_rows(work: Work, task: str, method: str, folder: Path, assemblies: list[tuple[str, Assembly]],
+                 pairs, loaders: dict, steps: int, wall: float | None, seed: int = 0) -> list[dict]:  # fmt: skip
+    """Score assemblies of one modular checkpoint; a row each (speed filled in later)."""
+    holder: dict = {}
+
+    def modular() -> ModularModel:
+        if "m" not in holder:
+            holder["m"] = ModularModel.from_pretrained(folder)
+        return holder["m"]
+
+    tokenizer = load_tokenizer(TASKS_TEACHER[task])
+    rows = []
+    named = {str(assembly_for_shape(s, *TEACHER_DEPTHS, GRANULARITY_LIST)) for s in NAMED}
+    for rule, a in assemblies:
+        name = f"{method}|{a}"
+        loaders[name] = lambda a=a: (modular().assemble(a), tokenizer)
+        scores = score(work, f"{task}|{name}", loaders[name], pairs, f"{method} {a}")
+        cost = modular().cost_model()
+        rows.append({"task": task, "method": method, "assembly": str(a),
+                     "shape": f"{len(a.encoder)}-{len(a.decoder)}", "rule": rule, "named": str(a) in named,
+                     "size_ratio": cost.size_ratio(a), "depth_ratio": (cost.encoder_layers + cost.decoder_layers)
+                     / len(a.encoder + a.decoder), "steps": steps, "wall_s": wall, "seed": seed,
+                     "model": name, **scores})  # fmt: skip
+    return rows
+
+
+TASKS_TEACHER: dict[str, Path] = {"multi30k": SHARED / "models" / "multi30k-t5-12x12"}
+
+
+def student_row(work: Work, task: str, method: str, shape: str, folder: Path, pairs, loaders: dict,
+                teacher_params: int, extra_wall: float = 0.0, seed: int = 0) -> dict:  # fmt: skip
+    name = f"{method}|{shape}|s{seed}"
+    loaders[name] = lambda: (load_seq2seq(folder), load_tokenizer(folder))
+    scores = score(work, f"{task}|{name}", loaders[name], pairs, f"{method} {shape} seed {seed}")
+    info = json.loads((folder / INFO_NAME).read_text())
+    return {"task": task, "method": method, "assembly": f"student {shape} (teacher layers {info['layers']})",
+            "shape": shape, "rule": "student", "size_ratio": teacher_params / info["parameters"],
+            "depth_ratio": None, "steps": info["completed_steps"], "wall_s": info["wall_s"] + extra_wall,
+            "seed": seed, "model": name, **scores}  # fmt: skip
+
+
+def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
+    task, teacher = "multi30k", TASKS_TEACHER["multi30k"]
+    spec = DataSpec(str(TASKS[task]["data"]), src_ext="en", tgt_ext="de")
+    test = load_split(spec, TASKS[task]["test"])
+    loaders: dict = {}
+    train_cmd = [*CLI, "train", "--teacher", teacher, *data_args(task), "--granularities", GRANULARITIES,
+                 "--steps", args.steps, "--batch-size", args.batch_size]  # fmt: skip
+    main = work.folder / "modular"
+    wall = train(work, "multi30k-modular", train_cmd, main, args.steps)
+    modular = ModularModel.from_pretrained(main)
+    c = modular.config
+    teacher_assembly = Assembly.teacher(c.encoder_layers, c.decoder_layers)
+    teacher_params = modular.cost_model().params(teacher_assembly)
+
+    # teacher and assemblies
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(teacher)
+    loaders["teacher"] = lambda: (load_seq2seq(teacher), tokenizer)
+    t = score(work, f"{task}|teacher", loaders["teacher"], test, "teacher")
+    rows.append({"task": task, "method": "teacher", "assembly": str(teacher_assembly), "shape": "12-12",
+                 "rule": "teacher", "size_ratio": 1.0, "depth_ratio": 1.0, "steps": None, "wall_s": None,
+                 "seed": 0, "model": "teacher", **t})  # fmt: skip
+    shape_of = {s: assembly_for_shape(s, c.encoder_layers, c.decoder_layers, c.granularities) for s in NAMED}
+    named = [(NAMED[s], a) for s, a in shape_of.items()]
+    spread = [(r, a) for r, a in spread_assemblies(modular, args.spread) if a not in shape_of.values()]
+    rows += modular_rows(work, task, "modular", main, named + spread, test, loaders, args.steps, wall)
+    random_pick = [("random", a) for s in COMPARED for a in random_orders(modular, s, RANDOM_ORDERS)]
+    rows += modular_rows(work, task, "modular-random", main, random_pick, test, loaders, args.steps, wall)
+    work.add_wall("multi30k-scoring", time.perf_counter() - started)
+    del modular
+
+    # students
+    if "students" in args.stages:
+        labels_path = work.folder / PSEUDO_NAME
+        if not labels_path.is_file():
+            started = time.perf_counter()
+            print("[pseudo-labels] teacher's greedy outputs for the training sources")
+            sources = load_split(spec, "train").sources
+            pseudo_labels(load_seq2seq(teacher), tokenizer, sources, work.folder, batch_size=64)
+            work.add_wall("multi30k-pseudo-labels", time.perf_counter() - started)
+        label_wall = work.walls.get("multi30k-pseudo-labels", 0.0)
+        for shape in COMPARED:
+            for method in METHODS:
+                out = work.folder / "students" / f"{method}-{shape}-s0"
+                extra = ["--pseudo-labels", labels_path] if method == "pseudo" else []
+                cmd = [*CLI, "baseline", method, "--teacher", teacher, "--shape", shape, *data_args(task),
+                       "--steps", args.steps, "--batch-size", args.batch_size, *extra]  # fmt: skip
+                train(work, f"multi30k-{method}", cmd, out, args.steps)
+                started = time.perf_counter()
+                rows.append(student_row(work, task, method, shape, out, test, loaders, teacher_params,
+                                        label_wall if method == "pseudo" else 0.0))  # fmt: skip
+                work.add_wall("multi30k-scoring", time.perf_counter() - started)
+    else:
+        missing.append("multi30k students")
+
+    # ablations
+    if "ablations" in args.stages:
+        for name, extra in ABLATIONS.items():
+            out = work.folder / f"modular-{name}"
+            ab_wall = train(work, f"multi30k-{name}", [*train_cmd, *extra], out, args.steps)
+            started = time.perf_counter()
+            rows += modular_rows(work, task, name, out, [(NAMED[s], shape_of[s]) for s in COMPARED], test, loaders,
+                                 args.steps, ab_wall)  # fmt: skip
+            work.add_wall("multi30k-scoring", time.perf_counter() - started)
+    else:
+        missing.append("multi30k ablations")
+
+    # second seeds where the margin is small
+    if "seeds" in args.stages and "students" in args.stages:
+        for shape in COMPARED:
+            mod = next(
+                r for r in rows if r["method"] == "modular" and r["shape"] == shape and r["named"] and r["seed"] == 0
+            )
+            close = [r for r in rows if r["rule"] == "student" and r["shape"] == shape and r["seed"] == 0
+                     and abs(mod["bleu"] - r["bleu"]) < CLOSE_BLEU]  # fmt: skip
+            if not close:
+                continue
+            out = work.folder / "modular-s1"
+            s1_wall = train(work, "multi30k-modular-s1", [*train_cmd, "--seed", "1"], out, args.steps)
+            rows += modular_rows(work, task, "modular", out, [(NAMED[shape], shape_of[shape])], test, loaders,
+                                 args.steps, s1_wall, seed=1)  # fmt: skip
+            for r in close:
+                out = work.folder / "students" / f"{r['method']}-{shape}-s1"
+                extra = ["--pseudo-labels", work.folder / PSEUDO_NAME] if r["method"] == "pseudo" else []
+                cmd = [*CLI, "baseline", r["method"], "--teacher", teacher, "--shape", shape, *data_args(task),
+                       "--steps", args.steps, "--batch-size", args.batch_size, "--seed", "1", *extra]  # fmt: skip
+                train(work, f"multi30k-{r['method']}-s1", cmd, out, args.steps)
+                rows.append(student_row(work, task, r["method"], shape, out, test, loaders, teacher_params,
+                                        work.walls.get("multi30k-pseudo-labels", 0.0) if r["method"] == "pseudo"
+                                        else 0.0, seed=1))  # fmt: skip
+    elif "seeds" not in args.stages:
+        missing.append("multi30k second seeds")
+
+    add_speed(work, task, rows, loaders, args.threads)
+
+
+def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
+    task = "squad_qg"
+    folder = work.folder / "squad"
+    folder.mkdir(exist_ok=True)
+    teacher = folder / "teacher"
+    if not (teacher / "config.json").is_file():
+        print("[squad] teacher (modformer teacher --preset base)")
+        cmd = [*CLI, "teacher", *data_args(task), "--preset", "base", "--steps", args.squad_teacher_steps,
+               "--batch-size", args.batch_size, "--out", teacher, "--overwrite"]  # fmt: skip
+        work.walls.pop("squad-teacher", None)
+        work.add_wall("squad-teacher", run(cmd, folder / "teacher.log"))
+    TASKS_TEACHER[task] = teacher
+    spec = DataSpec(str(TASKS[task]["data"]), src_ext="src", tgt_ext="tgt")
+    pairs = load_split(spec, TASKS[task]["test"], limit=args.squad_eval)
+    loaders: dict = {}
+    tokenizer = load_tokenizer(teacher)
+    loaders["teacher"] = lambda: (load_seq2seq(teacher), tokenizer)
+    train_cmd = [*CLI, "train", "--teacher", teacher, *data_args(task), "--granularities", GRANULARITIES,
+                 "--steps", args.steps, "--batch-size", args.batch_size]  # fmt: skip
+    wall = train(work, "squad-modular", train_cmd, folder / "modular", args.steps)
+    modular = ModularModel.from_pretrained(folder / "modular")
+    c = modular.config
+    teacher_assembly = Assembly.teacher(c.encoder_layers, c.decoder_layers)
+    teacher_params = modular.cost_model().params(teacher_assembly)
+    started = time.perf_counter()
+    t = score(work, f"{task}|teacher", loaders["teacher"], pairs, "squad teacher")
+    rows.append({"task": task, "method": "teacher", "assembly": str(teacher_assembly), "shape": "12-12",
+                 "rule": "teacher", "size_ratio": 1.0, "depth_ratio": 1.0, "steps": args.squad_teacher_steps,
+                 "wall_s": work.walls.get("squad-teacher"), "seed": 0, "model": "teacher", **t})  # fmt: skip
+    shapes = [(NAMED[s], assembly_for_shape(s, c.encoder_layers, c.decoder_layers, c.granularities)) for s in COMPARED]
+    rows += modular_rows(work, task, "modular", folder / "modular", shapes, pairs, loaders, args.steps, wall)
+    work.add_wall("squad-scoring", time.perf_counter() - started)
+    out = folder / "kd-6-6-s0"
+    cmd = [*CLI, "baseline", "kd", "--teacher", teacher, "--shape", "6-6", *data_args(task), "--steps", args.steps,
+           "--batch-size", args.batch_size]  # fmt: skip
+    train(work, "squad-kd", cmd, out, args.steps)
+    rows.append(student_row(work, task, "kd", "6-6", out, pairs, loaders, teacher_params))
+    add_speed(work, task, rows, loaders, args.threads)
+
+
+def add_speed(work: Work, task: str, rows: list[dict], loaders: dict, threads: int) -> None:
+    ms = time_all(work, task, loaders, threads)
+    for r in rows:
+        if r["task"] == task:
+            r["latency_ms"] = ms[r["model"]]
+            r["speed_ratio"] = ms["teacher"] / ms[r["model"]]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------------------------
+def mean_bleu(rows: list[dict], method: str, shape: str, named_only: bool = False) -> tuple[float, int] | None:
+    picked = [r["bleu"] for r in rows if r["method"] == method and r["shape"] == shape and r["task"] == "multi30k"
+              and (not named_only or r.get("named"))]  # fmt: skip
+    return (float(np.mean(picked)), len(picked)) if picked else None
+
+
+def claims(rows: list[dict], walls: dict) -> dict:
+    """The issue's acceptance lines, each with the figures behind it."""
+    out: dict = {}
+    m30 = [r for r in rows if r["task"] == "multi30k"]
+    teacher = next((r for r in m30 if r["method"] == "teacher"), None)
+    for shape in COMPARED:
+        mod = mean_bleu(rows, "modular", shape, named_only=True)
+        entry: dict = {"modular_bleu": mod[0] if mod else None, "modular_seeds": mod[1] if mod else 0}
+        for method in METHODS:
+            b = mean_bleu(rows, method, shape)
+            entry[f"{method}_bleu"], entry[f"{method}_seeds"] = (b[0], b[1]) if b else (None, 0)
+        done = [entry[f"{m}_bleu"] for m in METHODS if entry[f"{m}_bleu"] is not None]
+        entry["modular_at_least_every_student"] = (mod is not None and len(done) == len(METHODS)
+                                                   and all(mod[0] >= b for b in done))  # fmt: skip
+        rnd = mean_bleu(rows, "modular-random", shape)
+        entry["random_order_mean_bleu"] = rnd[0] if rnd else None
+        entry["random_orders"] = rnd[1] if rnd else 0
+        for name in ABLATIONS:
+            a = mean_bleu(rows, name, shape)
+            entry[f"{name}_bleu"] = a[0] if a else None
+        out[shape] = entry
+    if teacher:
+        size_first = [r for r in m30 if r["method"] == "modular" and r["rule"] == "size-first" and r["seed"] == 0]
+        at2 = min(size_first, key=lambda r: abs(r["size_ratio"] - 2.0), default=None)
+        if at2:
+            out["at_2x_size"] = {"assembly": at2["assembly"], "size_ratio": at2["size_ratio"], "bleu": at2["bleu"],
+                                 "teacher_bleu": teacher["bleu"],
+                                 "relative_drop_pct": 100 * (1 - at2["bleu"] / teacher["bleu"]),
+                                 "target_pct": 5.0}  # fmt: skip
+            out["at_2x_size"]["met"] = out["at_2x_size"]["relative_drop_pct"] <= 5.0
+    beats = {
+        s: (out[s]["modular_bleu"] > out[s]["random_order_mean_bleu"])
+        for s in COMPARED
+        if out[s]["modular_bleu"] is not None and out[s]["random_order_mean_bleu"] is not None
+    }
+    out["deterministic_beats_random"] = {"per_shape": beats, "met": bool(beats) and all(beats.values())}
+    replaced = sum(v for k, v in walls.items() if k.startswith("multi30k-") and k.split("-", 1)[1] in
+                   ("sft", "kd", "pseudo", "pseudo-labels"))  # fmt: skip
+    modular_wall = next((r["wall_s"] for r in m30 if r["method"] == "modular" and r["seed"] == 0), None)
+    out["train_once"] = {"modular_wall_s": modular_wall, "students_wall_s": replaced,
+                         "students": f"{len(METHODS)} methods x {len(COMPARED)} shapes (pseudo-labels included)",
+                         "note": "the modular run serves every shape; each student serves one"}  # fmt: skip
+    return out
+
+
+def markdown(rows: list[dict], result: dict) -> str:
+    lines = [f"# Seed claims: results\n\nCommand: `{result['command']}`  \nMachine: {result['machine_summary']}  \n"
+             f"Complete: {result['complete']}" + (f" (missing: {', '.join(result['missing'])})" if result["missing"]
+                                                    else "") + "\n"]  # fmt: skip
+    for task in TASKS:
+        picked = [r for r in rows if r["task"] == task]
+        if not picked:
+            continue
+        metric = "ROUGE-L" if task == "squad_qg" else "chrF"
+        lines += [f"\n## {task}\n", f"| method | shape | assembly | size x | speed x | BLEU | {metric} | steps | "
+                  "train s |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in sorted(picked, key=lambda r: (r["method"] != "teacher", r["method"], r["size_ratio"])):
+            other = r["rougeL"] if task == "squad_qg" else r["chrf"]
+            speed = f"{r['speed_ratio']:.2f}" if r.get("speed_ratio") else "-"
+            wall = f"{r['wall_s']:.0f}" if r.get("wall_s") else "-"
+            lines.append(f"| {r['method']} | {r['shape']} | `{r['assembly']}` | {r['size_ratio']:.2f} | {speed} | "
+                         f"{r['bleu']:.2f} | {other:.2f} | {r['steps'] or '-'} | {wall} |")  # fmt: skip
+    lines += ["\n## Claims\n", "```json", json.dumps(result["claims"], indent=2), "```",
+              "\n## Stage wall times (s)\n", "```json", json.dumps(result["walls"], indent=2), "```"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    m30 = [r for r in rows if r["task"] == "multi30k"]
+    if not m30:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, x in zip(axes, ("size_ratio", "speed_ratio"), strict=True):
+        mod = sorted((r for r in m30 if r["method"] == "modular" and r["seed"] == 0), key=lambda r: r[x] or 0)
+        ax.plot([r[x] for r in mod], [r["bleu"] for r in mod], "o-", color="C0", label="modular (one run)")
+        for r in mod:
+            if r["named"]:
+                ax.annotate(r["shape"], (r[x], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        styles = {"modular-random": ("x", "C7"), "sft": ("s", "C1"), "kd": ("^", "C2"), "pseudo": ("v", "C3"),
+                  "no-curriculum": ("D", "C4"), "no-attn": ("P", "C5"), "teacher": ("*", "k")}  # fmt: skip
+        for method, (marker, color) in styles.items():
+            pts = [r for r in m30 if r["method"] == method and r.get(x)]
+            if pts:
+                ax.scatter([r[x] for r in pts], [r["bleu"] for r in pts], marker=marker, color=color, s=60,
+                           label=method, zorder=3)  # fmt: skip
+        ax.set_xlabel({"size_ratio": "size ratio (teacher params / model params)",
+                       "speed_ratio": "measured speed ratio (teacher ms / model ms, batch 1)"}[x])  # fmt: skip
+        ax.set_ylabel("BLEU, Multi30k test_2016_flickr")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("One modular run vs. students trained per shape (Multi30k En-De)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "seed-claims")
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps of every modular run and student")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--spread", type=int, default=24, help="assemblies spread over 1.1x-6x depth ratio")
+    parser.add_argument("--squad-teacher-steps", type=int, default=3000)
+    parser.add_argument("--squad-eval", type=int, default=2000, help="score SQuAD on the first N valid pairs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--stages",
+        default="students,ablations,seeds,squad",
+        help="optional stages to run, comma-separated (Multi30k modular + assemblies always run)",
+    )
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    args.stages = {s.strip() for s in args.stages.split(",") if s.strip()}
+    torch.set_num_threads(args.threads)
+    work = Work(args.work)
+    rows: list[dict] = []
+    missing: list[str] = []
+    multi30k(work, args, rows, missing)
+    if "squad" in args.stages:
+        squad(work, args, rows, missing)
+    else:
+        missing.append("squad_qg")
+    machine = fingerprint("cpu", "fp32", args.threads)
+    result = {
+        "command": "python benchmarks/seed_claims.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine,
+        "machine_summary": f"{machine.get('cpu_model')}, {machine.get('logical_cores')} cores, "
+        f"torch {machine.get('torch')}, {args.threads} threads, {platform.system()}",
+        "settings": {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "granularities": GRANULARITIES,
+            "spread": args.spread,
+            "squad_teacher_steps": args.squad_teacher_steps,
+            "squad_eval_pairs": args.squad_eval,
+            "timing_workload": str(TIMING),
+            "decoding": "greedy, max 64 new tokens, batch 64",
+            "multi30k_split": TASKS["multi30k"]["test"],
+            "squad_split": "valid",
+        },  # fmt: skip
+        "complete": not missing,
+        "missing": missing,
+        "walls": work.walls,
+        "claims": claims(rows, work.walls),
+        "rows": rows,
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_json(args.results / "seed_claims.json", result)
+    with atomic_path(args.results / "seed_claims.md") as tmp:
+        Path(tmp).write_text(markdown(rows, result), encoding="utf-8")
+    plot(rows, args.results / "seed_claims.png")
+    print(json.dumps(result["claims"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
