@@ -24,6 +24,7 @@ from modformer.modular.model import ModularModel
 from modformer.profiling.hardware import compare, fingerprint
 from modformer.profiling.measure import ProfileConfig, all_blocks, param_bytes, profile_modules
 from modformer.profiling.profile import (
+    CALIBRATION,
     COLUMNS,
     KINDS,
     LatencyProfile,
@@ -113,10 +114,10 @@ def test_table_schema(profile, modular):
         "dec_step": len(dec) * points * len(cache_lens),
         "dec_first_extra": len(dec) * points,
         "fixed_generate": points * 2,  # at 1 and 4 new tokens
-        "calibration_generate": points * 2 * 3,  # encoder only, decoder only, teacher; at 1 and 4 new tokens
+        "calibration_generate": points * 2 * 5,  # see CALIBRATION; at 1 and 4 new tokens
     }
     calibration = table[table["kind"] == "calibration_generate"]
-    assert sorted(set(calibration["block"])) == ["decoder_only", "encoder_only", "teacher"]
+    assert sorted(set(calibration["block"])) == sorted(CALIBRATION)
     assert (calibration["latency_ms"] > 0).all()
     for b in blocks:
         row = table[table["block"] == b.key].iloc[0]
@@ -154,7 +155,7 @@ def test_summaries(profile):
     assert "step L=2 B=1 S=6 (ms)" in dec.columns and "first extra B=2 S=6 (ms)" in dec.columns
     fixed = fixed_summary(profile)
     assert list(fixed["gen_len"]) == [1, 4] * 4
-    assert {"teacher_ms", "encoder_only_ms", "decoder_only_ms", "encoder_factor", "decoder_factor"} <= set(fixed)
+    assert {"teacher_ms", "encoder_only_ms", "decoder_first_ms", "encoder_factor", "decoder_offset_ms"} <= set(fixed)
     first = fixed.iloc[0]
     scales = profile.costs(Workload(int(first["batch"]), int(first["src_len"]), int(first["gen_len"]))).scales
     assert (first["encoder_factor"], first["decoder_factor"]) == (scales["encoder"], scales["decoder"])
@@ -181,8 +182,11 @@ def test_predict_is_the_sum_of_the_table(profile):
         expected += at("dec_first_extra", k) + c0 + (c0 + c2) / 2 + c2 + c3
     p = predict(profile, a, Workload(B, S, G))
     assert p.breakdown["block_ms"].sum() == pytest.approx(expected, rel=1e-12)  # the blocks as measured
-    scales = profile.costs(Workload(B, S, G)).scales  # then one calibration factor per stack
+    costs = profile.costs(Workload(B, S, G))  # then one calibration line per stack
+    scales = costs.scales
     parts = p.breakdown.set_index("block")
+    assert parts.loc["fixed", "latency_ms"] == pytest.approx(at("fixed_generate", "fixed", gen_len=G)
+                                                             + sum(costs.offsets.values()))  # fmt: skip
     calibrated = parts.loc["fixed", "latency_ms"] + sum(
         scales[stack] * parts.loc[parts["stack"] == stack, "block_ms"].sum() for stack in ("encoder", "decoder")
     )
@@ -210,11 +214,12 @@ def test_axis_weights():
     assert axis_weights([32], 40) == ([(0, 1.0)], True)
 
 
-def synthetic_profile(calibration: tuple[float, float, float] | None = None) -> LatencyProfile:
+def synthetic_profile(calibration: tuple[float, float, float, float] | None = None) -> LatencyProfile:
     """A 2+2 model with modules of size 2 whose costs are linear in B, S and L, with known coefficients.
 
-    `calibration` (a, b, extra): calibration calls in which the teacher's encoder layers add a times their block sum,
-    its decoder layers b times theirs, and the whole teacher that plus `extra` ms."""
+    `calibration` (a, b, extra, offset): calibration calls in which the teacher's encoder layers (all, or the first
+    alone) add `offset` + a times their block sum, its decoder layers `offset` + b times theirs, and the whole teacher
+    both plus `extra` ms."""
     rows = []
     base = dict.fromkeys(COLUMNS)
     blocks = [("encoder", 0, 1), ("encoder", 1, 1), ("encoder", 0, 2), ("decoder", 0, 1), ("decoder", 1, 1),
@@ -241,37 +246,51 @@ def synthetic_profile(calibration: tuple[float, float, float] | None = None) -> 
                     rows.append({**base, "kind": "fixed_generate", "stack": "model", "block": "fixed", "batch": B,
                                  "src_len": S, "gen_len": G, "latency_ms": fixed})  # fmt: skip
                     if calibration:
-                        a, b, extra = calibration
+                        a, b, extra, o = calibration
                         enc, dec = teacher_sums(B, S, G)
-                        for name, ms in (("encoder_only", a * enc), ("decoder_only", b * dec),
-                                         ("teacher", a * enc + b * dec + extra)):  # fmt: skip
+                        enc1, dec1 = teacher_sums(B, S, G, layers=1)
+                        for name, ms in (("encoder_only", o + a * enc), ("encoder_first", o + a * enc1),
+                                         ("decoder_only", o + b * dec), ("decoder_first", o + b * dec1),
+                                         ("teacher", 2 * o + a * enc + b * dec + extra)):  # fmt: skip
                             rows.append({**base, "kind": "calibration_generate", "stack": "model", "block": name,
                                          "batch": B, "src_len": S, "gen_len": G, "latency_ms": fixed + ms})  # fmt: skip
     meta = new_meta(fingerprint=fingerprint("cpu", "fp32", 1), grid={}, model={}, settings={})
     return LatencyProfile(pd.DataFrame(rows), meta)
 
 
-def teacher_sums(B: int, S: int, G: int) -> tuple[float, float]:
-    """What the synthetic profile's two teacher layers of each stack cost in one call, by hand."""
-    enc = 2 * (1.0 + 0.5 * B + 0.01 * S)
-    dec = 2 * (0.1 * B + sum(0.2 + 0.1 * B + 0.001 * S + 0.01 * t for t in range(G)))
+def teacher_sums(B: int, S: int, G: int, layers: int = 2) -> tuple[float, float]:
+    """What the synthetic profile's first `layers` teacher layers of each stack cost in one call, by hand."""
+    enc = layers * (1.0 + 0.5 * B + 0.01 * S)
+    dec = layers * (0.1 * B + sum(0.2 + 0.1 * B + 0.001 * S + 0.01 * t for t in range(G)))
     return enc, dec
 
 
 def test_calibration_scales_each_stack():
     # Consistent calls: the factors are found exactly; the k2 module is scaled like the teacher's layers.
-    p = predict(synthetic_profile((1.5, 0.8, 0.0)), Assembly.parse("enc=2 dec=1,1"), Workload(8, 32, 16))
+    p = predict(synthetic_profile((1.5, 0.8, 0.0, 0.0)), Assembly.parse("enc=2 dec=1,1"), Workload(8, 32, 16))
     enc, dec = teacher_sums(8, 32, 16)
     assert p.latency_ms == pytest.approx(2.0 + 16 * 1.3 + 1.5 * enc / 2 + 0.8 * dec, rel=1e-9)
-    # The whole teacher 3 ms dearer than its halves: the encoder factor comes from the one-token encoder-only call
-    # (exact, 1.0); the decoder's is the mean of what the decoder-only call and the whole teacher say, by hand.
-    profile = synthetic_profile((1.0, 1.0, 3.0))
-    scales = profile.costs(Workload(1, 16, 16)).scales
-    e, d = teacher_sums(1, 16, 16)
-    assert scales["encoder"] == pytest.approx(1.0, rel=1e-9)
-    assert scales["decoder"] == pytest.approx((d + (e + d + 3.0 - e)) / (2 * d), rel=1e-9)
+    # With an offset (what a stack costs once it has any layer): found exactly too, and it is in the fixed row.
+    profile = synthetic_profile((1.2, 0.9, 0.0, 4.0))
+    costs = profile.costs(Workload(8, 32, 16))
+    assert costs.scales == pytest.approx({"encoder": 1.2, "decoder": 0.9}, rel=1e-9)
+    assert costs.offsets == pytest.approx({"encoder": 4.0, "decoder": 4.0}, rel=1e-9)
+    p = predict(profile, Assembly.parse("enc=2 dec=1,1"), Workload(8, 32, 16))
+    assert p.latency_ms == pytest.approx(2.0 + 16 * 1.3 + 8.0 + 1.2 * enc / 2 + 0.9 * dec, rel=1e-9)
+    assert p.breakdown.loc[0, "latency_ms"] == pytest.approx(2.0 + 16 * 1.3 + 8.0)
+    assert p.breakdown.loc[0, "block_ms"] == pytest.approx(2.0 + 16 * 1.3)  # the zero-layer call alone
+    # The whole teacher 3 ms dearer than its stacks: the encoder's line comes from the one-token calls (exact); the
+    # decoder's goes through its first layer and the mean of what the decoder-only call and the whole teacher (less
+    # the encoder) say for all layers, by hand.
+    scales = synthetic_profile((1.0, 1.0, 3.0, 0.0)).costs(Workload(1, 16, 16))
+    d, d1 = teacher_sums(1, 16, 16)[1], teacher_sums(1, 16, 16, layers=1)[1]
+    slope = ((d + d + 3.0) / 2 - d1) / (d - d1)
+    assert scales.scales["encoder"] == pytest.approx(1.0, rel=1e-9)
+    assert scales.scales["decoder"] == pytest.approx(slope, rel=1e-9) and slope > 1
+    assert scales.offsets["decoder"] == pytest.approx(d1 - slope * d1, rel=1e-9)
     # No calibration rows (an older profile): the blocks as measured.
-    assert synthetic_profile().costs(Workload(1, 16, 1)).scales == {"encoder": 1.0, "decoder": 1.0}
+    old = synthetic_profile().costs(Workload(1, 16, 1))
+    assert old.scales == {"encoder": 1.0, "decoder": 1.0} and old.offsets == {"encoder": 0.0, "decoder": 0.0}
 
 
 def expected_synthetic(B: int, S: int, G: int) -> float:

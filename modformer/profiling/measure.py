@@ -218,10 +218,12 @@ class Bench:
         return Case(fn=lambda: self.decode(p, p.token, holder["cache"]), setup=fresh,
                     context=self.swapped("decoder", layout))  # fmt: skip
 
-    def generate_case(self, p: _Point, gen_len: int, keep: Sequence[str] = ()) -> Case:
-        """A real `generate` of exactly `gen_len` new tokens by the teacher with the layers of the stacks not in `keep`
-        taken out: with none kept, the fixed costs; with one or both, a calibration call (see `CALIBRATION`)."""
-        layouts = {s: [] for s in ("encoder", "decoder") if s not in keep}
+    def generate_case(self, p: _Point, gen_len: int, keep: dict[str, int | None] | None = None) -> Case:
+        """A real `generate` of exactly `gen_len` new tokens by the teacher keeping `keep[stack]` of its layers in each
+        stack (None: all): with none kept (the default), the fixed costs; otherwise a calibration call (see
+        `CALIBRATION`)."""
+        keep = keep if keep is not None else {"encoder": 0, "decoder": 0}
+        layouts = {s: list(self.adapter.layers(self.teacher, s))[:n] for s, n in keep.items() if n is not None}
         context = functools.partial(self.adapter.swapped_layers, self.teacher, layouts)
         return Case(fn=lambda: generate_fixed(self.teacher, p.ids, p.mask, gen_len), context=context)
 
@@ -429,7 +431,8 @@ def _sample_step(bench: Bench, step: tuple, by_stack) -> list[list[float]]:
     p = bench.point(batch, src)
     rounds = _rounds(cfg.repeats, cfg.passes)
     if kind == "fixed":  # per generation length: the zero-layer model, then the calibration calls
-        cases = [bench.generate_case(p, g, keep) for g in cfg.fixed_gen_lens() for keep in ((), *CALIBRATION.values())]
+        keeps = [None, *CALIBRATION.values()]
+        cases = [bench.generate_case(p, g, keep) for g in cfg.fixed_gen_lens() for keep in keeps]
         return timer.interleaved_samples(cases, warmup=min(cfg.warmup, 2), repeats=_rounds(cfg.generate_repeats,
                                          cfg.passes))  # fmt: skip
     stack = "encoder" if kind == "enc" else "decoder"

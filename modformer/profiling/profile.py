@@ -20,21 +20,23 @@ A block in the first place of its stack (``position`` ``first``: ``start`` 0) is
 stack, so it also carries what the stack does once per pass (T5's position bias, masks that grow with the cache);
 any other block is measured above the teacher's first layer, against that layer alone.
 
-- ``calibration_generate``: a real ``generate`` of ``gen_len`` new tokens by the teacher with only its encoder layers
-  (``block`` ``encoder_only``), only its decoder layers (``decoder_only``), or all of them (``teacher``), timed in
-  the same rounds as ``fixed_generate``.
+- ``calibration_generate``: a real ``generate`` of ``gen_len`` new tokens by the teacher with some of its layers taken
+  out (``block`` names which, see ``CALIBRATION``): all its encoder layers and no decoder layer, only its first
+  encoder layer, the same two for the decoder, and the whole teacher; timed in the same rounds as ``fixed_generate``.
 
 Prediction for a workload (batch B, source length S, G new tokens)::
 
-    latency = fixed(B, S, G) + a(B, S, G) sum_enc c_enc(b, B, S)
-              + b(B, S, G) sum_dec [ first_extra(b, B, S) + sum_{t < G} c_dec(b, B, S, L=t) ]
+    latency = fixed(B, S, G) + o_enc + a sum_enc c_enc(b, B, S)
+              + o_dec + b sum_dec [ first_extra(b, B, S) + sum_{t < G} c_dec(b, B, S, L=t) ]
 
-with ``a`` and ``b`` the calibration factors, chosen so that the teacher's own block sums match what its layers add
-to real calls (the calibration calls minus the zero-layer one; see `_calibration_scales`). Blocks measured one at a time miss
-what a whole stack does per layer inside ``generate`` (cache bookkeeping, the loop's per-layer work); the factors put
-it back, and since every block of a stack is a layer of the same shape, one factor per stack serves them all.
-Calibration uses the teacher and two half-models that are not valid assemblies, so no assembly the validation
-measures has been fitted on. (``block_ms`` in a prediction's breakdown is the block's cost before the factor.)
+with a per-stack calibration (offset ``o``, factor ``a`` or ``b``, each at the workload) fitted so that the teacher's own
+block sums match what its layers add to real calls (a calibration call minus the zero-layer one): one layer and all
+of them give the two points of a line (see `_calibration`). Blocks measured one at a time miss what a stack does
+inside ``generate`` once it has any layer at all (the offset: cache set-up, masks) and per layer (the factor: cache
+bookkeeping, the loop's per-layer work); since every block of a stack is a layer of the same shape, one line per
+stack serves all its blocks. The calibration calls are the teacher and partial models that are not valid assemblies,
+so no assembly the validation measures has been fitted on. (A prediction's breakdown has the offsets in its
+``fixed`` row and, in ``block_ms``, each block's cost before the factor.)
     memory  = peak_zero(B, S, G) + alpha(B, S, G) * sum_b [ param_bytes(b) + B (G kv_self(b) + S kv_cross(b)) ]
 
 with ``alpha`` the teacher's measured peak over the zero-layer model's, per byte of its blocks (about 1 when the
@@ -90,11 +92,14 @@ COLUMNS: dict[str, str] = {
     "mem_bytes": "Int64",  # peak_memory only
 }
 KINDS = ("enc_forward", "dec_step", "dec_first_extra", "fixed_generate", "calibration_generate", "peak_memory")
-# Calibration calls (``calibration_generate`` rows): a real `generate` by the teacher with only these stacks' layers.
-CALIBRATION: dict[str, tuple[str, ...]] = {
-    "encoder_only": ("encoder",),
-    "decoder_only": ("decoder",),
-    "teacher": ("encoder", "decoder"),
+# Calibration calls (``calibration_generate`` rows): a real `generate` by the teacher keeping this many layers of each
+# stack (None: all of them).
+CALIBRATION: dict[str, dict[str, int | None]] = {
+    "encoder_only": {"encoder": None, "decoder": 0},
+    "encoder_first": {"encoder": 1, "decoder": 0},
+    "decoder_only": {"encoder": 0, "decoder": None},
+    "decoder_first": {"encoder": 0, "decoder": 1},
+    "teacher": {"encoder": None, "decoder": None},
 }
 
 
@@ -310,8 +315,10 @@ class _WorkloadCosts:
     """Everything `predict` needs for one workload, per block (indexed by block key)."""
 
     blocks: pd.DataFrame  # stack, start, size, position, latency_ms (per call, calibrated), block_ms (as measured), ...
-    fixed_ms: float
+    fixed_ms: float  # the zero-layer call plus the calibration offsets
+    zero_ms: float  # the zero-layer call alone
     scales: dict[str, float]  # per stack: the calibration factor applied to its blocks (1.0 without calibration rows)
+    offsets: dict[str, float]  # per stack: what having any layer adds to a call (in fixed_ms; 0.0 without calibration)
     mem_zero_bytes: float | None
     mem_alpha: float | None
     reasons: list[str]
@@ -364,24 +371,32 @@ def _workload_costs(table: pd.DataFrame, w: Workload) -> _WorkloadCosts:
     fixed_ms = _interpolate_bsg(fixed, b_axis, s_axis, g_axis, w)
     blocks["block_ms"] = blocks["latency_ms"]
     calibration = table[table["kind"] == "calibration_generate"]
-    scales = {"encoder": 1.0, "decoder": 1.0}
+    scales, offsets = {"encoder": 1.0, "decoder": 1.0}, {"encoder": 0.0, "decoder": 0.0}
     if not calibration.empty:
 
         def added(name: str, gen_len: int) -> float:  # what the call's layers add to the zero-layer call
             at = Workload(B, S, gen_len)
             calls = calibration[calibration["block"] == name]
+            if calls.empty:
+                raise CheckpointError(f"the profile lacks the calibration call {name!r}; profile again")
             return _interpolate_bsg(calls, b_axis, s_axis, g_axis, at) - _interpolate_bsg(fixed, b_axis, s_axis,
                                                                                           g_axis, at)  # fmt: skip
 
-        scales = _calibration_scales(blocks, added("encoder_only", g_axis[0]), added("decoder_only", G),
-                                     added("teacher", G))  # fmt: skip
+        short = g_axis[
+            0
+        ]  # the encoder runs once per call: its line comes from the shortest calls, where it weighs most
+        scales, offsets = _calibration(blocks, {
+            "encoder": (added("encoder_first", short), [added("encoder_only", short)]),
+            "decoder": (added("decoder_first", G), [added("decoder_only", G), added("teacher", G)]),
+        })  # fmt: skip
     blocks["latency_ms"] = blocks["block_ms"] * blocks["stack"].map(scales)
+    zero_ms, fixed_ms = fixed_ms, fixed_ms + sum(offsets.values())
 
     mem_zero = mem_alpha = None
     memory = table[table["kind"] == "peak_memory"]
     if not memory.empty:
         mem_zero, mem_alpha = _memory_terms(memory, blocks, w, reasons)
-    return _WorkloadCosts(blocks, fixed_ms, scales, mem_zero, mem_alpha, reasons)
+    return _WorkloadCosts(blocks, fixed_ms, zero_ms, scales, offsets, mem_zero, mem_alpha, reasons)
 
 
 def _interpolate_bsg(rows: pd.DataFrame, b_axis, s_axis, g_axis, w: Workload) -> float:
@@ -389,23 +404,32 @@ def _interpolate_bsg(rows: pd.DataFrame, b_axis, s_axis, g_axis, w: Workload) ->
     return interpolate(values, (b_axis, s_axis, g_axis), (w.batch, w.src_len, w.gen_len))
 
 
-def _calibration_scales(blocks: pd.DataFrame, enc_only: float, dec_only: float, both: float) -> dict[str, float]:
-    """Per-stack factors that make the teacher's block sums match what its layers add to real `generate` calls.
+def _calibration(blocks: pd.DataFrame, measured: dict[str, tuple[float, list[float]]]
+                 ) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
+    """Per-stack (factor, offset) lines through what the teacher's first layer and all its layers add to real calls.
 
-    With E and D the sums of the teacher's own encoder and decoder blocks for the call: the encoder factor is
-    `enc_only` / E, measured on the shortest calls (`enc_only`: what the encoder layers add to a call of the
-    fewest new tokens, where they are the largest share of it); the decoder factor is the mean of `dec_only` / D and
-    (`both` - encoder factor x E) / D, on calls of the workload's length. They carry what timing one block at a time
-    cannot see (the generation loop's per-layer work, caches shared by the layers). A factor that comes out
-    non-positive (blocks too cheap to time apart from the noise) is left at 1.
+    `measured[stack]` = (what the stack's first teacher layer alone adds, [what all its layers add, ...]); for the
+    decoder the whole teacher gives a second figure for all layers, once the encoder's own line is taken off it. With
+    F and T the first layer's and all layers' block sums, the line through (F, first) and (T, mean of all) gives the
+    factor (slope) and offset. Where the blocks are too cheap to tell apart from the noise (T <= F, or a
+    non-positive slope) the blocks stay as measured: factor 1, offset 0.
     """
-    teacher = blocks[blocks["size"] == 1]
-    e = float(teacher.loc[teacher["stack"] == "encoder", "block_ms"].sum())
-    d = float(teacher.loc[teacher["stack"] == "decoder", "block_ms"].sum())
-    a = enc_only / e if e > 0 else 1.0
-    a = a if a > 0 else 1.0
-    b = (dec_only + both - a * e) / (2 * d) if d > 0 else 1.0
-    return {"encoder": float(a), "decoder": float(b) if b > 0 else 1.0}
+    scales, offsets = {}, {}
+    for stack in ("encoder", "decoder"):
+        layers = blocks[(blocks["size"] == 1) & (blocks["stack"] == stack)]
+        first = float(layers.loc[layers["start"] == 0, "block_ms"].sum())
+        total = float(layers["block_ms"].sum())
+        one, alls = measured[stack]
+        if stack == "decoder" and len(alls) > 1:  # the whole teacher: take the encoder's line off
+            enc = blocks[(blocks["size"] == 1) & (blocks["stack"] == "encoder")]["block_ms"].sum()
+            alls = [alls[0], alls[1] - (offsets["encoder"] + scales["encoder"] * float(enc))]
+        everything = float(np.mean(alls))
+        slope = (everything - one) / (total - first) if total > first else 0.0
+        if slope > 0:
+            scales[stack], offsets[stack] = slope, one - slope * first
+        else:
+            scales[stack], offsets[stack] = 1.0, 0.0
+    return scales, offsets
 
 
 def _block_record(key: str, m: pd.Series, latency_ms: float, w: Workload) -> dict:
@@ -463,7 +487,7 @@ def predict(profile: LatencyProfile, assembly: Assembly, workload: Workload) -> 
     alpha = costs.mem_alpha
     parts["memory_bytes"] = (parts["param_bytes"] + parts["cache_bytes"]) * alpha if alpha is not None else np.nan
     fixed = pd.DataFrame([{"block": "fixed", "stack": "model", "start": pd.NA, "size": pd.NA, "position": "",
-                           "latency_ms": costs.fixed_ms, "block_ms": costs.fixed_ms, "param_bytes": pd.NA, "cache_bytes": pd.NA,
+                           "latency_ms": costs.fixed_ms, "block_ms": costs.zero_ms, "param_bytes": pd.NA, "cache_bytes": pd.NA,
                            "memory_bytes": costs.mem_zero_bytes if alpha is not None else np.nan}])  # fmt: skip
     breakdown = pd.concat([fixed, parts], ignore_index=True)
     memory = float(breakdown["memory_bytes"].sum()) if alpha is not None else None
@@ -521,9 +545,10 @@ def fixed_summary(profile: LatencyProfile) -> pd.DataFrame:
         wide = calibration.pivot_table(index=["batch", "src_len", "gen_len"], columns="block", values="latency_ms")
         wide.columns = [f"{c}_ms" for c in wide.columns]
         fixed = fixed.merge(wide.reset_index(), on=["batch", "src_len", "gen_len"], how="left")
+        costs = [profile.costs(Workload(int(r.batch), int(r.src_len), int(r.gen_len))) for r in fixed.itertuples()]
         for stack in ("encoder", "decoder"):
-            fixed[f"{stack}_factor"] = [profile.costs(Workload(int(r.batch), int(r.src_len), int(r.gen_len)))
-                                        .scales[stack] for r in fixed.itertuples()]  # fmt: skip
+            fixed[f"{stack}_factor"] = [c.scales[stack] for c in costs]
+            fixed[f"{stack}_offset_ms"] = [c.offsets[stack] for c in costs]
     memory = t[t["kind"] == "peak_memory"]
     if not memory.empty:
         wide = memory.pivot_table(index=["batch", "src_len", "gen_len"], columns="block", values="mem_bytes")
