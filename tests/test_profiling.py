@@ -65,6 +65,10 @@ def test_timing_statistics():
     assert (t.median_ms, t.repeats) == (5.5, 10)
     assert t.p10_ms == pytest.approx(1.9) and t.p90_ms == pytest.approx(9.1)
     assert t.trimmed_mean_ms == pytest.approx(5.5)  # drops 1 and 10
+    assert Timing.from_samples([3.0, 1.5, 9.0]).min_ms == 1.5
+    assert (t.value("min"), t.value("median")) == (1.0, 5.5)
+    with pytest.raises(ConfigError, match="statistic must be one of min, median"):
+        t.value("mean")
     with pytest.raises(ConfigError):
         Timing.from_samples([])
 
@@ -451,6 +455,10 @@ def test_cli_profile_and_show(modules_dir, tmp_path):
     assert set(memory["block"]) == {"zero_layers", "teacher"} and (memory["mem_bytes"] > 0).all()
     figures = loaded.meta["validation"]["per_batch"]["1"]
     assert np.isfinite(figures["memory_mape"]) and np.isfinite(figures["latency_mape"])
+    # Blocks and validation summarised alike: by the least of the rounds unless --statistic median.
+    assert loaded.meta["settings"]["statistic"] == loaded.meta["validation"]["statistic"] == "min"
+    row = loaded.meta["validation"]["rows"][0]
+    assert row["measured_ms"] == row["measured_min_ms"] <= row["measured_median_ms"]
     assert "profile written to" in result.stdout
 
     shown = invoke("profile", "show", out)
@@ -472,6 +480,9 @@ def test_cli_profile_errors(modules_dir, tmp_path):
     (tmp_path / "junk.json").write_text("[]")
     junk = invoke("profile", "show", tmp_path / "junk.json")
     assert junk.exit_code == 1 and "must be a JSON object" in junk.stderr
+    mean = invoke("profile", "--modules", modules_dir, "--out", tmp_path / "y.json", "--statistic", "mean")
+    assert mean.exit_code == 1 and "statistic must be one of min, median, got 'mean'" in mean.stderr
+    assert not (tmp_path / "y.json").exists()
 
 
 def test_speed_first_ratio_comes_from_the_profile(profile, modular, modules_dir, tmp_path):
