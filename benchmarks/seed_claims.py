@@ -93,6 +93,14 @@ TIMING_REPEATS = 10  # the least of them is a call's cost without interference (
 # --------------------------------------------------------------------------------------------------------------------
 # Bookkeeping
 # --------------------------------------------------------------------------------------------------------------------
+class NotDone(Exception):
+    """--report-only: this result is not in the cache (the report leaves it out and lists it as missing)."""
+
+
+REPORT_ONLY = False  # set by --report-only: train nothing, score nothing, time nothing; report what is cached
+MISSING: list[str] = []
+
+
 class Work:
     """The work folder: cached scores, stage wall times, logs."""
 
@@ -104,6 +112,8 @@ class Work:
         self.walls = json.loads(self.walls_path.read_text()) if self.walls_path.exists() else {}
 
     def save(self) -> None:
+        if REPORT_ONLY:  # a report leaves the cache to the run that fills it
+            return
         write_json(self.scores_path, self.scores)
         write_json(self.walls_path, self.walls)
 
@@ -144,6 +154,8 @@ def completed_steps(out: Path) -> tuple[int, float | None]:
 def train(work: Work, stage: str, command: list, out: Path, steps: int) -> float | None:
     """Train (or resume) one run through the CLI; its cumulative training wall time in seconds."""
     done, _ = completed_steps(out)
+    if done < steps and REPORT_ONLY:
+        raise NotDone(f"{stage}: {out.name} at {done}/{steps} steps")
     if done < steps:
         again = ["--resume"] if (out / "trainer_state.pt").is_file() else ["--overwrite"]
         print(
@@ -188,6 +200,8 @@ def random_orders(modular: ModularModel, shape: str, count: int, seed: int = 0) 
 
 def score(work: Work, key: str, load, pairs, desc: str) -> dict:
     """Scores of one model on `pairs` (cached by `key`)."""
+    if key not in work.scores and REPORT_ONLY:
+        raise NotDone(f"scores of {key}")
     if key not in work.scores:
         model, tokenizer = load()
         started = time.perf_counter()
@@ -206,6 +220,9 @@ def time_all(work: Work, task: str, loaders: dict, threads: int) -> dict[str, fl
     cached = json.loads(path.read_text()) if path.exists() else {}
     if sorted(cached.get("ms", {})) == sorted(loaders) and cached.get("statistic") == "min":
         return cached["ms"]
+    if REPORT_ONLY:
+        MISSING.append(f"{task} timing of {len(set(loaders) - set(cached.get('ms', {})))} models")
+        return cached.get("ms", {}) if cached.get("statistic") == "min" else {}
     names = list(loaders)
     print(f"[timing] {task}: {len(names)} models, round-robin, {TIMING}, {threads} threads")
     models = [loaders[n]()[0] for n in names]
@@ -248,7 +265,12 @@ def modular_rows(work: Work, task: str, method: str, folder: Path, assemblies: l
     for rule, a in assemblies:
         name = f"{method}|{a}"
         loaders[name] = lambda a=a: (modular().assemble(a), tokenizer)
-        scores = score(work, f"{task}|{name}", loaders[name], pairs, f"{method} {a}")
+        try:
+            scores = score(work, f"{task}|{name}", loaders[name], pairs, f"{method} {a}")
+        except NotDone as missing:
+            MISSING.append(str(missing))
+            del loaders[name]
+            continue
         cost = modular().cost_model()
         rows.append({"task": task, "method": method, "assembly": str(a),
                      "shape": f"{len(a.encoder)}-{len(a.decoder)}", "rule": rule, "named": str(a) in named,
@@ -307,7 +329,7 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     # students
     if "students" in args.stages:
         labels_path = work.folder / PSEUDO_NAME
-        if not labels_path.is_file():
+        if not labels_path.is_file() and not REPORT_ONLY:
             started = time.perf_counter()
             print("[pseudo-labels] teacher's greedy outputs for the training sources")
             sources = load_split(spec, "train").sources
@@ -320,11 +342,14 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
                 extra = ["--pseudo-labels", labels_path] if method == "pseudo" else []
                 cmd = [*CLI, "baseline", method, "--teacher", teacher, "--shape", shape, *data_args(task),
                        "--steps", args.steps, "--batch-size", args.batch_size, *extra]  # fmt: skip
-                train(work, f"multi30k-{method}", cmd, out, args.steps)
-                started = time.perf_counter()
-                rows.append(student_row(work, task, method, shape, out, test, loaders, teacher_params,
-                                        label_wall if method == "pseudo" else 0.0))  # fmt: skip
-                work.add_wall("multi30k-scoring", time.perf_counter() - started)
+                try:
+                    train(work, f"multi30k-{method}", cmd, out, args.steps)
+                    started = time.perf_counter()
+                    rows.append(student_row(work, task, method, shape, out, test, loaders, teacher_params,
+                                            label_wall if method == "pseudo" else 0.0))  # fmt: skip
+                    work.add_wall("multi30k-scoring", time.perf_counter() - started)
+                except NotDone as err:
+                    MISSING.append(str(err))
     else:
         missing.append("multi30k students")
 
@@ -332,7 +357,11 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     if "ablations" in args.stages:
         for name, extra in ABLATIONS.items():
             out = work.folder / f"modular-{name}"
-            ab_wall = train(work, f"multi30k-{name}", [*train_cmd, *extra], out, args.steps)
+            try:
+                ab_wall = train(work, f"multi30k-{name}", [*train_cmd, *extra], out, args.steps)
+            except NotDone as err:
+                MISSING.append(str(err))
+                continue
             started = time.perf_counter()
             rows += modular_rows(work, task, name, out, [(NAMED[s], shape_of[s]) for s in COMPARED], test, loaders,
                                  args.steps, ab_wall)  # fmt: skip
@@ -341,7 +370,9 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
         missing.append("multi30k ablations")
 
     # second seeds where the margin is small
-    if "seeds" in args.stages and "students" in args.stages:
+    if "seeds" in args.stages and "students" in args.stages and REPORT_ONLY:
+        MISSING.append("multi30k second seeds (decided and trained by a full run)")
+    elif "seeds" in args.stages and "students" in args.stages:
         for shape in COMPARED:
             mod = next(
                 r for r in rows if r["method"] == "modular" and r["shape"] == shape and r["named"] and r["seed"] == 0
@@ -374,6 +405,8 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     folder = work.folder / "squad"
     folder.mkdir(exist_ok=True)
     teacher = folder / "teacher"
+    if not (teacher / "config.json").is_file() and REPORT_ONLY:
+        raise NotDone("squad_qg teacher not trained")
     if not (teacher / "config.json").is_file():
         print("[squad] teacher (modformer teacher --preset base)")
         cmd = [*CLI, "teacher", *data_args(task), "--preset", "base", "--steps", args.squad_teacher_steps,
@@ -413,8 +446,8 @@ def add_speed(work: Work, task: str, rows: list[dict], loaders: dict, threads: i
     ms = time_all(work, task, loaders, threads)
     for r in rows:
         if r["task"] == task:
-            r["latency_ms"] = ms[r["model"]]
-            r["speed_ratio"] = ms["teacher"] / ms[r["model"]]
+            r["latency_ms"] = ms.get(r["model"])
+            r["speed_ratio"] = ms["teacher"] / ms[r["model"]] if r["model"] in ms and "teacher" in ms else None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -502,11 +535,13 @@ def plot(rows: list[dict], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     for ax, x in zip(axes, ("size_ratio", "speed_ratio"), strict=True):
-        mod = sorted((r for r in m30 if r["method"] == "modular" and r["seed"] == 0), key=lambda r: r[x] or 0)
-        ax.plot([r[x] for r in mod], [r["bleu"] for r in mod], "o-", color="C0", label="modular (one run)")
-        for r in mod:
-            if r["named"]:
-                ax.annotate(r["shape"], (r[x], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        for rule, color in (("size-first", "C0"), ("speed-first", "C9")):
+            mod = sorted((r for r in m30 if r["method"] == "modular" and r["seed"] == 0 and r["rule"] == rule
+                          and r.get(x)), key=lambda r: r[x])  # fmt: skip
+            ax.plot([r[x] for r in mod], [r["bleu"] for r in mod], "o-", color=color, label=f"modular, {rule}")
+            for r in mod:
+                if r["named"]:
+                    ax.annotate(r["shape"], (r[x], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         styles = {"modular-random": ("x", "C7"), "sft": ("s", "C1"), "kd": ("^", "C2"), "pseudo": ("v", "C3"),
                   "no-curriculum": ("D", "C4"), "no-attn": ("P", "C5"), "teacher": ("*", "k")}  # fmt: skip
         for method, (marker, color) in styles.items():
@@ -541,17 +576,28 @@ def main() -> None:
         help="optional stages to run, comma-separated (Multi30k modular + assemblies always run)",
     )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train, score and time nothing: write the results from what is cached, listing the rest",
+    )
     args = parser.parse_args()
+    global REPORT_ONLY
+    REPORT_ONLY = args.report_only
     args.stages = {s.strip() for s in args.stages.split(",") if s.strip()}
     torch.set_num_threads(args.threads)
     work = Work(args.work)
     rows: list[dict] = []
     missing: list[str] = []
-    multi30k(work, args, rows, missing)
-    if "squad" in args.stages:
-        squad(work, args, rows, missing)
-    else:
-        missing.append("squad_qg")
+    for name, stage in (("multi30k", multi30k), ("squad", squad)):
+        if name == "multi30k" or name in args.stages:
+            try:
+                stage(work, args, rows, missing)
+            except NotDone as err:  # --report-only: the stage's rows so far are kept
+                MISSING.append(f"{name} from here on: {err}")
+        else:
+            missing.append("squad_qg")
+    missing += MISSING
     machine = fingerprint("cpu", "fp32", args.threads)
     result = {
         "command": "python benchmarks/seed_claims.py " + " ".join(sys.argv[1:]),
