@@ -476,6 +476,15 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
         lambda c: ["export", "--plan", c.tmp / "noplan", "--out", c.tmp / "out"],
         "plan folder not found",
     ),
+    "profile-unknown-statistic": (
+        lambda c: ["profile", "--modules", c.modules, "--out", c.tmp / "p.json", "--statistic", "mean"],
+        "statistic must be one of min, median",
+    ),
+    "baseline-pseudo-labels-miscounted": (
+        lambda c: ["baseline", "pseudo", "--teacher", c.t5, "--shape", "1-1", "--data", c.data, *LINE_DATA,
+                   "--out", c.tmp / "student", "--pseudo-labels", _file(c, "labels.txt")],
+        "pseudo-labels for",
+    ),  # fmt: skip
     "teacher-unknown-preset": (
         lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.tmp / "out", "--preset", "huge"],
         "unknown preset 'huge'",
