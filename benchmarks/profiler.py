@@ -167,17 +167,16 @@ def main() -> None:
     validation = stage_validate(profile, modular, args.n, args.seed, work / "profile.json")
 
     per_batch = {}
-    rows_all = pd.DataFrame(validation["rows"])
+    rows = pd.DataFrame(validation["rows"])
     for batch, figures in validation["per_batch"].items():
         checks = {key: (figures[key] <= bound if op == "<=" else figures[key] >= bound)
                   for key, (op, bound) in TARGETS.items() if key in figures}  # fmt: skip
-        group = rows_all[rows_all["batch"] == int(batch)]
+        group = rows[rows["batch"] == int(batch)]
         # How busy the machine was: the typical (median) call against the least, per assembly.
         noise = (group["measured_median_ms"] / group["measured_min_ms"]).astype(float)
         per_batch[batch] = {**figures, "targets_met": checks, "median_over_min_mean": float(noise.mean()),
                             "median_over_min_max": float(noise.max())}  # fmt: skip
     export_ratio = validation["export"]["export_vs_native_ratio"]
-    rows = pd.DataFrame(validation["rows"])
     report = {
         "command": "python benchmarks/profiler.py " + " ".join(sys.argv[1:]),
         "machine": {

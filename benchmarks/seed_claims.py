@@ -66,7 +66,7 @@ from modformer.modular.strategies import assembly_for_shape, strategy_sequence  
 from modformer.profiling.hardware import fingerprint  # noqa: E402
 from modformer.profiling.profile import Workload  # noqa: E402
 from modformer.profiling.timer import Timer  # noqa: E402
-from modformer.profiling.validate import time_models  # noqa: E402
+from modformer.profiling.validate import depth_ratio, time_models  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 CLI = [sys.executable, "-m", "modformer.cli"]
@@ -172,13 +172,12 @@ def spread_assemblies(modular: ModularModel, count: int) -> list[tuple[str, Asse
     """`count` assemblies of the size-first and speed-first sequences, depth ratios log-even over 1.1x-6x; each with
     the first sequence it belongs to."""
     cost = modular.cost_model()
-    depth = cost.encoder_layers + cost.decoder_layers
     pool, rule = {}, {}
     for name in ("size-first", "speed-first"):
         for a in strategy_sequence(name, cost):
             pool.setdefault(str(a), a)
             rule.setdefault(str(a), name)
-    ratios = {text: depth / len(a.encoder + a.decoder) for text, a in pool.items()}
+    ratios = {text: depth_ratio(a) for text, a in pool.items()}
     chosen: list[str] = []
     for target in np.geomspace(1.1, min(6.0, max(ratios.values())), count):
         free = [t for t in pool if t not in chosen]
@@ -259,7 +258,7 @@ def modular_rows(work: Work, task: str, method: str, folder: Path, assemblies: l
             holder["m"] = ModularModel.from_pretrained(folder)
         return holder["m"]
 
-    tokenizer = load_tokenizer(TASKS_TEACHER[task])
+    tokenizer = load_tokenizer(modular().config.teacher)  # the modules' own teacher's
     rows = []
     named = {str(assembly_for_shape(s, *TEACHER_DEPTHS, GRANULARITY_LIST)) for s in NAMED}
     for rule, a in assemblies:
@@ -274,13 +273,12 @@ def modular_rows(work: Work, task: str, method: str, folder: Path, assemblies: l
         cost = modular().cost_model()
         rows.append({"task": task, "method": method, "assembly": str(a),
                      "shape": f"{len(a.encoder)}-{len(a.decoder)}", "rule": rule, "named": str(a) in named,
-                     "size_ratio": cost.size_ratio(a), "depth_ratio": (cost.encoder_layers + cost.decoder_layers)
-                     / len(a.encoder + a.decoder), "steps": steps, "wall_s": wall, "seed": seed,
+                     "size_ratio": cost.size_ratio(a), "depth_ratio": depth_ratio(a), "steps": steps, "wall_s": wall, "seed": seed,
                      "model": name, **scores})  # fmt: skip
     return rows
 
 
-TASKS_TEACHER: dict[str, Path] = {"multi30k": SHARED / "models" / "multi30k-t5-12x12"}
+MULTI30K_TEACHER = SHARED / "models" / "multi30k-t5-12x12"
 
 
 def student_row(work: Work, task: str, method: str, shape: str, folder: Path, pairs, loaders: dict,
@@ -296,7 +294,7 @@ def student_row(work: Work, task: str, method: str, shape: str, folder: Path, pa
 
 
 def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
-    task, teacher = "multi30k", TASKS_TEACHER["multi30k"]
+    task, teacher = "multi30k", MULTI30K_TEACHER
     spec = DataSpec(str(TASKS[task]["data"]), src_ext="en", tgt_ext="de")
     test = load_split(spec, TASKS[task]["test"])
     loaders: dict = {}
@@ -413,7 +411,6 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
                "--batch-size", args.batch_size, "--out", teacher, "--overwrite"]  # fmt: skip
         work.walls.pop("squad-teacher", None)
         work.add_wall("squad-teacher", run(cmd, folder / "teacher.log"))
-    TASKS_TEACHER[task] = teacher
     spec = DataSpec(str(TASKS[task]["data"]), src_ext="src", tgt_ext="tgt")
     pairs = load_split(spec, TASKS[task]["test"], limit=args.squad_eval)
     loaders: dict = {}

@@ -887,7 +887,7 @@ def _print_profile(result) -> None:
         f"{fp.get('torch_threads')} threads, {fp.get('dtype')}), torch {fp.get('torch')}, "
         f"transformers {fp.get('transformers')}, {meta.get('created', '?')}; "
         f"grid: batch {grid.get('batch_sizes')}, src_len {grid.get('src_lens')}, gen_len {grid.get('gen_lens')}, "
-        f"cache_len {grid.get('cache_lens')}; {meta.get('settings', {}).get('statistic', 'median')} of the rounds; "
+        f"cache_len {grid.get('cache_lens')}; {result.statistic} of the rounds; "
         f"{meta.get('profile_seconds', '?')} s",
         highlight=False,
     )

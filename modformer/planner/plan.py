@@ -34,7 +34,7 @@ from modformer.planner.space import Budget, SearchSpace
 from modformer.profiling.measure import torch_threads
 from modformer.profiling.profile import LatencyProfile
 from modformer.profiling.timer import Timer
-from modformer.profiling.validate import profile_statistic, time_models
+from modformer.profiling.validate import time_models
 
 METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
 Progress = Callable[[int, int, str], None]
@@ -127,7 +127,7 @@ def validate_assemblies(
     with torch_threads(settings.get("threads")):  # time as the profile was measured
         timings = time_models([*models.values(), teacher], workload, Timer(settings.get("device", "cpu")), vocab, 0,
                               warmup, repeats)  # fmt: skip
-        measured = [t.value(profile_statistic(profile)) for t in timings]
+        measured = [t.value(profile.statistic) for t in timings]
     for row, ms in zip(rows, measured, strict=False):
         row["measured_latency_ms"] = ms
         row["measured_speed_ratio"] = measured[-1] / ms

@@ -160,24 +160,13 @@ def _child(args: argparse.Namespace) -> dict:
         reset = _reset_peak()
         before = _rss_bytes()
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir, dtype=dtype).to(args.device).eval()
-    # Two phases, each with its own peak: loading (weights and whatever loading holds on the way) and the generate
-    # call (resident weights, cache, activations). The figure is the larger; the phases are kept for the predictor.
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-        load_peak = torch.cuda.max_memory_allocated() - before
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        load_peak = _peak_bytes() - before
-        reset = reset and _reset_peak()
     out = run(model, args.gen_len)
     if args.device == "cuda":
         torch.cuda.synchronize()
-        run_peak, how = torch.cuda.max_memory_allocated() - before, "cuda max_memory_allocated"
+        peak, how = torch.cuda.max_memory_allocated() - before, "cuda max_memory_allocated"
     else:
-        run_peak, how = _peak_bytes() - before, "VmHWM after reset" if reset else "ru_maxrss"
-    return {"peak_bytes": int(max(load_peak, run_peak)), "load_peak_bytes": int(load_peak),
-            "run_peak_bytes": int(run_peak), "before_bytes": int(before), "how": how,
-            "new_tokens": int(out.shape[1] - 1)}  # fmt: skip
+        peak, how = _peak_bytes() - before, "VmHWM after reset" if reset else "ru_maxrss"
+    return {"peak_bytes": int(peak), "before_bytes": int(before), "how": how, "new_tokens": int(out.shape[1] - 1)}
 
 
 def main(argv: list[str] | None = None) -> None:

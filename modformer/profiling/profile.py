@@ -156,6 +156,11 @@ class LatencyProfile:
     def grid(self) -> dict:
         return self.meta.get("grid", {})
 
+    @property
+    def statistic(self) -> str:
+        """What the rounds were summarised by (`timer.STATISTICS`); profiles from before the setting: median."""
+        return self.meta.get("settings", {}).get("statistic", "median")
+
     def blocks(self) -> pd.DataFrame:
         """One row per measured block: stack, block, start, size, position, param_bytes and cache bytes."""
         rows = self.table[self.table["kind"].isin(["enc_forward", "dec_step"])]
@@ -382,9 +387,8 @@ def _workload_costs(table: pd.DataFrame, w: Workload) -> _WorkloadCosts:
             return _interpolate_bsg(calls, b_axis, s_axis, g_axis, at) - _interpolate_bsg(fixed, b_axis, s_axis,
                                                                                           g_axis, at)  # fmt: skip
 
-        short = g_axis[
-            0
-        ]  # the encoder runs once per call: its line comes from the shortest calls, where it weighs most
+        # The encoder runs once per call: its line comes from the shortest calls, where it weighs most.
+        short = g_axis[0]
         scales, offsets = _calibration(blocks, {
             "encoder": (added("encoder_first", short), [added("encoder_only", short)]),
             "decoder": (added("decoder_first", G), [added("decoder_only", G), added("teacher", G)]),

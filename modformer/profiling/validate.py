@@ -151,11 +151,6 @@ def time_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, 
         return timer.interleaved(cases, warmup=warmup, repeats=repeats)
 
 
-def profile_statistic(profile: LatencyProfile) -> str:
-    """The statistic the profile's blocks were summarised by (profiles made before the setting existed: median)."""
-    return profile.meta.get("settings", {}).get("statistic", "median")
-
-
 def validate(
     profile: LatencyProfile,
     modular: ModularModel,
@@ -172,8 +167,8 @@ def validate(
     """Measure `n` held-out assemblies end to end and compare with `predict`; store and return the figures.
 
     Runs on the profile's device, dtype and thread count, and summarises the repeats by the profile's statistic
-    (its blocks' minimum or median: like with like); both the minimum and the median are kept per row. `memory` (default: when the profile holds memory
-    measurements) adds one fresh process per assembly and workload. The result is also kept in
+    (its blocks' minimum or median: like with like); both the minimum and the median are kept per row. `memory`
+    (default: when the profile holds memory measurements) adds one fresh process per assembly and workload. The result is also kept in
     `profile.meta["validation"]`.
     """
     check_profile_model(profile, modular)
@@ -187,7 +182,7 @@ def validate(
     teacher = Assembly.teacher(c.encoder_layers, c.decoder_layers)
     assemblies = [teacher, *held_out]
     timer = Timer(device)
-    statistic = profile_statistic(profile)
+    statistic = profile.statistic
     vocab = int(modular.teacher.config.vocab_size)
     steps = len(workloads) * (1 + (len(held_out) if memory else 0)) + (len(workloads) if export_check else 0)
     done = 0
