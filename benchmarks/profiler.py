@@ -3,7 +3,9 @@
     python benchmarks/profiler.py [--teacher ../shared/models/multi30k-t5-12x12] [--n 20] [--threads N]
                                   [--work runs/bench-profiler] [--overwrite]
 
-Stages, each cached under --work so that a rerun resumes (--overwrite starts again):
+Stages, each cached under --work so that a rerun resumes (--overwrite starts again). Before the profile and before
+the validation the script waits (up to 2 minutes each) for a quiet spell of the shared machine, back-to-back teacher
+calls within 15 % of each other, and records what it found under `settled`:
 
 1. modules: `ModularModel.from_teacher(teacher, path, [2, 3, 4, 6])`, saved. The modules are untrained: a module is
    one layer of the teacher's own class and size, so it costs exactly what a trained one costs.
@@ -20,6 +22,7 @@ the command, machine and date) and benchmarks/results/profiler.png (predicted ag
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shutil
 import sys
@@ -34,6 +37,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
@@ -41,8 +45,15 @@ from modformer.checkpoints import load_seq2seq  # noqa: E402
 from modformer.io import atomic_path, write_json  # noqa: E402
 from modformer.modular.model import CONFIG_NAME, ModularModel  # noqa: E402
 from modformer.profiling.hardware import fingerprint  # noqa: E402
-from modformer.profiling.measure import ProfileConfig, profile_modules, progress_total  # noqa: E402
+from modformer.profiling.measure import (  # noqa: E402
+    ProfileConfig,
+    generate_fixed,
+    profile_modules,
+    progress_total,
+    torch_threads,
+)
 from modformer.profiling.profile import LatencyProfile, Workload  # noqa: E402
+from modformer.profiling.timer import Timer  # noqa: E402
 from modformer.profiling.validate import validate  # noqa: E402
 
 TARGETS = {  # issue 3, per batch size unless top-level
@@ -80,10 +91,21 @@ def stage_modules(teacher_path: str, work: Path, granularities: list[int]) -> Mo
     return modular
 
 
-def stage_profile(modular: ModularModel, config: ProfileConfig, path: Path) -> LatencyProfile:
+def settle(modular: ModularModel, threads: int | None, stage: str, settled: dict) -> None:
+    """Wait (at most 2 minutes) for a quiet spell: back-to-back teacher calls within 15 % of each other."""
+    ids = torch.randint(4, int(modular.teacher.config.vocab_size), (1, 48), generator=torch.Generator().manual_seed(0))
+    with torch_threads(threads), torch.no_grad():
+        started = time.perf_counter()
+        spread = Timer("cpu").settle(lambda: generate_fixed(modular.teacher, ids, torch.ones_like(ids), 32))
+    settled[stage] = {"median_over_min": round(spread, 3), "waited_s": round(time.perf_counter() - started, 1)}
+    print(f"settle before {stage}: median/min {spread:.2f} after {settled[stage]['waited_s']} s")
+
+
+def stage_profile(modular: ModularModel, config: ProfileConfig, path: Path, settled: dict) -> LatencyProfile:
     if path.is_file():
         print(f"[cached] profile {path}")
         return LatencyProfile.load(path)
+    settle(modular, config.threads, "profile", settled)
     with _progress() as progress:
         profile = profile_modules(modular, config, on_progress=_reporter(progress, "profile"))
     profile.save(path)
@@ -91,11 +113,13 @@ def stage_profile(modular: ModularModel, config: ProfileConfig, path: Path) -> L
     return profile
 
 
-def stage_validate(profile: LatencyProfile, modular: ModularModel, n: int, seed: int, path: Path) -> dict:
+def stage_validate(profile: LatencyProfile, modular: ModularModel, n: int, seed: int, path: Path,
+                   settled: dict) -> dict:  # fmt: skip
     previous = profile.meta.get("validation")
     if previous and previous.get("n") == n and previous.get("seed") == seed:
         print(f"[cached] validation in {path}")
         return previous
+    settle(modular, profile.meta.get("settings", {}).get("threads"), "validation", settled)
     grid = profile.grid
     src = (min(grid["src_lens"]) + max(grid["src_lens"])) // 2
     workloads = [Workload(b, src, max(grid["gen_lens"])) for b in grid["batch_sizes"]]
@@ -163,8 +187,12 @@ def main() -> None:
     print(
         f"grid: {progress_total(config)} measurement steps over {len(modular.blocks) + 2 * modular.depth('encoder')} blocks"
     )
-    profile = stage_profile(modular, config, work / "profile.json")
-    validation = stage_validate(profile, modular, args.n, args.seed, work / "profile.json")
+    settled_path = work / "settled.json"
+    settled = json.loads(settled_path.read_text()) if settled_path.is_file() else {}
+    profile = stage_profile(modular, config, work / "profile.json", settled)
+    write_json(settled_path, settled)
+    validation = stage_validate(profile, modular, args.n, args.seed, work / "profile.json", settled)
+    write_json(settled_path, settled)
 
     per_batch = {}
     rows = pd.DataFrame(validation["rows"])
@@ -194,6 +222,7 @@ def main() -> None:
         "workloads": validation["workloads"],
         "selection": validation["selection"],
         "statistic": validation.get("statistic", "median"),
+        "settled": settled,
         "per_batch": per_batch,
         "export_vs_native_ratio": export_ratio,
         "export_check": validation["export"],

@@ -37,7 +37,7 @@ from modformer.profiling.profile import (
     predict,
 )
 from modformer.profiling.timer import Case, Timer, Timing
-from modformer.profiling.validate import choose_assemblies, depth_ratio, validate
+from modformer.profiling.validate import choose_assemblies, depth_ratio, paired_ratio, validate
 
 GRID = {"batch_sizes": (1, 2), "src_lens": (6, 10), "gen_lens": (4,)}
 
@@ -87,6 +87,31 @@ def test_timer_measures_and_interleaves():
     assert calls == ["setup", "a", "b"] * 3  # round-robin, set-up before its own call
     with pytest.raises(ConfigError, match="device"):
         Timer("tpu")
+
+
+def test_settle_waits_for_a_quiet_window():
+    timer = Timer("cpu")
+    costs = iter([0.001, 0.02, 0.02, 0.001, 0.02] + [0.002] * 5)  # a noisy window, then a steady one
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(costs))
+
+    assert timer.settle(fn, window=5, target=1.5) <= 1.5
+    assert len(calls) == 10
+    assert timer.settle(lambda: time.sleep(0.001), window=2, target=1.0, max_seconds=0.0) >= 1.0  # gives up
+    with pytest.raises(ConfigError, match="window"):
+        timer.settle(lambda: None, window=1)
+
+
+def test_paired_ratio_cancels_bursts_that_hit_both():
+    a = [10.0, 30.0, 10.0, 12.0, 10.0]  # round 2 slowed both; round 4 only a
+    b = [10.0, 30.0, 10.0, 10.0, 10.0]
+    assert paired_ratio(a, b) == 1.0
+    assert paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 3.0]) == 2.0
+    with pytest.raises(ConfigError, match="same"):
+        paired_ratio([1.0], [1.0, 2.0])
 
 
 # --- hardware -----------------------------------------------------------------------------------------------------

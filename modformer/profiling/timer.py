@@ -147,6 +147,23 @@ class Timer:
                     kept.append(elapsed)
         return samples
 
+    def settle(
+        self, fn: Callable[[], object], *, window: int = 5, target: float = 1.15, max_seconds: float = 120.0
+    ) -> float:
+        """Call `fn` in windows of `window` calls until a window's median / minimum is at most `target` (the machine
+        is quiet), or `max_seconds` have passed; returns the last window's median / minimum.
+
+        For benchmarks on a shared machine: start measuring in a quiet spell rather than in the middle of a burst.
+        """
+        if window < 2 or target < 1.0:
+            raise ConfigError(f"settle needs window >= 2 and target >= 1, got {window} and {target}")
+        started = time.perf_counter()
+        while True:
+            xs = [self.time_once(fn) for _ in range(window)]
+            spread = statistics.median(xs) / min(xs)
+            if spread <= target or time.perf_counter() - started >= max_seconds:
+                return spread
+
 
 def measure(
     fn: Callable[[], object],
