@@ -1,6 +1,7 @@
 """How well the profiler predicts: profile a 12+12 teacher's blocks, then measure held-out assemblies end to end.
 
     python benchmarks/profiler.py [--teacher ../shared/models/multi30k-t5-12x12] [--n 20] [--threads N]
+                                  [--validate-repeats 40]
                                   [--work runs/bench-profiler] [--overwrite]
 
 Stages, each cached under --work so that a rerun resumes (--overwrite starts again). Before the profile and before
@@ -113,10 +114,10 @@ def stage_profile(modular: ModularModel, config: ProfileConfig, path: Path, sett
     return profile
 
 
-def stage_validate(profile: LatencyProfile, modular: ModularModel, n: int, seed: int, path: Path,
+def stage_validate(profile: LatencyProfile, modular: ModularModel, n: int, seed: int, repeats: int, path: Path,
                    settled: dict) -> dict:  # fmt: skip
     previous = profile.meta.get("validation")
-    if previous and previous.get("n") == n and previous.get("seed") == seed:
+    if previous and (previous.get("n"), previous.get("seed"), previous.get("repeats")) == (n, seed, repeats):
         print(f"[cached] validation in {path}")
         return previous
     settle(modular, profile.meta.get("settings", {}).get("threads"), "validation", settled)
@@ -125,7 +126,8 @@ def stage_validate(profile: LatencyProfile, modular: ModularModel, n: int, seed:
     workloads = [Workload(b, src, max(grid["gen_lens"])) for b in grid["batch_sizes"]]
     started = time.perf_counter()
     with _progress() as progress:
-        result = validate(profile, modular, n, workloads, seed=seed, on_progress=_reporter(progress, "validate"))
+        result = validate(profile, modular, n, workloads, seed=seed, repeats=repeats,
+                          on_progress=_reporter(progress, "validate"))  # fmt: skip
     result["seconds"] = round(time.perf_counter() - started, 1)
     profile.save(path)
     return result
@@ -161,6 +163,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="held-out assemblies")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per block measurement")
+    parser.add_argument("--validate-repeats", type=int, default=40,
+                        help="timed rounds per held-out assembly (the export check runs twice as many)")  # fmt: skip
     parser.add_argument("--granularities", default="2,3,4,6", help="module sizes to build")
     parser.add_argument("--batch", default="1,8", help="grid batch sizes (validated at each)")
     parser.add_argument("--src-len", default="32,64", help="grid source lengths (validated at their middle)")
@@ -191,7 +195,8 @@ def main() -> None:
     settled = json.loads(settled_path.read_text()) if settled_path.is_file() else {}
     profile = stage_profile(modular, config, work / "profile.json", settled)
     write_json(settled_path, settled)
-    validation = stage_validate(profile, modular, args.n, args.seed, work / "profile.json", settled)
+    validation = stage_validate(profile, modular, args.n, args.seed, args.validate_repeats, work / "profile.json",
+                                settled)  # fmt: skip
     write_json(settled_path, settled)
 
     per_batch = {}
