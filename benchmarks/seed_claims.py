@@ -67,6 +67,7 @@ from modformer.profiling.hardware import fingerprint  # noqa: E402
 from modformer.profiling.profile import Workload  # noqa: E402
 from modformer.profiling.timer import Timer  # noqa: E402
 from modformer.profiling.validate import depth_ratio, time_models  # noqa: E402
+from modformer.teacher import INFO_NAME as TEACHER_INFO  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 CLI = [sys.executable, "-m", "modformer.cli"]
@@ -141,8 +142,8 @@ def data_args(task: str, *, val: bool = True) -> list:
 
 
 def completed_steps(out: Path) -> tuple[int, float | None]:
-    """(steps done, training wall seconds) of a modular run or a student in `out`; (0, None) if none."""
-    for name, key in (("modular_config.json", "training"), (INFO_NAME, None)):
+    """(steps done, training wall seconds) of a modular run, a student or a teacher in `out`; (0, None) if none."""
+    for name, key in (("modular_config.json", "training"), (INFO_NAME, None), (TEACHER_INFO, None)):
         path = out / name
         if path.is_file():
             info = json.loads(path.read_text())
@@ -412,14 +413,14 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     folder = work.folder / "squad"
     folder.mkdir(exist_ok=True)
     teacher = folder / "teacher"
-    if not (teacher / "config.json").is_file() and REPORT_ONLY:
-        raise NotDone("squad_qg teacher not trained")
-    if not (teacher / "config.json").is_file():
-        print("[squad] teacher (modformer teacher --preset base)")
+    # A teacher folder without teacher.json was written whole, at the end, by a version without checkpoints.
+    finished_before = (teacher / "config.json").is_file() and not (teacher / TEACHER_INFO).is_file()
+    if not finished_before:
         cmd = [*CLI, "teacher", *data_args(task), "--preset", "base", "--steps", args.squad_teacher_steps,
-               "--batch-size", args.batch_size, "--out", teacher, "--overwrite"]  # fmt: skip
-        work.walls.pop("squad-teacher", None)
-        work.add_wall("squad-teacher", run(cmd, folder / "teacher.log"))
+               "--batch-size", args.batch_size]  # fmt: skip
+        teacher_wall = train(work, "squad-teacher", cmd, teacher, args.squad_teacher_steps)
+    else:
+        teacher_wall = work.walls.get("squad-teacher")
     spec = DataSpec(str(TASKS[task]["data"]), src_ext="src", tgt_ext="tgt")
     pairs = load_split(spec, TASKS[task]["test"], limit=args.squad_eval)
     loaders: dict = {}
@@ -436,7 +437,7 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     t = score(work, f"{task}|teacher", loaders["teacher"], pairs, "squad teacher")
     rows.append({"task": task, "method": "teacher", "assembly": str(teacher_assembly), "shape": "12-12",
                  "rule": "teacher", "size_ratio": 1.0, "depth_ratio": 1.0, "steps": args.squad_teacher_steps,
-                 "wall_s": work.walls.get("squad-teacher"), "seed": 0, "model": "teacher", **t})  # fmt: skip
+                 "wall_s": teacher_wall, "seed": 0, "model": "teacher", **t})  # fmt: skip
     shapes = [(NAMED[s], assembly_for_shape(s, c.encoder_layers, c.decoder_layers, c.granularities)) for s in COMPARED]
     rows += modular_rows(work, task, "modular", folder / "modular", shapes, pairs, loaders, args.steps, wall)
     work.add_wall("squad-scoring", time.perf_counter() - started)

@@ -137,23 +137,28 @@ def teacher(
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 1500,
     batch_size: Annotated[int, typer.Option(help="Sentence pairs per step.")] = 32,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    save_every: Annotated[int, typer.Option(help="Checkpoint (the whole folder) every N steps.")] = 500,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a T5-style teacher from scratch (tokenizer included), for those without a fine-tuned checkpoint."""
     from modformer.data import load_split
-    from modformer.teacher import TeacherConfig, train_teacher
+    from modformer.teacher import TeacherConfig, completed_steps, train_teacher
 
-    config = TeacherConfig(preset=preset, steps=steps, batch_size=batch_size, seed=seed)
-    _refuse_existing(out, overwrite)
+    config = TeacherConfig(preset=preset, steps=steps, batch_size=batch_size, seed=seed, save_every=save_every)
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    if not resume:
+        _refuse_existing(out, overwrite)
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
     train, val = load_split(spec, train_split), load_split(spec, val_split, limit=500)
     with _progress() as progress:
-        task = progress.add_task("teacher", total=steps, info="")
+        task = progress.add_task("teacher", total=steps, completed=completed_steps(out) if resume else 0, info="")
 
         def on_step(step: int, loss: float) -> None:
             progress.update(task, completed=step, info=f"loss {loss:.3f}")
 
-        summary = train_teacher(train, val, config, out, on_step=on_step, overwrite=overwrite)
+        summary = train_teacher(train, val, config, out, on_step=on_step, overwrite=overwrite, resume=resume)
     console.print(
         f"teacher written to [bold]{escape(str(out))}[/]: {summary['parameters']:,} parameters, "
         f"held-out loss {summary['val_loss']:.3f}, {summary['seconds']:.0f} s"

@@ -20,7 +20,9 @@ from modformer.io import read_json, write_json
 from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import STRATEGIES, strategy_sequence
 from modformer.modular.trainer import ReplacingTrainer, TrainConfig
+from modformer.teacher import STATE_NAME as TEACHER_STATE
 from modformer.teacher import TeacherConfig, train_teacher
+from modformer.teacher import completed_steps as teacher_completed_steps
 
 Report = Callable[[str, int, int, str], None]  # (stage, done, total, info)
 
@@ -55,12 +57,14 @@ def run_demo(config: DemoConfig, out_dir: str | Path, report: Report | None = No
     timings = {}
 
     teacher_dir = out_dir / "teacher"
-    if not (teacher_dir / "config.json").is_file():
+    done = teacher_completed_steps(teacher_dir)
+    if done < config.teacher_steps:  # not started, or stopped at a checkpoint: continue it
         started = time.perf_counter()
         tcfg = TeacherConfig(preset=config.teacher_preset, steps=config.teacher_steps, batch_size=config.batch_size)
         train_teacher(
             train, val, tcfg, teacher_dir,
             on_step=lambda s, loss: report("teacher", s, tcfg.steps, f"loss {loss:.3f}"), overwrite=True,
+            resume=(teacher_dir / TEACHER_STATE).is_file(),
         )  # fmt: skip
         timings["teacher_s"] = time.perf_counter() - started
 
