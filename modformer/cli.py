@@ -143,11 +143,14 @@ def teacher(
 ) -> None:
     """Train a T5-style teacher from scratch (tokenizer included), for those without a fine-tuned checkpoint."""
     from modformer.data import load_split
+    from modformer.teacher import STATE_NAME as TEACHER_STATE
     from modformer.teacher import TeacherConfig, completed_steps, train_teacher
 
     config = TeacherConfig(preset=preset, steps=steps, batch_size=batch_size, seed=seed, save_every=save_every)
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite contradict each other: choose one")
+    if resume and not (out / TEACHER_STATE).is_file():
+        raise ConfigError(f"--resume: {out} holds no teacher run to continue")
     if not resume:
         _refuse_existing(out, overwrite)
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)

@@ -485,6 +485,14 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
                    "--out", c.tmp / "student", "--pseudo-labels", _file(c, "labels.txt")],
         "pseudo-labels for",
     ),  # fmt: skip
+    "teacher-resume-nothing": (
+        lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.tmp / "none", "--preset", "tiny", "--resume"],
+        "holds no teacher run to continue",
+    ),
+    "teacher-resume-and-overwrite": (
+        lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.modules, "--resume", "--overwrite"],
+        "--resume and --overwrite contradict each other",
+    ),
     "teacher-unknown-preset": (
         lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.tmp / "out", "--preset", "huge"],
         "unknown preset 'huge'",
