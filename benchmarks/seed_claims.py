@@ -162,7 +162,7 @@ def train(work: Work, stage: str, command: list, out: Path, steps: int) -> float
         print(
             f"[{stage}] {' '.join(map(str, command[2:4]))} -> {out} ({'resuming at ' + str(done) if done else 'new'})"
         )
-        work.add_wall(stage, run([*command, "--out", out, *again], work.folder / f"{out.name}.log"))
+        work.add_wall(stage, run([*command, "--out", out, *again], out.with_name(f"{out.name}.log")))
     return completed_steps(out)[1]
 
 
