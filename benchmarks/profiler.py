@@ -55,7 +55,7 @@ from modformer.profiling.measure import (  # noqa: E402
 )
 from modformer.profiling.profile import LatencyProfile, Workload  # noqa: E402
 from modformer.profiling.timer import Timer  # noqa: E402
-from modformer.profiling.validate import validate  # noqa: E402
+from modformer.profiling.validate import fixed_inputs, validate  # noqa: E402
 
 TARGETS = {  # issue 3, per batch size unless top-level
     "latency_mape": ("<=", 5.0),
@@ -94,10 +94,12 @@ def stage_modules(teacher_path: str, work: Path, granularities: list[int]) -> Mo
 
 def settle(modular: ModularModel, threads: int | None, stage: str, settled: dict) -> None:
     """Wait (at most 2 minutes) for a quiet spell: back-to-back teacher calls within 15 % of each other."""
-    ids = torch.randint(4, int(modular.teacher.config.vocab_size), (1, 48), generator=torch.Generator().manual_seed(0))
+    ids, mask = fixed_inputs(
+        int(modular.teacher.config.vocab_size), Workload(batch=1, src_len=48, gen_len=32), 0, "cpu"
+    )
     with torch_threads(threads), torch.no_grad():
         started = time.perf_counter()
-        spread = Timer("cpu").settle(lambda: generate_fixed(modular.teacher, ids, torch.ones_like(ids), 32))
+        spread = Timer("cpu").settle(lambda: generate_fixed(modular.teacher, ids, mask, 32))
     settled[stage] = {"median_over_min": round(spread, 3), "waited_s": round(time.perf_counter() - started, 1)}
     print(f"settle before {stage}: median/min {spread:.2f} after {settled[stage]['waited_s']} s")
 

@@ -20,6 +20,10 @@ user's checkpoint.
    teacher's greedy outputs for the 29,000 training sources are generated once (timed) and shared by both pseudo
    students (`--pseudo-labels`).
 5. ablations: `modformer train --no-curriculum` and `--w-attn 0` (same steps), scored at 6-6 and 12-3.
+5b. variants: the modular run with one setting changed (`--hybrids-per-step 3`: three hybrids share each step's
+   teacher pass, so every module gets about three times the updates in the same steps and batch size), scored at
+   the named shapes, the size-first assembly nearest 2x, and the same random orders as 3; claims reported for it
+   beside the default run's.
 6. seeds: where the modular assembly and a student of the same shape are within 0.5 BLEU, both get a second seed
    and the comparison uses the mean.
 7. timing: every Multi30k model above and the teacher, round-robin in one run (`generate` of exactly 32 new tokens
@@ -85,6 +89,7 @@ GRANULARITY_LIST = tuple(int(g) for g in GRANULARITIES.split(","))
 COMPARED = ("6-6", "12-3")  # the shapes the students and ablations are trained / scored at
 METHODS = ("sft", "kd", "pseudo")
 ABLATIONS = {"no-curriculum": ["--no-curriculum"], "no-attn": ["--w-attn", "0"]}
+VARIANTS = {"modular-h3": ["--hybrids-per-step", "3"]}  # method name -> `modformer train` options it changes
 RANDOM_ORDERS = 5
 CLOSE_BLEU = 0.5  # margins under this get a second seed
 TIMING = Workload(batch=1, src_len=32, gen_len=32)
@@ -323,6 +328,8 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     random_pick = [("random", a) for s in COMPARED for a in random_orders(modular, s, RANDOM_ORDERS)]
     rows += modular_rows(work, task, "modular-random", main, random_pick, test, loaders, args.steps, wall)
     work.add_wall("multi30k-scoring", time.perf_counter() - started)
+    cost = modular.cost_model()
+    at_2x = min(strategy_sequence("size-first", cost), key=lambda a: abs(cost.size_ratio(a) - 2.0))
     del modular
 
     # students
@@ -367,6 +374,23 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
             work.add_wall("multi30k-scoring", time.perf_counter() - started)
     else:
         missing.append("multi30k ablations")
+
+    # variants of the recipe: scored at the named shapes, the 2x one and the random orders, like the default run
+    if "variants" in args.stages:
+        for name, extra in VARIANTS.items():
+            out = work.folder / name
+            try:
+                v_wall = train(work, f"multi30k-{name}", [*train_cmd, *extra], out, args.steps)
+            except NotDone as err:
+                MISSING.append(str(err))
+                continue
+            started = time.perf_counter()
+            picked = named + ([("size-first", at_2x)] if at_2x not in shape_of.values() else [])
+            rows += modular_rows(work, task, name, out, picked, test, loaders, args.steps, v_wall)
+            rows += modular_rows(work, task, f"{name}-random", out, random_pick, test, loaders, args.steps, v_wall)
+            work.add_wall("multi30k-scoring", time.perf_counter() - started)
+    else:
+        missing.append("multi30k variants")
 
     # second seeds where the margin is small
     if "seeds" in args.stages and "students" in args.stages:
@@ -470,29 +494,26 @@ def mean_bleu(rows: list[dict], method: str, shape: str, named_only: bool = Fals
     return (float(np.mean(picked)), len(picked)) if picked else None
 
 
-def claims(rows: list[dict], walls: dict) -> dict:
-    """The issue's acceptance lines, each with the figures behind it."""
+def method_claims(rows: list[dict], method: str) -> dict:
+    """The acceptance lines that concern one modular run (`method`, its random orders `method`-random)."""
     out: dict = {}
     m30 = [r for r in rows if r["task"] == "multi30k"]
     teacher = next((r for r in m30 if r["method"] == "teacher"), None)
     for shape in COMPARED:
-        mod = mean_bleu(rows, "modular", shape, named_only=True)
+        mod = mean_bleu(rows, method, shape, named_only=True)
         entry: dict = {"modular_bleu": mod[0] if mod else None, "modular_seeds": mod[1] if mod else 0}
-        for method in METHODS:
-            b = mean_bleu(rows, method, shape)
-            entry[f"{method}_bleu"], entry[f"{method}_seeds"] = (b[0], b[1]) if b else (None, 0)
+        for student in METHODS:
+            b = mean_bleu(rows, student, shape)
+            entry[f"{student}_bleu"], entry[f"{student}_seeds"] = (b[0], b[1]) if b else (None, 0)
         done = [entry[f"{m}_bleu"] for m in METHODS if entry[f"{m}_bleu"] is not None]
         entry["modular_at_least_every_student"] = (mod is not None and len(done) == len(METHODS)
                                                    and all(mod[0] >= b for b in done))  # fmt: skip
-        rnd = mean_bleu(rows, "modular-random", shape)
+        rnd = mean_bleu(rows, f"{method}-random", shape)
         entry["random_order_mean_bleu"] = rnd[0] if rnd else None
         entry["random_orders"] = rnd[1] if rnd else 0
-        for name in ABLATIONS:
-            a = mean_bleu(rows, name, shape)
-            entry[f"{name}_bleu"] = a[0] if a else None
         out[shape] = entry
     if teacher:
-        size_first = [r for r in m30 if r["method"] == "modular" and r["rule"] == "size-first" and r["seed"] == 0]
+        size_first = [r for r in m30 if r["method"] == method and r["rule"] == "size-first" and r["seed"] == 0]
         at2 = min(size_first, key=lambda r: abs(r["size_ratio"] - 2.0), default=None)
         if at2:
             out["at_2x_size"] = {"assembly": at2["assembly"], "size_ratio": at2["size_ratio"], "bleu": at2["bleu"],
@@ -506,6 +527,18 @@ def claims(rows: list[dict], walls: dict) -> dict:
         if out[s]["modular_bleu"] is not None and out[s]["random_order_mean_bleu"] is not None
     }
     out["deterministic_beats_random"] = {"per_shape": beats, "met": bool(beats) and all(beats.values())}
+    return out
+
+
+def claims(rows: list[dict], walls: dict) -> dict:
+    """The issue's acceptance lines, each with the figures behind it: for the default modular run, then for each
+    variant of its recipe."""
+    out = method_claims(rows, "modular")
+    for shape in COMPARED:
+        for name in ABLATIONS:
+            a = mean_bleu(rows, name, shape)
+            out[shape][f"{name}_bleu"] = a[0] if a else None
+    m30 = [r for r in rows if r["task"] == "multi30k"]
     students = [r for r in m30 if r["rule"] == "student" and r["seed"] == 0]
     # Training wall time as each run records it (pseudo students: plus the shared labels' generation, counted once).
     labels = walls.get("multi30k-pseudo-labels", 0.0)
@@ -515,6 +548,11 @@ def claims(rows: list[dict], walls: dict) -> dict:
                          "pseudo_labels_s": labels,
                          "students": f"{len(METHODS)} methods x {len(COMPARED)} shapes (pseudo-labels once)",
                          "note": "the modular run serves every shape; each student serves one"}  # fmt: skip
+    for name, extra in VARIANTS.items():
+        wall = next((r["wall_s"] for r in m30 if r["method"] == name), None)
+        if wall is not None:
+            out.setdefault("variants", {})[name] = {"options": " ".join(extra), "wall_s": wall,
+                                                    **method_claims(rows, name)}  # fmt: skip
     return out
 
 
@@ -554,7 +592,8 @@ def plot(rows: list[dict], path: Path) -> None:
                 if r["named"]:
                     ax.annotate(r["shape"], (r[x], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         styles = {"modular-random": ("x", "C7"), "sft": ("s", "C1"), "kd": ("^", "C2"), "pseudo": ("v", "C3"),
-                  "no-curriculum": ("D", "C4"), "no-attn": ("P", "C5"), "teacher": ("*", "k")}  # fmt: skip
+                  "no-curriculum": ("D", "C4"), "no-attn": ("P", "C5"), "teacher": ("*", "k"),
+                  **{v: ("h", "C6") for v in VARIANTS}}  # fmt: skip
         for method, (marker, color) in styles.items():
             pts = [r for r in m30 if r["method"] == method and r.get(x)]
             if pts:
@@ -583,7 +622,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--stages",
-        default="students,ablations,seeds,squad",
+        default="students,ablations,variants,seeds,squad",
         help="optional stages to run, comma-separated (Multi30k modular + assemblies always run)",
     )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")

@@ -193,6 +193,9 @@ def train(
     w_attn: Annotated[float, typer.Option(help="Weight of attention distillation.")] = 1.0,
     w_logit: Annotated[float, typer.Option(help="Weight of logit distillation (0 = off).")] = 1.0,
     curriculum: Annotated[bool, typer.Option(help="Coarse-to-fine curriculum (--no-curriculum: uniform).")] = True,
+    hybrids_per_step: Annotated[
+        int, typer.Option(help="Hybrids sampled per step (they share one teacher pass): more updates per module.")
+    ] = 1,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -207,7 +210,8 @@ def train(
 
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, w_ce=w_ce, w_hidden=w_hidden, w_attn=w_attn, w_logit=w_logit,
-        curriculum=curriculum, eval_every=eval_every, save_every=save_every, seed=seed,
+        curriculum=curriculum, hybrids_per_step=hybrids_per_step, eval_every=eval_every, save_every=save_every,
+        seed=seed,
     )  # fmt: skip
     gs = _parse_granularities(granularities)
     if resume and not (out / CONFIG_NAME).is_file():

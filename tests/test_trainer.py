@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from modformer.errors import ConfigError
+from modformer.modular.assembly import Assembly
 from modformer.modular.curriculum import Curriculum, sample_hybrid, sample_stack
 from modformer.modular.losses import AttentionLoss, HiddenStateLoss, LogitLoss
 from modformer.modular.model import ModularModel
@@ -39,6 +40,30 @@ def test_a_step_trains_modules_only_with_every_loss_part(make, sample_pairs, tok
     changed = [k for k, v in trainer.model.blocks.state_dict().items() if not torch.equal(v, modules_before[k])]
     assert changed
     assert not trainer.model.teacher.training and not any(m.training for m in trainer.model.blocks.modules())
+
+
+def test_several_hybrids_per_step_average_their_gradients(sample_pairs, tokenizer):
+    """One step with 2 hybrids = the mean of each hybrid's gradient, with one shared teacher pass."""
+    both = _trainer(tiny_t5, sample_pairs, tokenizer, hybrids_per_step=2, w_logit=0.5, grad_clip=1e9)
+    one = _trainer(tiny_t5, sample_pairs, tokenizer, w_logit=0.5)
+    one.model.blocks.load_state_dict(both.model.blocks.state_dict())
+    batch = next(both.train.stream(8))
+    torch.manual_seed(1)
+    result = both.step(batch)
+    hybrids = [Assembly.parse(h) for h in result.hybrid.split(" | ")]
+    assert len(hybrids) == 2 and hybrids[0] != hybrids[1]
+    torch.manual_seed(1)  # the same dropout draws, in the same order
+    weights = {"ce": 1.0, "hidden": 1.0, "attn": 1.0, "logit": 0.5}
+    for h in hybrids:
+        parts = one.losses(batch, h)
+        (sum(weights[k] * v for k, v in parts.items()) / 2).backward()
+    grads = {n: p.grad for n, p in one.model.blocks.named_parameters() if p.grad is not None}
+    assert grads
+    for name, p in both.model.blocks.named_parameters():
+        if name in grads:
+            assert torch.allclose(p.grad, grads[name], atol=1e-5), name
+        else:
+            assert p.grad is None, name  # a module in neither hybrid gets no update
 
 
 def _probs(shape, g):
@@ -140,6 +165,7 @@ def test_train_config_rejects_bad_settings():
         {"batch_size": -1},
         {"w_hidden": -1.0},
         {"w_ce": 0, "w_hidden": 0, "w_attn": 0, "w_logit": 0},
+        {"hybrids_per_step": 0},
     ):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)

@@ -1,12 +1,17 @@
 """The training recipe: multi-grained module replacing with distillation (setup / step / evaluate / save / resume).
 
 One step:
-1. sample a hybrid assembly (teacher layers + modules of several granularities; see `curriculum`);
-2. run the frozen teacher (eval mode, no grad) and record, for each module in the hybrid, the teacher's hidden
-   state and attention maps at the *last* layer of the module's span;
-3. run the hybrid (the teacher's own stacks with layer lists swapped) on the same batch;
-4. loss = w_ce * CE(labels) + w_hidden * HiddenStateLoss + w_attn * AttentionLoss (self-attention, and in the
-   decoder cross-attention too) + w_logit * LogitLoss; only module parameters get gradients.
+1. sample `hybrids_per_step` hybrid assemblies (teacher layers + modules of several granularities; see
+   `curriculum`), independently;
+2. run the frozen teacher once (eval mode, no grad) and record, for each module in any of the hybrids, the
+   teacher's hidden state and attention maps at the *last* layer of the module's span;
+3. run each hybrid (the teacher's own stacks with layer lists swapped) on the same batch;
+4. a hybrid's loss = w_ce * CE(labels) + w_hidden * HiddenStateLoss + w_attn * AttentionLoss (self-attention, and
+   in the decoder cross-attention too) + w_logit * LogitLoss; the step's loss is the mean over its hybrids (each
+   hybrid's backward pass runs before the next forward, so memory is that of one hybrid). Only module parameters
+   get gradients; one optimizer step follows.
+With one hybrid per step (the default) a module of a 12-layer stack is in about one step in four to eight; several
+hybrids share the teacher's pass and give every module more updates per step (see the README's results).
 
 Several processes (data parallel, launched with `torchrun` or `accelerate launch`; `accelerate.PartialState` reads
 the launcher's environment and sets up the process group: gloo on CPUs, NCCL on GPUs): every process draws the same
@@ -59,6 +64,7 @@ class TrainConfig:
     replace_start: float = 0.5  # curriculum: replacement rate at step 0
     replace_end: float = 1.0  # ... at the last step
     curriculum: bool = True  # coarse-to-fine schedule; False = uniform granularities at a fixed rate
+    hybrids_per_step: int = 1  # hybrids sampled per step; they share one teacher pass and one optimizer step
     eval_every: int = 200  # held-out loss every N steps (0 = only at the end)
     save_every: int = 200  # checkpoint every N steps (0 = only at the end)
     eval_pairs: int = 256  # held-out pairs for the periodic loss
@@ -67,7 +73,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "lr", "max_source_len", "max_target_len", "temperature")
+        positive = ("steps", "batch_size", "lr", "max_source_len", "max_target_len", "temperature", "hybrids_per_step")
         for name in positive:
             if not getattr(self, name) > 0:  # also catches NaN
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -170,18 +176,24 @@ class ReplacingTrainer:
         started = time.perf_counter()
         cfg, model = self.config, self.model
         progress = self.state.step / cfg.steps
-        hybrid = sample_hybrid(
-            model.config.encoder_layers,
-            model.config.decoder_layers,
-            model.config.granularities,
-            cfg.schedule,
-            progress,
-            self.rng,
-        )
-        parts = self.losses(self._share(batch), hybrid)
+        c = model.config
+        hybrids = [
+            sample_hybrid(c.encoder_layers, c.decoder_layers, c.granularities, cfg.schedule, progress, self.rng)
+            for _ in range(cfg.hybrids_per_step)
+        ]
+        batch = self._share(batch)
+        targets = self.teacher_targets(batch, hybrids)
         weights = {"ce": cfg.w_ce, "hidden": cfg.w_hidden, "attn": cfg.w_attn, "logit": cfg.w_logit}
-        loss = sum(weights[k] * v for k, v in parts.items())
-        shown = self._mean_across_processes(torch.stack([loss.detach(), *(v.detach() for v in parts.values())]))
+        self.optimizer.zero_grad(set_to_none=True)
+        summed = None
+        for hybrid in hybrids:
+            parts = self.hybrid_losses(batch, hybrid, targets)
+            loss = sum(weights[k] * v for k, v in parts.items()) / len(hybrids)
+            figures = torch.stack([loss.detach() * len(hybrids), *(v.detach() for v in parts.values())])
+            summed = figures if summed is None else summed + figures
+            if torch.isfinite(figures).all():  # a non-finite loss stops the run below, before any update
+                loss.backward()
+        shown = self._mean_across_processes(summed / len(hybrids))
         if not torch.isfinite(shown).all():  # every process sees the same figures, so all stop together
             named = dict(zip(["total", *parts], shown.tolist(), strict=True))
             bad = next((k for k in parts if not np.isfinite(named[k])), "total")
@@ -189,8 +201,6 @@ class ReplacingTrainer:
                 f"step {self.state.step + 1}: the {bad} loss is {named[bad]}; training stopped "
                 "(the last checkpoint is kept; try a lower --lr)"
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         self._average_gradients()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
@@ -200,7 +210,7 @@ class ReplacingTrainer:
             step=self.state.step,
             loss=float(shown[0]),
             parts={k: float(v) for k, v in zip(parts, shown[1:], strict=True)},
-            hybrid=hybrid.format(),
+            hybrid=" | ".join(h.format() for h in hybrids),
             seconds=time.perf_counter() - started,
         )
 
@@ -235,24 +245,42 @@ class ReplacingTrainer:
 
     def losses(self, batch: dict[str, torch.Tensor], hybrid: Assembly) -> dict[str, torch.Tensor]:
         """Each loss part of running `hybrid` on `batch`, against the frozen teacher."""
+        return self.hybrid_losses(batch, hybrid, self.teacher_targets(batch, [hybrid]))
+
+    def _needs_teacher(self) -> bool:
+        cfg = self.config
+        return cfg.w_hidden > 0 or cfg.w_attn > 0 or cfg.w_logit > 0
+
+    @staticmethod
+    def _module_ends(hybrid: Assembly) -> dict[str, dict[int, int]]:
+        """stack -> {position of a module in the hybrid: teacher layer at the end of its span}."""
+        return {s: {j: st + k - 1 for j, (st, k) in enumerate(hybrid.spans(s)) if k > 1} for s in STACKS}
+
+    def teacher_targets(self, batch: dict[str, torch.Tensor], hybrids: list[Assembly]) -> dict:
+        """One pass of the frozen teacher: its logits, and what its layers at the ends of the hybrids' module spans
+        produced (hidden state, attention maps). Empty when no distillation loss is on."""
+        if not self._needs_teacher():
+            return {}
+        model, adapter = self.model, self.model.adapter
+        teacher = model.teacher
+        ends = {s: sorted({e for h in hybrids for e in self._module_ends(h)[s].values()}) for s in STACKS}
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        with torch.no_grad():
+            t_layers = {s: {e: adapter.layers(teacher, s)[e] for e in ends[s]} for s in STACKS}
+            with (
+                adapter.record(t_layers["encoder"], "encoder") as t_enc,
+                adapter.record(t_layers["decoder"], "decoder") as t_dec,
+            ):
+                logits = teacher(**inputs, use_cache=False).logits
+        return {"logits": logits, "encoder": t_enc, "decoder": t_dec}
+
+    def hybrid_losses(self, batch: dict[str, torch.Tensor], hybrid: Assembly, targets: dict) -> dict[str, torch.Tensor]:
+        """Each loss part of running `hybrid` on `batch`, against the teacher's `targets` (`teacher_targets`)."""
         model, adapter, cfg = self.model, self.model.adapter, self.config
         teacher = model.teacher
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
         masks = {"encoder": batch["attention_mask"], "decoder": (batch["labels"] != -100).long()}
-        # The modules in the hybrid: stack -> {position in hybrid: (teacher layer at the end of the span)}
-        spans = {s: {j: st + k - 1 for j, (st, k) in enumerate(hybrid.spans(s)) if k > 1} for s in STACKS}
-        need_teacher = cfg.w_hidden > 0 or cfg.w_attn > 0 or cfg.w_logit > 0
-        teacher_logits = None
-        t_rec = {}
-        if need_teacher:
-            with torch.no_grad():
-                t_layers = {s: {e: adapter.layers(teacher, s)[e] for e in spans[s].values()} for s in STACKS}
-                with (
-                    adapter.record(t_layers["encoder"], "encoder") as t_enc,
-                    adapter.record(t_layers["decoder"], "decoder") as t_dec,
-                ):
-                    teacher_logits = teacher(**inputs, use_cache=False).logits
-                t_rec = {"encoder": t_enc, "decoder": t_dec}
+        spans = self._module_ends(hybrid)
 
         blocks = {s: model.stack_blocks(hybrid, s) for s in STACKS}
         for s in STACKS:
@@ -272,12 +300,12 @@ class ReplacingTrainer:
 
         zero = out.loss.new_zeros(())
         parts = {"ce": out.loss, "hidden": zero, "attn": zero, "logit": zero}
-        if need_teacher:
+        if targets:
             n_mods = sum(len(spans[s]) for s in STACKS)
             hidden, attn = zero, zero
             for s in STACKS:
                 for j, end in spans[s].items():
-                    st, tt = s_rec[s][j], t_rec[s][end]
+                    st, tt = s_rec[s][j], targets[s][end]
                     if cfg.w_hidden > 0:
                         hidden = hidden + self.hidden_loss(st.hidden, tt.hidden, masks[s])
                     if cfg.w_attn > 0:
@@ -287,7 +315,7 @@ class ReplacingTrainer:
                         attn = attn + a
             parts["hidden"], parts["attn"] = hidden / n_mods, attn / n_mods
             if cfg.w_logit > 0:
-                parts["logit"] = self.logit_loss(out.logits, teacher_logits, masks["decoder"])
+                parts["logit"] = self.logit_loss(out.logits, targets["logits"], masks["decoder"])
         return parts
 
     # --- evaluation -----------------------------------------------------------------------------------------------

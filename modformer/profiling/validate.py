@@ -136,20 +136,26 @@ def check_profile_model(profile: LatencyProfile, modular: ModularModel) -> None:
             )
 
 
-def _inputs(vocab: int, w: Workload, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_inputs(vocab: int, w: Workload, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random source ids (and their all-ones mask) of `w`'s shape; the same for the same (vocab, w, seed)."""
     g = torch.Generator().manual_seed(seed * 7919 + w.batch * 31 + w.src_len)
     ids = torch.randint(4, vocab, (w.batch, w.src_len), generator=g).to(device)
     return ids, torch.ones_like(ids)
 
 
-def time_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int,
-                 repeats: int, *, raw: bool = False) -> list[Timing] | list[list[float]]:  # fmt: skip
-    """Timings of each model's `generate_fixed`, round-robin (`raw`: the milliseconds of every round instead)."""
-    ids, mask = _inputs(vocab, w, seed, timer.device)
+def sample_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int,
+                  repeats: int) -> list[list[float]]:  # fmt: skip
+    """The milliseconds of every round of each model's `generate_fixed`, the models called round-robin."""
+    ids, mask = fixed_inputs(vocab, w, seed, timer.device)
     cases = [Case(fn=lambda m=m: generate_fixed(m, ids, mask, w.gen_len)) for m in models]
     with torch.no_grad():
-        samples = timer.interleaved_samples(cases, warmup=warmup, repeats=repeats)
-    return samples if raw else [Timing.from_samples(s) for s in samples]
+        return timer.interleaved_samples(cases, warmup=warmup, repeats=repeats)
+
+
+def time_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int,
+                repeats: int) -> list[Timing]:  # fmt: skip
+    """Timings of each model's `generate_fixed`, round-robin (`sample_models`, summarised)."""
+    return [Timing.from_samples(s) for s in sample_models(models, w, timer, vocab, seed, warmup, repeats)]
 
 
 def paired_ratio(a_ms: Sequence[float], b_ms: Sequence[float]) -> float:
@@ -282,11 +288,11 @@ def _export_check(modular, assembly, in_memory, workloads, timer, vocab, seed, w
     per_workload = []
     for w in workloads:
         tick(f"export vs native, {w}")
-        ids, mask = _inputs(vocab, w, seed, device)
+        ids, mask = fixed_inputs(vocab, w, seed, device)
         with torch.no_grad():
             same = bool(torch.equal(generate_fixed(in_memory, ids, mask, w.gen_len),
                                     generate_fixed(reloaded, ids, mask, w.gen_len)))  # fmt: skip
-        samples = time_models([in_memory, reloaded, native], w, timer, vocab, seed, warmup, repeats, raw=True)
+        samples = sample_models([in_memory, reloaded, native], w, timer, vocab, seed, warmup, repeats)
         ms = [Timing.from_samples(s).value(statistic) for s in samples]
         per_workload.append({"batch": w.batch, "src_len": w.src_len, "gen_len": w.gen_len,
                              "assembled_ms": ms[0], "exported_ms": ms[1], "native_ms": ms[2],
