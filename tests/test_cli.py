@@ -431,6 +431,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
     # settings
     "lr-not-a-number": (lambda c: c.train("--lr", "nan"), "lr must be"),
     "zero-steps": (lambda c: c.train("--steps", 0), "steps must be positive"),
+    "zero-hybrids": (lambda c: c.train("--hybrids-per-step", 0), "hybrids_per_step must be positive"),
     "negative-batch-size": (lambda c: c.train("--batch-size", -8), "batch_size must be positive"),
     "granularity-1": (lambda c: c.train("--granularities", "1,2"), "sizes >= 2"),
     "granularity-not-a-number": (lambda c: c.train("--granularities", "x"), "whole numbers separated by commas"),
