@@ -94,7 +94,7 @@ class StepResult:
     step: int
     loss: float
     parts: dict[str, float]  # ce, hidden, attn, logit
-    hybrid: str  # the sampled assembly
+    hybrid: str  # the sampled assemblies, " | " between them when a step has several
     seconds: float
 
 
