@@ -23,7 +23,8 @@ user's checkpoint.
 5b. variants: the modular run with one setting changed (`--hybrids-per-step 3`: three hybrids share each step's
    teacher pass, so every module gets about three times the updates in the same steps and batch size), two seeds,
    each scored at the named shapes, the size-first assembly nearest 2x, and the same random orders as 3; claims
-   reported for it (means over its seeds) beside the default run's.
+   reported for it (means over its seeds) beside the default run's. And the same without attention distillation
+   (`--w-attn 0`), one seed.
 6. seeds: where the modular assembly and a student of the same shape are within 0.5 BLEU, both get a second seed
    and the comparison uses the mean.
 7. timing: every Multi30k model above and the teacher, round-robin in one run (`generate` of exactly 32 new tokens
@@ -90,7 +91,10 @@ COMPARED = ("6-6", "12-3")  # the shapes the students and ablations are trained 
 METHODS = ("sft", "kd", "pseudo")
 ABLATIONS = {"no-curriculum": ["--no-curriculum"], "no-attn": ["--w-attn", "0"]}
 # method name -> (the `modformer train` options it changes, seeds); seed s > 0 trains with `--seed s` in <name>-s<s>
-VARIANTS = {"modular-h3": (["--hybrids-per-step", "3"], 2)}
+VARIANTS = {
+    "modular-h3": (["--hybrids-per-step", "3"], 2),
+    "modular-h3-no-attn": (["--hybrids-per-step", "3", "--w-attn", "0"], 1),
+}
 RANDOM_ORDERS = 5
 CLOSE_BLEU = 0.5  # margins under this get a second seed
 TIMING = Workload(batch=1, src_len=32, gen_len=32)
@@ -600,7 +604,7 @@ def plot(rows: list[dict], path: Path) -> None:
                     ax.annotate(r["shape"], (r[x], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         styles = {"modular-random": ("x", "C7"), "sft": ("s", "C1"), "kd": ("^", "C2"), "pseudo": ("v", "C3"),
                   "no-curriculum": ("D", "C4"), "no-attn": ("P", "C5"), "teacher": ("*", "k"),
-                  **{v: ("h", "C6") for v in VARIANTS}}  # fmt: skip
+                  **{v: ("h", f"C{6 + 2 * i}") for i, v in enumerate(VARIANTS)}}  # fmt: skip
         for method, (marker, color) in styles.items():
             pts = [r for r in m30 if r["method"] == method and r.get(x)]
             if pts:
