@@ -385,8 +385,8 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
         picked = named + ([("size-first", at_2x)] if at_2x not in shape_of.values() else [])
         for name, (extra, seeds) in VARIANTS.items():
             for seed in range(seeds):
-                out = work.folder / (f"{name}-s{seed}" if seed else name)
-                stage = f"multi30k-{name}" + (f"-s{seed}" if seed else "")
+                suffix = f"-s{seed}" if seed else ""  # seed 0 keeps the folder and stage it always had
+                out, stage = work.folder / f"{name}{suffix}", f"multi30k-{name}{suffix}"
                 try:
                     v_wall = train(work, stage, [*train_cmd, *extra, "--seed", seed], out, args.steps)
                 except NotDone as err:

@@ -188,11 +188,11 @@ class ReplacingTrainer:
         summed = None
         for hybrid in hybrids:
             parts = self.hybrid_losses(batch, hybrid, targets)
-            loss = sum(weights[k] * v for k, v in parts.items()) / len(hybrids)
-            figures = torch.stack([loss.detach() * len(hybrids), *(v.detach() for v in parts.values())])
+            loss = sum(weights[k] * v for k, v in parts.items())
+            figures = torch.stack([loss.detach(), *(v.detach() for v in parts.values())])
             summed = figures if summed is None else summed + figures
             if torch.isfinite(figures).all():  # a non-finite loss stops the run below, before any update
-                loss.backward()
+                (loss / len(hybrids)).backward()
         shown = self._mean_across_processes(summed / len(hybrids))
         if not torch.isfinite(shown).all():  # every process sees the same figures, so all stop together
             named = dict(zip(["total", *parts], shown.tolist(), strict=True))
