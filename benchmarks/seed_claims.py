@@ -24,9 +24,13 @@ user's checkpoint.
    teacher pass, so every module gets about three times the updates in the same steps and batch size), two seeds,
    each scored at the named shapes, the size-first assembly nearest 2x, and the same random orders as 3; claims
    reported for it (means over its seeds) beside the default run's. And the same without attention distillation
-   (`--w-attn 0`), one seed.
-6. seeds: where the modular assembly and a student of the same shape are within 0.5 BLEU, both get a second seed
-   and the comparison uses the mean.
+   (`--w-attn 0`), two seeds.
+6. seeds: where a modular run's assembly (the default run or a variant, mean over its seeds) and a student of the
+   same shape are within 0.5 BLEU, the student gets a second seed (and the default run too; a variant has its two)
+   and the comparison uses the means.
+6b. plans: `modformer profile` once, then `modformer plan` of every modular run (each seed) with the budget
+   `params_m<=` half the teacher's parameters (at least 2x smaller), searched and validated on `val` (500 pairs);
+   the chosen assembly is scored on test like the others (rule `planned`).
 7. timing: every Multi30k model above and the teacher, round-robin in one run (`generate` of exactly 32 new tokens
    for a 32-token source, batch 1, the profiler's timer and thread count; the least of 10 rounds, as the profiler's
    default statistic): speed_ratio = teacher ms / model ms.
@@ -93,8 +97,10 @@ ABLATIONS = {"no-curriculum": ["--no-curriculum"], "no-attn": ["--w-attn", "0"]}
 # method name -> (the `modformer train` options it changes, seeds); seed s > 0 trains with `--seed s` in <name>-s<s>
 VARIANTS = {
     "modular-h3": (["--hybrids-per-step", "3"], 2),
-    "modular-h3-no-attn": (["--hybrids-per-step", "3", "--w-attn", "0"], 1),
+    "modular-h3-no-attn": (["--hybrids-per-step", "3", "--w-attn", "0"], 2),
 }
+PLAN_SIZE_RATIO = 2.0  # plans ask for assemblies at least this much smaller than the teacher (acceptance line 2)
+PLAN_VALIDATE_PAIRS = 500
 RANDOM_ORDERS = 5
 CLOSE_BLEU = 0.5  # margins under this get a second seed
 TIMING = Workload(batch=1, src_len=32, gen_len=32)
@@ -404,42 +410,103 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
 
     # second seeds where the margin is small
     if "seeds" in args.stages and "students" in args.stages:
-        for shape in COMPARED:
-            mod = next(
-                r for r in rows if r["method"] == "modular" and r["shape"] == shape and r["named"] and r["seed"] == 0
-            )
-            close = [r for r in rows if r["rule"] == "student" and r["shape"] == shape and r["seed"] == 0
-                     and abs(mod["bleu"] - r["bleu"]) < CLOSE_BLEU]  # fmt: skip
-            if not close:
-                continue
-            try:
-                rows += second_seeds(work, task, args, shape, shape_of[shape], close, train_cmd, teacher, test,
-                                     loaders, teacher_params)  # fmt: skip
-            except NotDone as err:  # --report-only
-                MISSING.append(f"multi30k second seeds at {shape}: {err}")
+        try:
+            rows += second_seeds(work, task, args, rows, shape_of, train_cmd, teacher, test, loaders, teacher_params)
+        except NotDone as err:  # --report-only
+            MISSING.append(f"multi30k second seeds: {err}")
     elif "seeds" not in args.stages:
         missing.append("multi30k second seeds")
+
+    # plans: the planner's pick within half the teacher's parameters, for every modular run
+    if "plans" in args.stages:
+        runs = [("modular", main, 0, wall)] + [
+            (name, work.folder / f"{name}-s{seed}" if seed else work.folder / name, seed, None)
+            for name, (_, seeds) in VARIANTS.items() for seed in range(seeds)
+        ]  # fmt: skip
+        try:
+            profile = profiled(work, main, args.threads)
+        except NotDone as err:
+            MISSING.append(str(err))
+            runs = []
+        for name, folder, seed, run_wall in runs:
+            suffix = f"-s{seed}" if seed else ""
+            try:
+                chosen = planned(work, f"multi30k-plan-{name}{suffix}", folder, profile, teacher_params)
+            except NotDone as err:
+                MISSING.append(str(err))
+                continue
+            started = time.perf_counter()
+            run_wall = run_wall if run_wall is not None else completed_steps(folder)[1]
+            rows += modular_rows(work, task, name, folder, [("planned", chosen)], test, loaders, args.steps,
+                                 run_wall, seed)  # fmt: skip
+            work.add_wall("multi30k-scoring", time.perf_counter() - started)
+    else:
+        missing.append("multi30k plans")
 
     add_speed(work, task, rows, loaders, args.threads)
 
 
-def second_seeds(work: Work, task: str, args, shape: str, assembly, close: list[dict], train_cmd: list,
-                 teacher: str, test, loaders: dict, teacher_params: int) -> list[dict]:  # fmt: skip
-    """Seed 1 of the modular run and of each student within CLOSE_BLEU of it at `shape`: their rows."""
-    out = work.folder / "modular-s1"
-    s1_wall = train(work, "multi30k-modular-s1", [*train_cmd, "--seed", "1"], out, args.steps)
-    rows = modular_rows(work, task, "modular", out, [(NAMED[shape], assembly)], test, loaders, args.steps, s1_wall,
-                        seed=1)  # fmt: skip
+def second_seeds(work: Work, task: str, args, rows: list[dict], shape_of: dict, train_cmd: list, teacher: str,
+                 test, loaders: dict, teacher_params: int) -> list[dict]:  # fmt: skip
+    """Seed 1 of each student within CLOSE_BLEU of a modular run at its shape (the default run's and every
+    variant's named assembly, mean over the run's seeds), and seed 1 of the default run where it is close: their
+    rows. A variant has its seeds already (VARIANTS)."""
+    new: list[dict] = []
     labels_wall = work.walls.get("multi30k-pseudo-labels", 0.0)
-    for r in close:
-        out = work.folder / "students" / f"{r['method']}-{shape}-s1"
-        extra = ["--pseudo-labels", work.folder / PSEUDO_NAME] if r["method"] == "pseudo" else []
-        cmd = [*CLI, "baseline", r["method"], "--teacher", teacher, "--shape", shape, *data_args(task),
-               "--steps", args.steps, "--batch-size", args.batch_size, "--seed", "1", *extra]  # fmt: skip
-        train(work, f"multi30k-{r['method']}-s1", cmd, out, args.steps)
-        rows.append(student_row(work, task, r["method"], shape, out, test, loaders, teacher_params,
-                                labels_wall if r["method"] == "pseudo" else 0.0, seed=1))  # fmt: skip
-    return rows
+    students = {(r["method"], r["shape"]) for r in rows if r["rule"] == "student" and r["seed"] == 1}
+    for shape in COMPARED:
+        for method in ("modular", *VARIANTS):
+            mod = mean_bleu(rows + new, method, shape, named_only=True)
+            if mod is None:
+                continue
+            close = [r for r in rows if r["rule"] == "student" and r["shape"] == shape and r["seed"] == 0
+                     and abs(mod[0] - r["bleu"]) < CLOSE_BLEU]  # fmt: skip
+            if close and method == "modular" and mod[1] == 1:
+                out = work.folder / "modular-s1"
+                s1_wall = train(work, "multi30k-modular-s1", [*train_cmd, "--seed", "1"], out, args.steps)
+                new += modular_rows(work, task, "modular", out, [(NAMED[shape], shape_of[shape])], test, loaders,
+                                    args.steps, s1_wall, seed=1)  # fmt: skip
+            for r in close:
+                if (r["method"], shape) in students:
+                    continue
+                students.add((r["method"], shape))
+                out = work.folder / "students" / f"{r['method']}-{shape}-s1"
+                extra = ["--pseudo-labels", work.folder / PSEUDO_NAME] if r["method"] == "pseudo" else []
+                cmd = [*CLI, "baseline", r["method"], "--teacher", teacher, "--shape", shape, *data_args(task),
+                       "--steps", args.steps, "--batch-size", args.batch_size, "--seed", "1", *extra]  # fmt: skip
+                train(work, f"multi30k-{r['method']}-s1", cmd, out, args.steps)
+                new.append(student_row(work, task, r["method"], shape, out, test, loaders, teacher_params,
+                                       labels_wall if r["method"] == "pseudo" else 0.0, seed=1))  # fmt: skip
+    return new
+
+
+def profiled(work: Work, modules: Path, threads: int) -> Path:
+    """A latency profile of the teacher's layers and these modules on this machine (made once, cached)."""
+    path = work.folder / "profile.json"
+    if not path.is_file():
+        if REPORT_ONLY:
+            raise NotDone("multi30k-profile: no profile.json")
+        print(f"[multi30k-profile] modformer profile -> {path}")
+        cmd = [*CLI, "profile", "--modules", modules, "--out", path, "--threads", threads]
+        work.add_wall("multi30k-profile", run(cmd, work.folder / "profile.log"))
+    return path
+
+
+def planned(work: Work, stage: str, modules: Path, profile: Path, teacher_params: int) -> Assembly:
+    """`modformer plan` of one modular run within half the teacher's parameters (validated on `val`); its chosen
+    assembly. Cached: the plan folder is written whole when the plan is done."""
+    out = work.folder / "plans" / stage.removeprefix("multi30k-plan-")
+    if not (out / "chosen.json").is_file():
+        if REPORT_ONLY:
+            raise NotDone(f"{stage}: no plan in {out}")
+        limit = math.floor(teacher_params / PLAN_SIZE_RATIO) / 1e6  # millions, rounded down: at least 2x smaller
+        out.parent.mkdir(exist_ok=True)
+        cmd = [*CLI, "plan", "--modules", modules, "--profile", profile, *data_args("multi30k", val=False),
+               "--split", TASKS["multi30k"]["val"], "--budget", f"params_m<={limit:.6f}",
+               "--validate-samples", PLAN_VALIDATE_PAIRS, "--out", out]  # fmt: skip
+        print(f"[{stage}] modformer plan --budget params_m<={limit:.6f} -> {out}")
+        work.add_wall(stage, run(cmd, out.with_name(f"{out.name}.log")))
+    return Assembly.parse(json.loads((out / "chosen.json").read_text())["assembly"])
 
 
 def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
@@ -533,6 +600,17 @@ def method_claims(rows: list[dict], method: str) -> dict:
                                  "relative_drop_pct": 100 * (1 - bleu / teacher["bleu"]),
                                  "target_pct": 5.0}  # fmt: skip
             out["at_2x_size"]["met"] = out["at_2x_size"]["relative_drop_pct"] <= 5.0
+    plans = [r for r in m30 if r["method"] == method and r["rule"] == "planned"]
+    if teacher and plans:
+        bleu = float(np.mean([r["bleu"] for r in plans]))
+        out["at_2x_size_planned"] = {
+            "assemblies": [r["assembly"] for r in plans], "size_ratios": [r["size_ratio"] for r in plans],
+            "seeds": len(plans), "bleu": bleu, "teacher_bleu": teacher["bleu"],
+            "relative_drop_pct": 100 * (1 - bleu / teacher["bleu"]), "target_pct": 5.0,
+            "how": f"`modformer plan --budget params_m<=` teacher / {PLAN_SIZE_RATIO:g}, chosen on val "
+                   f"({PLAN_VALIDATE_PAIRS} pairs), scored on test",
+        }  # fmt: skip
+        out["at_2x_size_planned"]["met"] = out["at_2x_size_planned"]["relative_drop_pct"] <= 5.0
     beats = {
         s: (out[s]["modular_bleu"] > out[s]["random_order_mean_bleu"])
         for s in COMPARED
@@ -583,7 +661,8 @@ def markdown(rows: list[dict], result: dict) -> str:
             other = r["rougeL"] if task == "squad_qg" else r["chrf"]
             speed = f"{r['speed_ratio']:.2f}" if r.get("speed_ratio") else "-"
             wall = f"{r['wall_s']:.0f}" if r.get("wall_s") else "-"
-            method = r["method"] + (f" (seed {r['seed']})" if r["seed"] else "")
+            method = r["method"] + (" planned" if r["rule"] == "planned" else "") + \
+                (f" (seed {r['seed']})" if r["seed"] else "")  # fmt: skip
             lines.append(f"| {method} | {r['shape']} | `{r['assembly']}` | {r['size_ratio']:.2f} | {speed} | "
                          f"{r['bleu']:.2f} | {other:.2f} | {r['steps'] or '-'} | {wall} |")  # fmt: skip
     lines += ["\n## Claims\n", "```json", json.dumps(result["claims"], indent=2), "```",
@@ -635,7 +714,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--stages",
-        default="students,ablations,variants,seeds,squad",
+        default="students,ablations,variants,seeds,plans,squad",
         help="optional stages to run, comma-separated (Multi30k modular + assemblies always run)",
     )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")

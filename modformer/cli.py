@@ -514,7 +514,10 @@ def plan(
     prefix: PrefixOpt = "",
     split: Annotated[str, typer.Option(help="Held-out split for the proxy and the validation.")] = "val",
     budget: Annotated[
-        str, typer.Option(help="Limits on predicted cost, e.g. 'latency_ms<=40,memory_mb<=80' (empty: none).")
+        str,
+        typer.Option(
+            help="Limits on predicted cost and size, e.g. 'latency_ms<=40,memory_mb<=80,params_m<=30' (empty: none)."
+        ),
     ] = "",
     objectives: Annotated[str, typer.Option(help="Objectives: quality and latency and/or memory.")] = (
         "quality,latency,memory"

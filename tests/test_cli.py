@@ -572,7 +572,7 @@ def _placeholders(ctx: Ctx, text: str) -> str:
                        (ctx.tmp, "<tmp>")):  # fmt: skip
         text = text.replace(str(path), name)
     # Predicted latencies come from a profile measured in the test, so which assemblies are nearest varies by noise.
-    text = re.sub(r"nearest: .*", "nearest: <the 3 nearest assemblies, each with its predicted ms and MB>", text)
+    text = re.sub(r"nearest: .*", "nearest: <the 3 nearest assemblies, each with its predicted ms and MB and its parameters>", text)
     return text.replace("|", "\\|")
 
 

@@ -143,6 +143,24 @@ def test_budget_parsing_and_edges(small):
     assert check_feasible(space, Budget(latency_ms=exact)) == int(within.sum())
 
 
+def test_a_parameter_budget_limits_the_size(small):
+    _, _, space, _ = small
+    i, j = space.all_pairs()
+    params = space.params(i, j)
+    assert params.max() == space.params(*space.teacher)  # the teacher is the largest
+    half = float(space.params(*space.teacher)) / 2 / 1e6
+    within = space.violation(Budget.parse(f"params_m<={half}"), i, j) <= 0
+    assert within.any() and not within.all()
+    assert (within == (params / 1e6 <= half)).all()
+    assert (space.size_ratio(i, j)[within] >= 2.0 - 1e-9).all()
+    # combined with a latency limit, an assembly must meet both
+    lat = float(np.median(space.latency_ms(i, j)))
+    both = space.violation(Budget.parse(f"params_m<={half},latency_ms<={lat}"), i, j) <= 0
+    assert (both == (within & (space.latency_ms(i, j) <= lat))).all()
+    with pytest.raises(InfeasibleBudgetError, match=r"params_m<=0; nearest: enc=.*M parameters"):
+        check_feasible(space, Budget.parse("params_m<=0"))
+
+
 def test_exhaustive_and_nsga2_agree_on_a_small_space(small, tmp_path):
     exhaustive = run_search(small, tmp_path, name="ex", method="exhaustive")
     assert exhaustive.method == "exhaustive" and exhaustive.scored_count == 169
@@ -285,6 +303,20 @@ def test_infeasible_budget_exits_2_naming_the_nearest(plan_root, data_dir, tmp_p
         "\n" not in line and "no assembly meets the budget latency_ms<=0.001; nearest: enc=" in line and " ms, " in line
     )
     assert not out.exists()
+
+
+def test_a_plan_within_half_the_parameters_chooses_a_2x_smaller_assembly(small, plan_root, data_dir, tmp_path):
+    _, _, space, _ = small
+    half = float(space.params(*space.teacher)) / 2 / 1e6
+    out = tmp_path / "half"
+    result = cli(*plan_args(plan_root, data_dir, out, "--budget", f"params_m<={half}"))
+    assert result.exit_code == 0, result.stderr + result.stdout
+    chosen = json.loads((out / "chosen.json").read_text())
+    assert chosen["size_ratio"] >= 2.0
+    frontier = pd.read_csv(out / "frontier.csv")
+    assert (frontier.loc[frontier["within_budget"], "size_ratio"] >= 2.0).all()
+    summary = json.loads((out / "frontier.json").read_text())["summary"]
+    assert summary["budget"]["params_m"] == pytest.approx(half)
 
 
 @pytest.mark.parametrize(

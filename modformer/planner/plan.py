@@ -49,7 +49,8 @@ def check_feasible(space: SearchSpace, budget: Budget, nearest: int = 3) -> int:
         return feasible
     order = np.lexsort((space.latency_ms(i, j), violation))[:nearest]
     named = "; ".join(
-        f"{space.assembly(i[k], j[k])} ({space.latency_ms(i[k], j[k]):.1f} ms, {space.memory_mb(i[k], j[k]):.1f} MB)"
+        f"{space.assembly(i[k], j[k])} ({space.latency_ms(i[k], j[k]):.1f} ms, {space.memory_mb(i[k], j[k]):.1f} MB, "
+        f"{space.params(i[k], j[k]) / 1e6:.2f}M parameters)"
         for k in order
     )
     raise InfeasibleBudgetError(f"no assembly meets the budget {budget}; nearest: {named}")

@@ -25,7 +25,11 @@ from modformer.profiling.profile import LatencyProfile, Workload, predict
 
 Stack = tuple[int, ...]
 
-BUDGET_KEYS = {"latency_ms": "predicted latency (ms)", "memory_mb": "predicted peak memory (MB)"}
+BUDGET_KEYS = {
+    "latency_ms": "predicted latency (ms)",
+    "memory_mb": "predicted peak memory (MB)",
+    "params_m": "parameters (millions, exact count)",
+}
 MB = 1e6
 
 
@@ -35,10 +39,11 @@ class Budget:
 
     latency_ms: float | None = None
     memory_mb: float | None = None
+    params_m: float | None = None  # a size limit: teacher parameters / 2 / 1e6 asks for at least 2x smaller
 
     @classmethod
     def parse(cls, text: str | None) -> Budget:
-        """`"latency_ms<=40,memory_mb<=80"`; either part may be left out; `inf` is allowed."""
+        """`"latency_ms<=40,memory_mb<=80,params_m<=30"`; any part may be left out; `inf` is allowed."""
         if text is None or not text.strip():
             return cls()
         limits: dict[str, float] = {}
@@ -66,13 +71,13 @@ class Budget:
         parts = [f"{k}<={_num(getattr(self, k))}" for k in BUDGET_KEYS if getattr(self, k) is not None]
         return ",".join(parts) or "none"
 
-    def violation(self, latency_ms: np.ndarray, memory_mb: np.ndarray) -> np.ndarray:
+    def violation(self, latency_ms: np.ndarray, memory_mb: np.ndarray, params_m: np.ndarray) -> np.ndarray:
         """How far past the budget, summed over limits as fractions of each limit (0 = feasible).
 
         A limit of 0 counts any positive cost as a violation of size cost/1 (nothing meets it).
         """
-        total = np.zeros(np.broadcast(latency_ms, memory_mb).shape)
-        for limit, cost in ((self.latency_ms, latency_ms), (self.memory_mb, memory_mb)):
+        total = np.zeros(np.broadcast(latency_ms, memory_mb, params_m).shape)
+        for limit, cost in ((self.latency_ms, latency_ms), (self.memory_mb, memory_mb), (self.params_m, params_m)):
             if limit is None or math.isinf(limit):
                 continue
             over = np.maximum(np.asarray(cost, dtype=float) - limit, 0.0)
@@ -201,4 +206,4 @@ class SearchSpace:
         return self.latency_ms(*self.teacher) / self.latency_ms(i, j)
 
     def violation(self, budget: Budget, i, j) -> np.ndarray:
-        return budget.violation(self.latency_ms(i, j), self.memory_mb(i, j))
+        return budget.violation(self.latency_ms(i, j), self.memory_mb(i, j), self.params(i, j) / 1e6)
