@@ -691,6 +691,10 @@ def plot(rows: list[dict], path: Path) -> None:
             if pts:
                 ax.scatter([r[x] for r in pts], [r["bleu"] for r in pts], marker=marker, color=color, s=60,
                            label=method, zorder=3)  # fmt: skip
+        planned = [r for r in m30 if r["rule"] == "planned" and r.get(x)]
+        if planned:  # ringed: the planner's pick within half the teacher's parameters, of each run
+            ax.scatter([r[x] for r in planned], [r["bleu"] for r in planned], s=160, facecolors="none",
+                       edgecolors="k", label="planner's pick, <= half the parameters", zorder=4)  # fmt: skip
         ax.set_xlabel({"size_ratio": "size ratio (teacher params / model params)",
                        "speed_ratio": "measured speed ratio (teacher ms / model ms, batch 1)"}[x])  # fmt: skip
         ax.set_ylabel("BLEU, Multi30k test_2016_flickr")
