@@ -24,7 +24,9 @@ user's checkpoint.
    teacher pass, so every module gets about three times the updates in the same steps and batch size), two seeds,
    each scored at the named shapes, the size-first assembly nearest 2x, and the same random orders as 3; claims
    reported for it (means over its seeds) beside the default run's. And the same without attention distillation
-   (`--w-attn 0`), two seeds.
+   (`--w-attn 0`), two seeds; and that recipe once more at twice the steps (two seeds), which asks whether a longer
+   budget closes the gaps. Its students stay at --steps, so its comparison with them is marked as not like for
+   like, and it gets no second seeds of students.
 6. seeds: where a modular run's assembly (the default run or a variant, mean over its seeds) and a student of the
    same shape are within 0.5 BLEU, the student gets a second seed (and the default run too; a variant has its two)
    and the comparison uses the means.
@@ -45,6 +47,7 @@ with the command, the machine and the wall time of each stage. A partial run wri
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -53,6 +56,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -94,10 +98,20 @@ GRANULARITY_LIST = tuple(int(g) for g in GRANULARITIES.split(","))
 COMPARED = ("6-6", "12-3")  # the shapes the students and ablations are trained / scored at
 METHODS = ("sft", "kd", "pseudo")
 ABLATIONS = {"no-curriculum": ["--no-curriculum"], "no-attn": ["--w-attn", "0"]}
-# method name -> (the `modformer train` options it changes, seeds); seed s > 0 trains with `--seed s` in <name>-s<s>
+
+
+class Variant(NamedTuple):
+    """A modular run with some `modformer train` options changed; seed s > 0 trains with `--seed s` in <name>-s<s>."""
+
+    options: list[str]
+    seeds: int
+    steps_x: int = 1  # a longer budget: --steps times this. Its students stay at --steps (no second seeds for it)
+
+
 VARIANTS = {
-    "modular-h3": (["--hybrids-per-step", "3"], 2),
-    "modular-h3-no-attn": (["--hybrids-per-step", "3", "--w-attn", "0"], 2),
+    "modular-h3": Variant(["--hybrids-per-step", "3"], 2),
+    "modular-h3-no-attn": Variant(["--hybrids-per-step", "3", "--w-attn", "0"], 2),
+    "modular-h3-no-attn-2x-steps": Variant(["--hybrids-per-step", "3", "--w-attn", "0"], 2, steps_x=2),
 }
 PLAN_SIZE_RATIO = 2.0  # plans ask for assemblies at least this much smaller than the teacher (acceptance line 2)
 PLAN_VALIDATE_PAIRS = 500
@@ -397,18 +411,20 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     # variants of the recipe: scored at the named shapes, the 2x one and the random orders, like the default run
     if "variants" in args.stages:
         picked = named + ([("size-first", at_2x)] if at_2x not in shape_of.values() else [])
-        for name, (extra, seeds) in VARIANTS.items():
-            for seed in range(seeds):
+        for name, variant in VARIANTS.items():
+            steps = args.steps * variant.steps_x
+            cmd = [*train_cmd[: train_cmd.index("--steps")], "--steps", steps, "--batch-size", args.batch_size]
+            for seed in range(variant.seeds):
                 out, stage = work.folder / seeded(name, seed), f"multi30k-{seeded(name, seed)}"
                 try:
-                    v_wall = train(work, stage, [*train_cmd, *extra, "--seed", seed], out, args.steps)
+                    v_wall = train(work, stage, [*cmd, *variant.options, "--seed", seed], out, steps)
                 except NotDone as err:
                     MISSING.append(str(err))
                     continue
                 started = time.perf_counter()
-                rows += modular_rows(work, task, name, out, picked, test, loaders, args.steps, v_wall, seed)
-                rows += modular_rows(work, task, f"{name}-random", out, random_pick, test, loaders, args.steps,
-                                     v_wall, seed)  # fmt: skip
+                rows += modular_rows(work, task, name, out, picked, test, loaders, steps, v_wall, seed)
+                rows += modular_rows(work, task, f"{name}-random", out, random_pick, test, loaders, steps, v_wall,
+                                     seed)  # fmt: skip
                 work.add_wall("multi30k-scoring", time.perf_counter() - started)
     else:
         missing.append("multi30k variants")
@@ -424,7 +440,7 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
 
     # plans: the planner's pick within half the teacher's parameters, for every modular run
     if "plans" in args.stages:
-        runs = [("modular", 0)] + [(name, seed) for name, (_, seeds) in VARIANTS.items() for seed in range(seeds)]
+        runs = [("modular", 0)] + [(name, seed) for name, v in VARIANTS.items() for seed in range(v.seeds)]
         try:
             profile = profiled(work, main, args.threads)
         except NotDone as err:
@@ -438,8 +454,8 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
                 MISSING.append(str(err))
                 continue
             started = time.perf_counter()
-            rows += modular_rows(work, task, name, folder, [("planned", chosen)], test, loaders, args.steps,
-                                 completed_steps(folder)[1], seed)  # fmt: skip
+            steps, wall = completed_steps(folder)
+            rows += modular_rows(work, task, name, folder, [("planned", chosen)], test, loaders, steps, wall, seed)
             work.add_wall("multi30k-scoring", time.perf_counter() - started)
     else:
         missing.append("multi30k plans")
@@ -451,12 +467,12 @@ def second_seeds(work: Work, task: str, args, rows: list[dict], shape_of: dict, 
                  test, loaders: dict, teacher_params: int) -> list[dict]:  # fmt: skip
     """Seed 1 of each student within CLOSE_BLEU of a modular run at its shape (the default run's and every
     variant's named assembly, mean over the run's seeds), and seed 1 of the default run where it is close: their
-    rows. A variant has its seeds already (VARIANTS)."""
+    rows. A variant has its seeds already (VARIANTS); one with a longer budget than the students is not compared."""
     new: list[dict] = []
     labels_wall = work.walls.get("multi30k-pseudo-labels", 0.0)
     students: set[tuple[str, str]] = set()  # (method, shape) given seed 1 here: once, even if close to several runs
     for shape in COMPARED:
-        for method in ("modular", *VARIANTS):
+        for method in ("modular", *(name for name, v in VARIANTS.items() if v.steps_x == 1)):
             mod = mean_bleu(rows + new, method, shape, named_only=True)
             if mod is None:
                 continue
@@ -493,10 +509,10 @@ def profiled(work: Work, modules: Path, threads: int) -> Path:
     return path
 
 
-def planned(work: Work, run: str, modules: Path, profile: Path, teacher_params: int) -> Assembly:
+def planned(work: Work, name: str, modules: Path, profile: Path, teacher_params: int) -> Assembly:
     """`modformer plan` of one modular run within half the teacher's parameters (validated on `val`); its chosen
     assembly. Cached: the plan folder is written whole when the plan is done."""
-    out, stage = work.folder / "plans" / run, f"multi30k-plan-{run}"
+    out, stage = work.folder / "plans" / name, f"multi30k-plan-{name}"
     if not (out / "chosen.json").is_file():
         if REPORT_ONLY:
             raise NotDone(f"{stage}: no plan in {out}")
@@ -639,11 +655,15 @@ def claims(rows: list[dict], walls: dict) -> dict:
                          "pseudo_labels_s": labels,
                          "students": f"{len(METHODS)} methods x {len(COMPARED)} shapes (pseudo-labels once)",
                          "note": "the modular run serves every shape; each student serves one"}  # fmt: skip
-    for name, (extra, _) in VARIANTS.items():
-        wall = next((r["wall_s"] for r in m30 if r["method"] == name and r["seed"] == 0), None)
-        if wall is not None:
-            out.setdefault("variants", {})[name] = {"options": " ".join(extra), "wall_s": wall,
-                                                    **method_claims(rows, name)}  # fmt: skip
+    for name, variant in VARIANTS.items():
+        first = next((r for r in m30 if r["method"] == name and r["seed"] == 0), None)
+        if first is not None:
+            out.setdefault("variants", {})[name] = {
+                "options": " ".join(variant.options), "steps": first["steps"], "wall_s": first["wall_s"],
+                **({"note": f"{variant.steps_x}x the students' steps: the student comparison is not like for like"}
+                   if variant.steps_x != 1 else {}),
+                **method_claims(rows, name),
+            }  # fmt: skip
     return out
 
 
@@ -686,7 +706,7 @@ def plot(rows: list[dict], path: Path) -> None:
                     ax.annotate(r["shape"], (r[x], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
         styles = {"modular-random": ("x", "C7"), "sft": ("s", "C1"), "kd": ("^", "C2"), "pseudo": ("v", "C3"),
                   "no-curriculum": ("D", "C4"), "no-attn": ("P", "C5"), "teacher": ("*", "k"),
-                  **{v: ("h", f"C{6 + 2 * i}") for i, v in enumerate(VARIANTS)}}  # fmt: skip
+                  **dict(zip(VARIANTS, itertools.cycle((("h", "C6"), ("h", "C8"), ("p", "goldenrod")))))}  # fmt: skip
         for method, (marker, color) in styles.items():
             pts = [r for r in m30 if r["method"] == method and r.get(x)]
             if pts:
