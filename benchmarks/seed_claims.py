@@ -695,7 +695,7 @@ def plot(rows: list[dict], path: Path) -> None:
     m30 = [r for r in rows if r["task"] == "multi30k"]
     if not m30:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
     for ax, x in zip(axes, ("size_ratio", "speed_ratio"), strict=True):
         for rule, color in (("size-first", "C0"), ("speed-first", "C9")):
             mod = sorted((r for r in m30 if r["method"] == "modular" and r["seed"] == 0 and r["rule"] == rule
@@ -720,9 +720,10 @@ def plot(rows: list[dict], path: Path) -> None:
                        "speed_ratio": "measured speed ratio (teacher ms / model ms, batch 1)"}[x])  # fmt: skip
         ax.set_ylabel("BLEU, Multi30k test_2016_flickr")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    # below both panels: inside either, it hides points
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=8)
     fig.suptitle("One modular run vs. students trained per shape (Multi30k En-De)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
