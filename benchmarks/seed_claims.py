@@ -179,6 +179,12 @@ def data_args(task: str, *, val: bool = True) -> list:
     return [*args, "--val-split", t["val"]] if val else args
 
 
+def train_command(task: str, teacher: Path, steps: int, batch_size: int) -> list:
+    """`modformer train` of a modular run of `task` (granularities GRANULARITIES), without --out."""
+    return [*CLI, "train", "--teacher", teacher, *data_args(task), "--granularities", GRANULARITIES,
+            "--steps", steps, "--batch-size", batch_size]  # fmt: skip
+
+
 def completed_steps(out: Path) -> tuple[int, float | None]:
     """(steps done, training wall seconds) of a modular run, a student or a teacher in `out`; (0, None) if none."""
     for name, key in (("modular_config.json", "training"), (INFO_NAME, None), (TEACHER_INFO, None)):
@@ -337,8 +343,7 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     spec = DataSpec(str(TASKS[task]["data"]), src_ext="en", tgt_ext="de")
     test = load_split(spec, TASKS[task]["test"])
     loaders: dict = {}
-    train_cmd = [*CLI, "train", "--teacher", teacher, *data_args(task), "--granularities", GRANULARITIES,
-                 "--steps", args.steps, "--batch-size", args.batch_size]  # fmt: skip
+    train_cmd = train_command(task, teacher, args.steps, args.batch_size)
     main = work.folder / "modular"
     wall = train(work, "multi30k-modular", train_cmd, main, args.steps)
     modular = ModularModel.from_pretrained(main)
@@ -413,7 +418,7 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
         picked = named + ([("size-first", at_2x)] if at_2x not in shape_of.values() else [])
         for name, variant in VARIANTS.items():
             steps = args.steps * variant.steps_x
-            cmd = [*train_cmd[: train_cmd.index("--steps")], "--steps", steps, "--batch-size", args.batch_size]
+            cmd = train_command(task, teacher, steps, args.batch_size)
             for seed in range(variant.seeds):
                 out, stage = work.folder / seeded(name, seed), f"multi30k-{seeded(name, seed)}"
                 try:
@@ -454,8 +459,9 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
                 MISSING.append(str(err))
                 continue
             started = time.perf_counter()
-            steps, wall = completed_steps(folder)
-            rows += modular_rows(work, task, name, folder, [("planned", chosen)], test, loaders, steps, wall, seed)
+            run_steps, run_wall = completed_steps(folder)  # the run's own: variants differ in steps
+            rows += modular_rows(work, task, name, folder, [("planned", chosen)], test, loaders, run_steps, run_wall,
+                                 seed)  # fmt: skip
             work.add_wall("multi30k-scoring", time.perf_counter() - started)
     else:
         missing.append("multi30k plans")
@@ -553,8 +559,7 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     rows.append({"task": task, "method": "teacher", "assembly": str(teacher_assembly), "shape": "12-12",
                  "rule": "teacher", "size_ratio": 1.0, "depth_ratio": 1.0, "steps": args.squad_teacher_steps,
                  "wall_s": teacher_wall, "seed": 0, "model": "teacher", **t})  # fmt: skip
-    train_cmd = [*CLI, "train", "--teacher", teacher, *data_args(task), "--granularities", GRANULARITIES,
-                 "--steps", args.steps, "--batch-size", args.batch_size]  # fmt: skip
+    train_cmd = train_command(task, teacher, args.steps, args.batch_size)
     wall = train(work, "squad-modular", train_cmd, folder / "modular", args.steps)
     modular = ModularModel.from_pretrained(folder / "modular")
     c = modular.config
