@@ -16,26 +16,27 @@ user's checkpoint.
    spread log-evenly over 1.1x-6x.
 3. random orders: at 6-6 and 12-3, up to 5 other valid assemblies with the same block counts, drawn at random
    (granularities and their order): the same modules, no training.
-4. students: `modformer baseline sft|kd|pseudo` at 6-6 and 12-3, the modular run's steps and batch size. The
-   teacher's greedy outputs for the 29,000 training sources are generated once (timed) and shared by both pseudo
-   students (`--pseudo-labels`).
+4. students: `modformer baseline sft|kd|pseudo` at 6-6 and 12-3, the modular run's steps and batch size; and again
+   at every longer variant's steps (5b), so that each modular run is compared with students of its own budget
+   (`students/<method>-<shape>-<steps>steps-s0`). The teacher's greedy outputs for the 29,000 training sources are
+   generated once (timed) and shared by every pseudo student (`--pseudo-labels`).
 5. ablations: `modformer train --no-curriculum` and `--w-attn 0` (same steps), scored at 6-6 and 12-3.
 5b. variants: the modular run with one setting changed (`--hybrids-per-step 3`: three hybrids share each step's
    teacher pass, so every module gets about three times the updates in the same steps and batch size), two seeds,
    each scored at the named shapes, the size-first assembly nearest 2x, and the same random orders as 3; claims
    reported for it (means over its seeds) beside the default run's. And the same without attention distillation
    (`--w-attn 0`), two seeds; and that recipe once more at twice the steps (two seeds), which asks whether a longer
-   budget closes the gaps. Its students stay at --steps, so its comparison with them is marked as not like for
-   like, and it gets no second seeds of students.
+   budget closes the gaps. It is compared with students trained for its steps (4).
 6. seeds: where a modular run's assembly (the default run or a variant, mean over its seeds) and a student of the
-   same shape are within 0.5 BLEU, the student gets a second seed (and the default run too; a variant has its two)
-   and the comparison uses the means.
+   same shape and steps are within 0.5 BLEU, the student gets a second seed (and the default run too; a variant has
+   its two) and the comparison uses the means.
 6b. plans: `modformer profile` once, then `modformer plan` of every modular run (each seed) with the budget
    `params_m<=` half the teacher's parameters (at least 2x smaller), searched and validated on `val` (500 pairs);
    the chosen assembly is scored on test like the others (rule `planned`).
 7. timing: every Multi30k model above and the teacher, round-robin in one run (`generate` of exactly 32 new tokens
    for a 32-token source, batch 1, the profiler's timer and thread count; the least of 10 rounds, as the profiler's
-   default statistic): speed_ratio = teacher ms / model ms.
+   default statistic): speed_ratio = teacher ms / model ms. Models added to the benchmark after that run are timed
+   in a further round-robin run together with the teacher, and their ratio uses the teacher's time from that run.
 8. squad: SQuAD question generation (../shared/data/squad_qg): a 12+12 teacher trained with `modformer teacher
    --preset base`, one modular run and a KD 6-6 student (same steps); BLEU-4 (sacrebleu) and ROUGE-L on the first
    --squad-eval pairs of `valid`, timed like 7.
@@ -257,37 +258,39 @@ def score(work: Work, key: str, load, pairs, desc: str) -> dict:
     return work.scores[key]
 
 
-def time_all(work: Work, task: str, loaders: dict, threads: int) -> dict[str, float]:
-    """Least ms (of TIMING_REPEATS) of every model in `loaders` (teacher included), round-robin in one run (the
-    median is kept beside it); cached per set of models."""
+def time_all(work: Work, task: str, loaders: dict, threads: int) -> dict[str, tuple[float, float]]:
+    """(least ms of TIMING_REPEATS, the teacher's least ms in the same run) of every model in `loaders` (the teacher
+    among them). They are timed round-robin in one run; models added to the benchmark later are timed in a further
+    run beside the teacher, so every speed ratio divides two timings taken side by side. Cached: timing-<task>.json
+    keeps every run (the median beside the least)."""
     path = work.folder / f"timing-{task}.json"
     cached = json.loads(path.read_text()) if path.exists() else {}
-    if sorted(cached.get("ms", {})) == sorted(loaders) and cached.get("statistic") == "min":
-        return cached["ms"]
-    if REPORT_ONLY:
-        MISSING.append(f"{task} timing of {len(set(loaders) - set(cached.get('ms', {})))} models")
-        return cached.get("ms", {}) if cached.get("statistic") == "min" else {}
-    names = list(loaders)
-    print(f"[timing] {task}: {len(names)} models, round-robin, {TIMING}, {threads} threads")
-    models = [loaders[n]()[0] for n in names]
-    vocab = int(models[0].config.vocab_size)
-    torch.set_num_threads(threads)
-    started = time.perf_counter()
-    timings = time_models(models, TIMING, Timer("cpu"), vocab, 0, 2, TIMING_REPEATS)
-    work.add_wall(f"{task}-timing", time.perf_counter() - started)
-    ms = {n: t.min_ms for n, t in zip(names, timings, strict=True)}
-    write_json(
-        path,
-        {
-            "workload": str(TIMING),
-            "threads": threads,
-            "statistic": "min",
-            "repeats": TIMING_REPEATS,
-            "ms": ms,
-            "median_ms": {n: t.median_ms for n, t in zip(names, timings, strict=True)},
-        },
-    )
-    return ms
+    if cached.get("statistic") != "min":  # an older statistic: time everything again
+        cached = {}
+    runs = cached.get("runs") or ([{"ms": cached["ms"], "median_ms": cached["median_ms"]}] if "ms" in cached else [])
+    timed = {n for r in runs for n in r["ms"]}
+    new = [n for n in loaders if n not in timed]
+    if new and REPORT_ONLY:
+        MISSING.append(f"{task} timing of {len(new)} models")
+    elif new:
+        names = ["teacher", *(n for n in new if n != "teacher")]
+        print(f"[timing] {task}: {len(names)} models, round-robin, {TIMING}, {threads} threads")
+        models = [loaders[n]()[0] for n in names]
+        vocab = int(models[0].config.vocab_size)
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        timings = time_models(models, TIMING, Timer("cpu"), vocab, 0, 2, TIMING_REPEATS)
+        work.add_wall(f"{task}-timing", time.perf_counter() - started)
+        runs.append({"ms": {n: t.min_ms for n, t in zip(names, timings, strict=True)},
+                     "median_ms": {n: t.median_ms for n, t in zip(names, timings, strict=True)}})  # fmt: skip
+        write_json(path, {"workload": str(TIMING), "threads": threads, "statistic": "min",
+                          "repeats": TIMING_REPEATS, "runs": runs})  # fmt: skip
+    out: dict[str, tuple[float, float]] = {}
+    for r in runs:  # a model timed in several runs keeps its first
+        for n, ms in r["ms"].items():
+            if n in loaders:
+                out.setdefault(n, (ms, r["ms"]["teacher"]))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -326,11 +329,36 @@ def modular_rows(work: Work, task: str, method: str, folder: Path, assemblies: l
 MULTI30K_TEACHER = SHARED / "models" / "multi30k-t5-12x12"
 
 
+def student_name(method: str, shape: str, steps: int, seed: int, base_steps: int) -> str:
+    """A student's model key, `sft|6-6|s0`; a student at other steps than --steps says them: `sft|6-6|4000steps|s0`.
+    Its folder under students/ is the same with `-` for `|`."""
+    return "|".join([method, shape, *([f"{steps}steps"] if steps != base_steps else []), f"s{seed}"])
+
+
+def student(work: Work, args, method: str, shape: str, steps: int, seed: int, test, loaders: dict,
+            teacher_params: int) -> dict:  # fmt: skip
+    """Train (or resume) one Multi30k student through `modformer baseline` and score it: its row. Stage
+    `multi30k-<method>[-<steps>steps][-s<seed>]`; pseudo students read the shared labels and count their time."""
+    name = student_name(method, shape, steps, seed, args.steps)
+    out = work.folder / "students" / name.replace("|", "-")
+    extra = ["--pseudo-labels", work.folder / PSEUDO_NAME] if method == "pseudo" else []
+    cmd = [*CLI, "baseline", method, "--teacher", MULTI30K_TEACHER, "--shape", shape, *data_args("multi30k"),
+           "--steps", steps, "--batch-size", args.batch_size, *(["--seed", seed] if seed else []), *extra]  # fmt: skip
+    budget = f"-{steps}steps" if steps != args.steps else ""
+    train(work, seeded(f"multi30k-{method}{budget}", seed), cmd, out, steps)
+    started = time.perf_counter()
+    labels_wall = work.walls.get("multi30k-pseudo-labels", 0.0) if method == "pseudo" else 0.0
+    row = student_row(work, "multi30k", method, shape, out, test, loaders, teacher_params, labels_wall, seed, name)
+    work.add_wall("multi30k-scoring", time.perf_counter() - started)
+    return row
+
+
 def student_row(work: Work, task: str, method: str, shape: str, folder: Path, pairs, loaders: dict,
-                teacher_params: int, extra_wall: float = 0.0, seed: int = 0) -> dict:  # fmt: skip
-    name = f"{method}|{shape}|s{seed}"
-    loaders[name] = lambda: (load_seq2seq(folder), load_tokenizer(folder))
-    scores = score(work, f"{task}|{name}", loaders[name], pairs, f"{method} {shape} seed {seed}")
+                teacher_params: int, extra_wall: float = 0.0, seed: int = 0, name: str = "") -> dict:  # fmt: skip
+    name = name or f"{method}|{shape}|s{seed}"
+    load = lambda: (load_seq2seq(folder), load_tokenizer(folder))  # noqa: E731
+    scores = score(work, f"{task}|{name}", load, pairs, f"{method} {name.split('|', 1)[1].replace('|', ' ')}")
+    loaders[name] = load  # timed only once scored
     info = json.loads((folder / INFO_NAME).read_text())
     return {"task": task, "method": method, "assembly": f"student {shape} (teacher layers {info['layers']})",
             "shape": shape, "rule": "student", "size_ratio": teacher_params / info["parameters"],
@@ -379,21 +407,15 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
             sources = load_split(spec, "train").sources
             pseudo_labels(load_seq2seq(teacher), tokenizer, sources, work.folder, batch_size=64)
             work.add_wall("multi30k-pseudo-labels", time.perf_counter() - started)
-        label_wall = work.walls.get("multi30k-pseudo-labels", 0.0)
-        for shape in COMPARED:
-            for method in METHODS:
-                out = work.folder / "students" / f"{method}-{shape}-s0"
-                extra = ["--pseudo-labels", labels_path] if method == "pseudo" else []
-                cmd = [*CLI, "baseline", method, "--teacher", teacher, "--shape", shape, *data_args(task),
-                       "--steps", args.steps, "--batch-size", args.batch_size, *extra]  # fmt: skip
-                try:
-                    train(work, f"multi30k-{method}", cmd, out, args.steps)
-                    started = time.perf_counter()
-                    rows.append(student_row(work, task, method, shape, out, test, loaders, teacher_params,
-                                            label_wall if method == "pseudo" else 0.0))  # fmt: skip
-                    work.add_wall("multi30k-scoring", time.perf_counter() - started)
-                except NotDone as err:
-                    MISSING.append(str(err))
+        # at every budget a modular run has: --steps, and a longer variant's (like for like with it)
+        budgets = sorted({args.steps} | {args.steps * v.steps_x for v in VARIANTS.values()})
+        for steps in budgets:
+            for shape in COMPARED:
+                for method in METHODS:
+                    try:
+                        rows.append(student(work, args, method, shape, steps, 0, test, loaders, teacher_params))
+                    except NotDone as err:
+                        MISSING.append(str(err))
     else:
         missing.append("multi30k students")
 
@@ -437,7 +459,7 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     # second seeds where the margin is small
     if "seeds" in args.stages and "students" in args.stages:
         try:
-            rows += second_seeds(work, task, args, rows, shape_of, train_cmd, teacher, test, loaders, teacher_params)
+            rows += second_seeds(work, task, args, rows, shape_of, train_cmd, test, loaders, teacher_params)
         except NotDone as err:  # --report-only
             MISSING.append(f"multi30k second seeds: {err}")
     elif "seeds" not in args.stages:
@@ -469,37 +491,31 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     add_speed(work, task, rows, loaders, args.threads)
 
 
-def second_seeds(work: Work, task: str, args, rows: list[dict], shape_of: dict, train_cmd: list, teacher: str,
-                 test, loaders: dict, teacher_params: int) -> list[dict]:  # fmt: skip
-    """Seed 1 of each student within CLOSE_BLEU of a modular run at its shape (the default run's and every
-    variant's named assembly, mean over the run's seeds), and seed 1 of the default run where it is close: their
-    rows. A variant has its seeds already (VARIANTS); one with a longer budget than the students is not compared."""
+def second_seeds(work: Work, task: str, args, rows: list[dict], shape_of: dict, train_cmd: list, test,
+                 loaders: dict, teacher_params: int) -> list[dict]:  # fmt: skip
+    """Seed 1 of each student within CLOSE_BLEU of a modular run at its shape and steps (the default run's and
+    every variant's named assembly, mean over the run's seeds), and seed 1 of the default run where it is close:
+    their rows. A variant has its seeds already (VARIANTS)."""
     new: list[dict] = []
-    labels_wall = work.walls.get("multi30k-pseudo-labels", 0.0)
-    students: set[tuple[str, str]] = set()  # (method, shape) given seed 1 here: once, even if close to several runs
+    students: set[tuple[str, str, int]] = set()  # (method, shape, steps) given seed 1: once, even if close to several
     for shape in COMPARED:
-        for method in ("modular", *(name for name, v in VARIANTS.items() if v.steps_x == 1)):
+        for method, steps_x in (("modular", 1), *((name, v.steps_x) for name, v in VARIANTS.items())):
+            steps = args.steps * steps_x
             mod = mean_bleu(rows + new, method, shape, named_only=True)
             if mod is None:
                 continue
             close = [r for r in rows if r["rule"] == "student" and r["shape"] == shape and r["seed"] == 0
-                     and abs(mod[0] - r["bleu"]) < CLOSE_BLEU]  # fmt: skip
+                     and r["steps"] == steps and abs(mod[0] - r["bleu"]) < CLOSE_BLEU]  # fmt: skip
             if close and method == "modular" and mod[1] == 1:
                 out = work.folder / seeded("modular", 1)
                 s1_wall = train(work, f"multi30k-{seeded('modular', 1)}", [*train_cmd, "--seed", "1"], out, args.steps)
                 new += modular_rows(work, task, "modular", out, [(NAMED[shape], shape_of[shape])], test, loaders,
                                     args.steps, s1_wall, seed=1)  # fmt: skip
             for r in close:
-                if (r["method"], shape) in students:
+                if (r["method"], shape, steps) in students:
                     continue
-                students.add((r["method"], shape))
-                out = work.folder / "students" / f"{r['method']}-{shape}-s1"
-                extra = ["--pseudo-labels", work.folder / PSEUDO_NAME] if r["method"] == "pseudo" else []
-                cmd = [*CLI, "baseline", r["method"], "--teacher", teacher, "--shape", shape, *data_args(task),
-                       "--steps", args.steps, "--batch-size", args.batch_size, "--seed", "1", *extra]  # fmt: skip
-                train(work, f"multi30k-{r['method']}-s1", cmd, out, args.steps)
-                new.append(student_row(work, task, r["method"], shape, out, test, loaders, teacher_params,
-                                       labels_wall if r["method"] == "pseudo" else 0.0, seed=1))  # fmt: skip
+                students.add((r["method"], shape, steps))
+                new.append(student(work, args, r["method"], shape, steps, 1, test, loaders, teacher_params))
     return new
 
 
@@ -577,19 +593,22 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
 
 
 def add_speed(work: Work, task: str, rows: list[dict], loaders: dict, threads: int) -> None:
-    ms = time_all(work, task, loaders, threads)
+    timed = time_all(work, task, loaders, threads)
     for r in rows:
         if r["task"] == task:
-            r["latency_ms"] = ms.get(r["model"])
-            r["speed_ratio"] = ms["teacher"] / ms[r["model"]] if r["model"] in ms and "teacher" in ms else None
+            ms, teacher_ms = timed.get(r["model"], (None, None))
+            r["latency_ms"] = ms
+            r["speed_ratio"] = teacher_ms / ms if ms else None
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------------------------
-def mean_bleu(rows: list[dict], method: str, shape: str, named_only: bool = False) -> tuple[float, int] | None:
+def mean_bleu(rows: list[dict], method: str, shape: str, named_only: bool = False,
+              steps: int | None = None) -> tuple[float, int] | None:  # fmt: skip
+    """(mean BLEU, how many) of a method's Multi30k rows at a shape (and at `steps`, if given); None if none."""
     picked = [r["bleu"] for r in rows if r["method"] == method and r["shape"] == shape and r["task"] == "multi30k"
-              and (not named_only or r.get("named"))]  # fmt: skip
+              and (not named_only or r.get("named")) and (steps is None or r["steps"] == steps)]  # fmt: skip
     return (float(np.mean(picked)), len(picked)) if picked else None
 
 
@@ -600,16 +619,20 @@ def drop(bleu: float, teacher_bleu: float) -> dict:
             "met": pct <= DROP_TARGET_PCT}  # fmt: skip
 
 
-def method_claims(rows: list[dict], method: str) -> dict:
-    """The acceptance lines that concern one modular run (`method`, its random orders `method`-random)."""
+def method_claims(rows: list[dict], method: str, walls: dict) -> dict:
+    """The acceptance lines that concern one modular run (`method`, its random orders `method`-random), against the
+    students trained for the same steps."""
     out: dict = {}
     m30 = [r for r in rows if r["task"] == "multi30k"]
     teacher = next((r for r in m30 if r["method"] == "teacher"), None)
+    first = next((r for r in m30 if r["method"] == method and r["seed"] == 0), None)
+    steps = first["steps"] if first else None
     for shape in COMPARED:
         mod = mean_bleu(rows, method, shape, named_only=True)
-        entry: dict = {"modular_bleu": mod[0] if mod else None, "modular_seeds": mod[1] if mod else 0}
+        entry: dict = {"modular_bleu": mod[0] if mod else None, "modular_seeds": mod[1] if mod else 0,
+                       "students_steps": steps}  # fmt: skip
         for student in METHODS:
-            b = mean_bleu(rows, student, shape)
+            b = mean_bleu(rows, student, shape, steps=steps)
             entry[f"{student}_bleu"], entry[f"{student}_seeds"] = (b[0], b[1]) if b else (None, 0)
         done = [entry[f"{m}_bleu"] for m in METHODS if entry[f"{m}_bleu"] is not None]
         entry["modular_at_least_every_student"] = (mod is not None and len(done) == len(METHODS)
@@ -639,35 +662,32 @@ def method_claims(rows: list[dict], method: str) -> dict:
         if out[s]["modular_bleu"] is not None and out[s]["random_order_mean_bleu"] is not None
     }
     out["deterministic_beats_random"] = {"per_shape": beats, "met": bool(beats) and all(beats.values())}
+    # Training wall time as each run records it (pseudo students: plus the shared labels' generation, counted once).
+    students = [r for r in m30 if r["rule"] == "student" and r["seed"] == 0 and r["steps"] == steps]
+    labels = walls.get("multi30k-pseudo-labels", 0.0)
+    replaced = sum(r["wall_s"] for r in students) - labels * max(sum(r["method"] == "pseudo" for r in students) - 1, 0)
+    out["train_once"] = {"modular_wall_s": first["wall_s"] if first else None, "students_wall_s": replaced,
+                         "students_runs": len(students), "students_steps": steps, "pseudo_labels_s": labels,
+                         "students": f"{len(METHODS)} methods x {len(COMPARED)} shapes (pseudo-labels once)",
+                         "note": "the modular run serves every shape; each student serves one"}  # fmt: skip
     return out
 
 
 def claims(rows: list[dict], walls: dict) -> dict:
     """The issue's acceptance lines, each with the figures behind it: for the default modular run, then for each
     variant of its recipe."""
-    out = method_claims(rows, "modular")
+    out = method_claims(rows, "modular", walls)
     for shape in COMPARED:
         for name in ABLATIONS:
             a = mean_bleu(rows, name, shape)
             out[shape][f"{name}_bleu"] = a[0] if a else None
     m30 = [r for r in rows if r["task"] == "multi30k"]
-    students = [r for r in m30 if r["rule"] == "student" and r["seed"] == 0]
-    # Training wall time as each run records it (pseudo students: plus the shared labels' generation, counted once).
-    labels = walls.get("multi30k-pseudo-labels", 0.0)
-    replaced = sum(r["wall_s"] for r in students) - labels * max(sum(r["method"] == "pseudo" for r in students) - 1, 0)
-    modular_wall = next((r["wall_s"] for r in m30 if r["method"] == "modular" and r["seed"] == 0), None)
-    out["train_once"] = {"modular_wall_s": modular_wall, "students_wall_s": replaced, "students_runs": len(students),
-                         "pseudo_labels_s": labels,
-                         "students": f"{len(METHODS)} methods x {len(COMPARED)} shapes (pseudo-labels once)",
-                         "note": "the modular run serves every shape; each student serves one"}  # fmt: skip
     for name, variant in VARIANTS.items():
         first = next((r for r in m30 if r["method"] == name and r["seed"] == 0), None)
         if first is not None:
             out.setdefault("variants", {})[name] = {
                 "options": " ".join(variant.options), "steps": first["steps"], "wall_s": first["wall_s"],
-                **({"note": f"{variant.steps_x}x the students' steps: the student comparison is not like for like"}
-                   if variant.steps_x != 1 else {}),
-                **method_claims(rows, name),
+                **method_claims(rows, name, walls),
             }  # fmt: skip
     return out
 
@@ -700,6 +720,12 @@ def plot(rows: list[dict], path: Path) -> None:
     m30 = [r for r in rows if r["task"] == "multi30k"]
     if not m30:
         return
+    base = next((r["steps"] for r in m30 if r["method"] == "modular"), None)
+
+    def budget(r: dict) -> int | None:
+        """A student's steps where they differ from the modular run's (plotted hollow, labelled); else None."""
+        return r["steps"] if r["rule"] == "student" and r["steps"] != base else None
+
     fig, axes = plt.subplots(1, 2, figsize=(13, 6))
     for ax, x in zip(axes, ("size_ratio", "speed_ratio"), strict=True):
         for rule, color in (("size-first", "C0"), ("speed-first", "C9")):
@@ -714,9 +740,11 @@ def plot(rows: list[dict], path: Path) -> None:
                   **dict(zip(VARIANTS, itertools.cycle((("h", "C6"), ("h", "C8"), ("p", "goldenrod")))))}  # fmt: skip
         for method, (marker, color) in styles.items():
             pts = [r for r in m30 if r["method"] == method and r.get(x)]
-            if pts:
-                ax.scatter([r[x] for r in pts], [r["bleu"] for r in pts], marker=marker, color=color, s=60,
-                           label=method, zorder=3)  # fmt: skip
+            for steps in sorted({budget(r) for r in pts}, key=lambda b: b or 0):
+                at = [r for r in pts if budget(r) == steps]
+                ax.scatter([r[x] for r in at], [r["bleu"] for r in at], marker=marker, s=60, zorder=3,
+                           label=method + (f", {steps} steps" if steps else ""),
+                           **({"facecolors": "none", "edgecolors": color} if steps else {"color": color}))  # fmt: skip
         planned = [r for r in m30 if r["rule"] == "planned" and r.get(x)]
         if planned:  # ringed: the planner's pick within half the teacher's parameters, of each run
             ax.scatter([r[x] for r in planned], [r["bleu"] for r in planned], s=160, facecolors="none",
