@@ -348,14 +348,14 @@ def student(work: Work, args, method: str, shape: str, steps: int, seed: int, te
     train(work, seeded(f"multi30k-{method}{budget}", seed), cmd, out, steps)
     started = time.perf_counter()
     labels_wall = work.walls.get("multi30k-pseudo-labels", 0.0) if method == "pseudo" else 0.0
-    row = student_row(work, "multi30k", method, shape, out, test, loaders, teacher_params, labels_wall, seed, name)
+    row = student_row(work, "multi30k", method, shape, out, test, loaders, teacher_params, name, labels_wall, seed)
     work.add_wall("multi30k-scoring", time.perf_counter() - started)
     return row
 
 
 def student_row(work: Work, task: str, method: str, shape: str, folder: Path, pairs, loaders: dict,
-                teacher_params: int, extra_wall: float = 0.0, seed: int = 0, name: str = "") -> dict:  # fmt: skip
-    name = name or f"{method}|{shape}|s{seed}"
+                teacher_params: int, name: str, extra_wall: float = 0.0, seed: int = 0) -> dict:  # fmt: skip
+    """Score one student in `folder` (cached by `name`, from student_name) and time it later: its row."""
     load = lambda: (load_seq2seq(folder), load_tokenizer(folder))  # noqa: E731
     scores = score(work, f"{task}|{name}", load, pairs, f"{method} {name.split('|', 1)[1].replace('|', ' ')}")
     loaders[name] = load  # timed only once scored
@@ -588,7 +588,8 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     cmd = [*CLI, "baseline", "kd", "--teacher", teacher, "--shape", "6-6", *data_args(task), "--steps", args.steps,
            "--batch-size", args.batch_size]  # fmt: skip
     train(work, "squad-kd", cmd, out, args.steps)
-    rows.append(student_row(work, task, "kd", "6-6", out, pairs, loaders, teacher_params))
+    name = student_name("kd", "6-6", args.steps, 0, args.steps)
+    rows.append(student_row(work, task, "kd", "6-6", out, pairs, loaders, teacher_params, name))
     add_speed(work, task, rows, loaders, args.threads)
 
 
