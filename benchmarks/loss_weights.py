@@ -82,14 +82,22 @@ def main() -> None:
 
 
 def _write(out: Path, args, results: dict) -> None:
-    write_json(out, {
-        "command": "python benchmarks/loss_weights.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
-        "date": time.strftime("%Y-%m-%d"),
-        "teacher": args.teacher, "steps": args.steps, "batch_size": args.batch_size,
-        "settings": results,
-    })  # fmt: skip
+    write_json(
+        out,
+        {
+            "command": "python benchmarks/loss_weights.py " + " ".join(sys.argv[1:]),
+            "machine": {
+                "platform": platform.platform(),
+                "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+            },
+            "date": time.strftime("%Y-%m-%d"),
+            "teacher": args.teacher,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "settings": results,
+        },
+    )
 
 
 if __name__ == "__main__":

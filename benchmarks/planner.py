@@ -134,8 +134,9 @@ def main() -> None:
     # 1. profile
     profile_path = args.work / "profile.json"
     if not profile_path.exists():
-        walls["profile_s"] = run([*CLI, "profile", "--modules", args.modules, "--out", profile_path],
-                                 args.work / "profile.log")  # fmt: skip
+        walls["profile_s"] = run(
+            [*CLI, "profile", "--modules", args.modules, "--out", profile_path], args.work / "profile.log"
+        )
         save_walls()
     profile = LatencyProfile.load(profile_path)
 
@@ -146,8 +147,21 @@ def main() -> None:
         if not (out / "chosen.json").exists():
             storage = args.work / f"{name}.optuna.log"
             storage.unlink(missing_ok=True)
-            walls[f"{name}_s"] = run([*CLI, "plan", "--modules", args.modules, "--profile", profile_path, *data_args(),
-                                      "--out", out, "--overwrite"], args.work / f"{name}.log")  # fmt: skip
+            walls[f"{name}_s"] = run(
+                [
+                    *CLI,
+                    "plan",
+                    "--modules",
+                    args.modules,
+                    "--profile",
+                    profile_path,
+                    *data_args(),
+                    "--out",
+                    out,
+                    "--overwrite",
+                ],
+                args.work / f"{name}.log",
+            )
             save_walls()
         plans[name] = {
             "scored": pd.read_csv(out / "scored.csv"),
@@ -187,8 +201,14 @@ def main() -> None:
     for trials in sorted({500, 1000, default_trials(space.size), 2500}):
         sim = simulate(space, truth, trials)
         values = sim[["proxy_loss", "latency_ms", "memory_mb"]].to_numpy(dtype=float)
-        curve.append({"trials": trials, "scored": len(sim), "scored_fraction": len(sim) / space.size,
-                      "hypervolume_fraction": hypervolume(values[pareto_mask(values)], low, span) / hv_truth})  # fmt: skip
+        curve.append(
+            {
+                "trials": trials,
+                "scored": len(sim),
+                "scored_fraction": len(sim) / space.size,
+                "hypervolume_fraction": hypervolume(values[pareto_mask(values)], low, span) / hv_truth,
+            }
+        )
         if trials == default_trials(space.size):
             # The plan also scores the size-first / speed-first points (for its plot); the search's own are the rest.
             rule_set = set(rule_points(load_for_scoring(settings).modular, space)["assembly"])
@@ -227,13 +247,21 @@ def main() -> None:
     per_budget, strictly_better = [], []
     for b, d in zip(budgets, BUDGET_DIVISORS, strict=True):
         in_budget = {a: bleu[a] for a in picks[b]}
-        rule_best = {s: max((bleu[a] for a in picks[b] if s in rule_names.get(a, "")), default=None)
-                     for s in ("size-first", "speed-first")}  # fmt: skip
+        rule_best = {
+            s: max((bleu[a] for a in picks[b] if s in rule_names.get(a, "")), default=None)
+            for s in ("size-first", "speed-first")
+        }
         best = max(in_budget, key=lambda a: in_budget[a])
-        row = {"latency_budget_ms": round(b, 3), "teacher_latency_over": d, "planner_choice": best,
-               "planner_bleu": in_budget[best], "planner_choice_is_rule_point": best in rule_names,
-               "size_first_bleu": rule_best["size-first"], "speed_first_bleu": rule_best["speed-first"],
-               "candidates": {a: round(in_budget[a], 3) for a in picks[b]}}  # fmt: skip
+        row = {
+            "latency_budget_ms": round(b, 3),
+            "teacher_latency_over": d,
+            "planner_choice": best,
+            "planner_bleu": in_budget[best],
+            "planner_choice_is_rule_point": best in rule_names,
+            "size_first_bleu": rule_best["size-first"],
+            "speed_first_bleu": rule_best["speed-first"],
+            "candidates": {a: round(in_budget[a], 3) for a in picks[b]},
+        }
         rules_best = max(v for v in rule_best.values() if v is not None)
         row["at_least_as_good"] = in_budget[best] >= rules_best
         row["strictly_better"] = in_budget[best] > rules_best
@@ -298,10 +326,22 @@ def main() -> None:
 def draw(all_values, truth_front, plan_values, scored):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(all_values[:, 1], all_values[:, 0], s=1, color="0.85", label=f"whole space ({len(all_values):,})")
-    ax.scatter(plan_values[:, 1], plan_values[:, 0], s=2, color="C0", alpha=0.4,
-               label=f"scored by the plan ({len(plan_values):,})")  # fmt: skip
-    ax.scatter(truth_front[:, 1], truth_front[:, 0], s=10, facecolors="none", edgecolors="k",
-               label=f"ground-truth frontier ({len(truth_front)})")  # fmt: skip
+    ax.scatter(
+        plan_values[:, 1],
+        plan_values[:, 0],
+        s=2,
+        color="C0",
+        alpha=0.4,
+        label=f"scored by the plan ({len(plan_values):,})",
+    )
+    ax.scatter(
+        truth_front[:, 1],
+        truth_front[:, 0],
+        s=10,
+        facecolors="none",
+        edgecolors="k",
+        label=f"ground-truth frontier ({len(truth_front)})",
+    )
     mine = plan_values[pareto_mask(plan_values)]
     ax.scatter(mine[:, 1], mine[:, 0], s=6, color="C3", label=f"plan frontier ({len(mine)})")
     ax.set_xlabel("predicted latency (ms)")

@@ -67,8 +67,13 @@ TARGETS = {  # issue 3, per batch size unless top-level
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[info]}"))  # fmt: skip
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
 
 
 def _reporter(progress: Progress, name: str):
@@ -116,8 +121,9 @@ def stage_profile(modular: ModularModel, config: ProfileConfig, path: Path, sett
     return profile
 
 
-def stage_validate(profile: LatencyProfile, modular: ModularModel, n: int, seed: int, repeats: int, path: Path,
-                   settled: dict) -> dict:  # fmt: skip
+def stage_validate(
+    profile: LatencyProfile, modular: ModularModel, n: int, seed: int, repeats: int, path: Path, settled: dict
+) -> dict:
     previous = profile.meta.get("validation")
     if previous and (previous.get("n"), previous.get("seed"), previous.get("repeats")) == (n, seed, repeats):
         print(f"[cached] validation in {path}")
@@ -128,8 +134,9 @@ def stage_validate(profile: LatencyProfile, modular: ModularModel, n: int, seed:
     workloads = [Workload(b, src, max(grid["gen_lens"])) for b in grid["batch_sizes"]]
     started = time.perf_counter()
     with _progress() as progress:
-        result = validate(profile, modular, n, workloads, seed=seed, repeats=repeats,
-                          on_progress=_reporter(progress, "validate"))  # fmt: skip
+        result = validate(
+            profile, modular, n, workloads, seed=seed, repeats=repeats, on_progress=_reporter(progress, "validate")
+        )
     result["seconds"] = round(time.perf_counter() - started, 1)
     profile.save(path)
     return result
@@ -165,8 +172,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="held-out assemblies")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per block measurement")
-    parser.add_argument("--validate-repeats", type=int, default=40,
-                        help="timed rounds per held-out assembly (the export check runs twice as many)")  # fmt: skip
+    parser.add_argument(
+        "--validate-repeats",
+        type=int,
+        default=40,
+        help="timed rounds per held-out assembly (the export check runs twice as many)",
+    )
     parser.add_argument("--granularities", default="2,3,4,6", help="module sizes to build")
     parser.add_argument("--batch", default="1,8", help="grid batch sizes (validated at each)")
     parser.add_argument("--src-len", default="32,64", help="grid source lengths (validated at their middle)")
@@ -186,9 +197,15 @@ def main() -> None:
     transformers.utils.logging.disable_progress_bar()
 
     ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
-    config = ProfileConfig(threads=args.threads, repeats=args.repeats, seed=args.seed, batch_sizes=ints(args.batch),
-                           src_lens=ints(args.src_len), gen_lens=ints(args.gen_len),
-                           statistic=args.statistic)  # fmt: skip
+    config = ProfileConfig(
+        threads=args.threads,
+        repeats=args.repeats,
+        seed=args.seed,
+        batch_sizes=ints(args.batch),
+        src_lens=ints(args.src_len),
+        gen_lens=ints(args.gen_len),
+        statistic=args.statistic,
+    )
     modular = stage_modules(args.teacher, work, list(ints(args.granularities)))
     print(
         f"grid: {progress_total(config)} measurement steps over {len(modular.blocks) + 2 * modular.depth('encoder')} blocks"
@@ -197,27 +214,35 @@ def main() -> None:
     settled = json.loads(settled_path.read_text()) if settled_path.is_file() else {}
     profile = stage_profile(modular, config, work / "profile.json", settled)
     write_json(settled_path, settled)
-    validation = stage_validate(profile, modular, args.n, args.seed, args.validate_repeats, work / "profile.json",
-                                settled)  # fmt: skip
+    validation = stage_validate(
+        profile, modular, args.n, args.seed, args.validate_repeats, work / "profile.json", settled
+    )
     write_json(settled_path, settled)
 
     per_batch = {}
     rows = pd.DataFrame(validation["rows"])
     for batch, figures in validation["per_batch"].items():
-        checks = {key: (figures[key] <= bound if op == "<=" else figures[key] >= bound)
-                  for key, (op, bound) in TARGETS.items() if key in figures}  # fmt: skip
+        checks = {
+            key: (figures[key] <= bound if op == "<=" else figures[key] >= bound)
+            for key, (op, bound) in TARGETS.items()
+            if key in figures
+        }
         group = rows[rows["batch"] == int(batch)]
         # How busy the machine was: the typical (median) call against the least, per assembly.
         noise = (group["measured_median_ms"] / group["measured_min_ms"]).astype(float)
-        per_batch[batch] = {**figures, "targets_met": checks, "median_over_min_mean": float(noise.mean()),
-                            "median_over_min_max": float(noise.max())}  # fmt: skip
+        per_batch[batch] = {
+            **figures,
+            "targets_met": checks,
+            "median_over_min_mean": float(noise.mean()),
+            "median_over_min_max": float(noise.max()),
+        }
     export_ratio = validation["export"]["export_vs_native_ratio"]
     report = {
         "command": "python benchmarks/profiler.py " + " ".join(sys.argv[1:]),
         "machine": {
             **fingerprint("cpu", "fp32", profile.fingerprint.get("torch_threads")),
             "processor": platform.processor() or platform.machine(),
-        },  # fmt: skip
+        },
         "date": time.strftime("%Y-%m-%d"),
         "teacher": args.teacher,
         "modules": f"untrained modules of granularity {args.granularities} (a module costs what a trained one costs)",

@@ -28,10 +28,30 @@ from modformer.io import write_json  # noqa: E402
 
 def train_cmd(args, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "modformer.cli", "train", "--teacher", args.teacher, "--data", args.data,
-        "--src-ext", "en", "--tgt-ext", "de", "--out", str(out), "--steps", str(args.steps),
-        "--save-every", str(args.save_every), "--eval-every", str(args.steps), "--seed", "0", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "modformer.cli",
+        "train",
+        "--teacher",
+        args.teacher,
+        "--data",
+        args.data,
+        "--src-ext",
+        "en",
+        "--tgt-ext",
+        "de",
+        "--out",
+        str(out),
+        "--steps",
+        str(args.steps),
+        "--save-every",
+        str(args.save_every),
+        "--eval-every",
+        str(args.steps),
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 def completed_steps(out: Path) -> int:
@@ -99,8 +119,15 @@ def main() -> None:
         "target": "relative_difference <= 0.01",
     }
     write_json(args.out, report)
-    print(json.dumps({k: report[k] for k in ("killed_after_checkpoint_step", "uninterrupted_loss", "resumed_loss",
-                                             "relative_difference")}, indent=2))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                k: report[k]
+                for k in ("killed_after_checkpoint_step", "uninterrupted_loss", "resumed_loss", "relative_difference")
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -86,14 +86,31 @@ from modformer.teacher import INFO_NAME as TEACHER_INFO  # noqa: E402
 SHARED = ROOT.parent / "shared"
 CLI = [sys.executable, "-m", "modformer.cli"]
 TASKS = {
-    "multi30k": {"data": SHARED / "data" / "multi30k_en_de", "src_ext": "en", "tgt_ext": "de", "val": "val",
-                 "test": "test_2016_flickr"},
-    "squad_qg": {"data": SHARED / "data" / "squad_qg", "src_ext": "src", "tgt_ext": "tgt", "val": "valid",
-                 "test": "valid"},
-}  # fmt: skip
+    "multi30k": {
+        "data": SHARED / "data" / "multi30k_en_de",
+        "src_ext": "en",
+        "tgt_ext": "de",
+        "val": "val",
+        "test": "test_2016_flickr",
+    },
+    "squad_qg": {
+        "data": SHARED / "data" / "squad_qg",
+        "src_ext": "src",
+        "tgt_ext": "tgt",
+        "val": "valid",
+        "test": "valid",
+    },
+}
 GRANULARITIES = "2,3,4,6"
-NAMED = {"12-6": "size-first", "6-6": "size-first", "4-4": "size-first", "12-3": "speed-first",
-         "12-2": "speed-first", "3-3": "size-first", "2-2": "size-first"}  # fmt: skip
+NAMED = {
+    "12-6": "size-first",
+    "6-6": "size-first",
+    "4-4": "size-first",
+    "12-3": "speed-first",
+    "12-2": "speed-first",
+    "3-3": "size-first",
+    "2-2": "size-first",
+}
 TEACHER_DEPTHS = (12, 12)  # both teachers here are 12+12 (checked when their modules load)
 GRANULARITY_LIST = tuple(int(g) for g in GRANULARITIES.split(","))
 COMPARED = ("6-6", "12-3")  # the shapes the students and ablations are trained / scored at
@@ -182,8 +199,19 @@ def data_args(task: str, *, val: bool = True) -> list:
 
 def train_command(task: str, teacher: Path, steps: int, batch_size: int) -> list:
     """`modformer train` of a modular run of `task` (granularities GRANULARITIES), without --out."""
-    return [*CLI, "train", "--teacher", teacher, *data_args(task), "--granularities", GRANULARITIES,
-            "--steps", steps, "--batch-size", batch_size]  # fmt: skip
+    return [
+        *CLI,
+        "train",
+        "--teacher",
+        teacher,
+        *data_args(task),
+        "--granularities",
+        GRANULARITIES,
+        "--steps",
+        steps,
+        "--batch-size",
+        batch_size,
+    ]
 
 
 def completed_steps(out: Path) -> tuple[int, float | None]:
@@ -281,10 +309,16 @@ def time_all(work: Work, task: str, loaders: dict, threads: int) -> dict[str, tu
         started = time.perf_counter()
         timings = time_models(models, TIMING, Timer("cpu"), vocab, 0, 2, TIMING_REPEATS)
         work.add_wall(f"{task}-timing", time.perf_counter() - started)
-        runs.append({"ms": {n: t.min_ms for n, t in zip(names, timings, strict=True)},
-                     "median_ms": {n: t.median_ms for n, t in zip(names, timings, strict=True)}})  # fmt: skip
-        write_json(path, {"workload": str(TIMING), "threads": threads, "statistic": "min",
-                          "repeats": TIMING_REPEATS, "runs": runs})  # fmt: skip
+        runs.append(
+            {
+                "ms": {n: t.min_ms for n, t in zip(names, timings, strict=True)},
+                "median_ms": {n: t.median_ms for n, t in zip(names, timings, strict=True)},
+            }
+        )
+        write_json(
+            path,
+            {"workload": str(TIMING), "threads": threads, "statistic": "min", "repeats": TIMING_REPEATS, "runs": runs},
+        )
     out: dict[str, tuple[float, float]] = {}
     for r in runs:  # a model timed in several runs keeps its first
         for n, ms in r["ms"].items():
@@ -296,8 +330,18 @@ def time_all(work: Work, task: str, loaders: dict, threads: int) -> dict[str, tu
 # --------------------------------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------------------------------
-def modular_rows(work: Work, task: str, method: str, folder: Path, assemblies: list[tuple[str, Assembly]],
-                 pairs, loaders: dict, steps: int, wall: float | None, seed: int = 0) -> list[dict]:  # fmt: skip
+def modular_rows(
+    work: Work,
+    task: str,
+    method: str,
+    folder: Path,
+    assemblies: list[tuple[str, Assembly]],
+    pairs,
+    loaders: dict,
+    steps: int,
+    wall: float | None,
+    seed: int = 0,
+) -> list[dict]:
     """Score assemblies of one modular checkpoint; a row each (speed filled in later)."""
     holder: dict = {}
 
@@ -319,10 +363,23 @@ def modular_rows(work: Work, task: str, method: str, folder: Path, assemblies: l
             del loaders[name]
             continue
         cost = modular().cost_model()
-        rows.append({"task": task, "method": method, "assembly": str(a),
-                     "shape": f"{len(a.encoder)}-{len(a.decoder)}", "rule": rule, "named": str(a) in named,
-                     "size_ratio": cost.size_ratio(a), "depth_ratio": depth_ratio(a), "steps": steps, "wall_s": wall, "seed": seed,
-                     "model": name, **scores})  # fmt: skip
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "assembly": str(a),
+                "shape": f"{len(a.encoder)}-{len(a.decoder)}",
+                "rule": rule,
+                "named": str(a) in named,
+                "size_ratio": cost.size_ratio(a),
+                "depth_ratio": depth_ratio(a),
+                "steps": steps,
+                "wall_s": wall,
+                "seed": seed,
+                "model": name,
+                **scores,
+            }
+        )
     return rows
 
 
@@ -335,15 +392,30 @@ def student_name(method: str, shape: str, steps: int, seed: int, base_steps: int
     return "|".join([method, shape, *([f"{steps}steps"] if steps != base_steps else []), f"s{seed}"])
 
 
-def student(work: Work, args, method: str, shape: str, steps: int, seed: int, test, loaders: dict,
-            teacher_params: int) -> dict:  # fmt: skip
+def student(
+    work: Work, args, method: str, shape: str, steps: int, seed: int, test, loaders: dict, teacher_params: int
+) -> dict:
     """Train (or resume) one Multi30k student through `modformer baseline` and score it: its row. Stage
     `multi30k-<method>[-<steps>steps][-s<seed>]`; pseudo students read the shared labels and count their time."""
     name = student_name(method, shape, steps, seed, args.steps)
     out = work.folder / "students" / name.replace("|", "-")
     extra = ["--pseudo-labels", work.folder / PSEUDO_NAME] if method == "pseudo" else []
-    cmd = [*CLI, "baseline", method, "--teacher", MULTI30K_TEACHER, "--shape", shape, *data_args("multi30k"),
-           "--steps", steps, "--batch-size", args.batch_size, *(["--seed", seed] if seed else []), *extra]  # fmt: skip
+    cmd = [
+        *CLI,
+        "baseline",
+        method,
+        "--teacher",
+        MULTI30K_TEACHER,
+        "--shape",
+        shape,
+        *data_args("multi30k"),
+        "--steps",
+        steps,
+        "--batch-size",
+        args.batch_size,
+        *(["--seed", seed] if seed else []),
+        *extra,
+    ]
     budget = f"-{steps}steps" if steps != args.steps else ""
     train(work, seeded(f"multi30k-{method}{budget}", seed), cmd, out, steps)
     started = time.perf_counter()
@@ -353,17 +425,38 @@ def student(work: Work, args, method: str, shape: str, steps: int, seed: int, te
     return row
 
 
-def student_row(work: Work, task: str, method: str, shape: str, folder: Path, pairs, loaders: dict,
-                teacher_params: int, name: str, extra_wall: float = 0.0, seed: int = 0) -> dict:  # fmt: skip
+def student_row(
+    work: Work,
+    task: str,
+    method: str,
+    shape: str,
+    folder: Path,
+    pairs,
+    loaders: dict,
+    teacher_params: int,
+    name: str,
+    extra_wall: float = 0.0,
+    seed: int = 0,
+) -> dict:
     """Score one student in `folder` (cached by `name`, from student_name) and time it later: its row."""
     load = lambda: (load_seq2seq(folder), load_tokenizer(folder))  # noqa: E731
     scores = score(work, f"{task}|{name}", load, pairs, f"{method} {name.split('|', 1)[1].replace('|', ' ')}")
     loaders[name] = load  # timed only once scored
     info = json.loads((folder / INFO_NAME).read_text())
-    return {"task": task, "method": method, "assembly": f"student {shape} (teacher layers {info['layers']})",
-            "shape": shape, "rule": "student", "size_ratio": teacher_params / info["parameters"],
-            "depth_ratio": None, "steps": info["completed_steps"], "wall_s": info["wall_s"] + extra_wall,
-            "seed": seed, "model": name, **scores}  # fmt: skip
+    return {
+        "task": task,
+        "method": method,
+        "assembly": f"student {shape} (teacher layers {info['layers']})",
+        "shape": shape,
+        "rule": "student",
+        "size_ratio": teacher_params / info["parameters"],
+        "depth_ratio": None,
+        "steps": info["completed_steps"],
+        "wall_s": info["wall_s"] + extra_wall,
+        "seed": seed,
+        "model": name,
+        **scores,
+    }
 
 
 def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
@@ -384,9 +477,22 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     tokenizer = load_tokenizer(teacher)
     loaders["teacher"] = lambda: (load_seq2seq(teacher), tokenizer)
     t = score(work, f"{task}|teacher", loaders["teacher"], test, "teacher")
-    rows.append({"task": task, "method": "teacher", "assembly": str(teacher_assembly), "shape": "12-12",
-                 "rule": "teacher", "size_ratio": 1.0, "depth_ratio": 1.0, "steps": None, "wall_s": None,
-                 "seed": 0, "model": "teacher", **t})  # fmt: skip
+    rows.append(
+        {
+            "task": task,
+            "method": "teacher",
+            "assembly": str(teacher_assembly),
+            "shape": "12-12",
+            "rule": "teacher",
+            "size_ratio": 1.0,
+            "depth_ratio": 1.0,
+            "steps": None,
+            "wall_s": None,
+            "seed": 0,
+            "model": "teacher",
+            **t,
+        }
+    )
     shape_of = {s: assembly_for_shape(s, c.encoder_layers, c.decoder_layers, c.granularities) for s in NAMED}
     named = [(NAMED[s], a) for s, a in shape_of.items()]
     spread = [(r, a) for r, a in spread_assemblies(modular, args.spread) if a not in shape_of.values()]
@@ -429,8 +535,9 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
                 MISSING.append(str(err))
                 continue
             started = time.perf_counter()
-            rows += modular_rows(work, task, name, out, [(NAMED[s], shape_of[s]) for s in COMPARED], test, loaders,
-                                 args.steps, ab_wall)  # fmt: skip
+            rows += modular_rows(
+                work, task, name, out, [(NAMED[s], shape_of[s]) for s in COMPARED], test, loaders, args.steps, ab_wall
+            )
             work.add_wall("multi30k-scoring", time.perf_counter() - started)
     else:
         missing.append("multi30k ablations")
@@ -450,8 +557,7 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
                     continue
                 started = time.perf_counter()
                 rows += modular_rows(work, task, name, out, picked, test, loaders, steps, v_wall, seed)
-                rows += modular_rows(work, task, f"{name}-random", out, random_pick, test, loaders, steps, v_wall,
-                                     seed)  # fmt: skip
+                rows += modular_rows(work, task, f"{name}-random", out, random_pick, test, loaders, steps, v_wall, seed)
                 work.add_wall("multi30k-scoring", time.perf_counter() - started)
     else:
         missing.append("multi30k variants")
@@ -482,8 +588,9 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
                 continue
             started = time.perf_counter()
             run_steps, run_wall = completed_steps(folder)  # the run's own: variants differ in steps
-            rows += modular_rows(work, task, name, folder, [("planned", chosen)], test, loaders, run_steps, run_wall,
-                                 seed)  # fmt: skip
+            rows += modular_rows(
+                work, task, name, folder, [("planned", chosen)], test, loaders, run_steps, run_wall, seed
+            )
             work.add_wall("multi30k-scoring", time.perf_counter() - started)
     else:
         missing.append("multi30k plans")
@@ -491,8 +598,17 @@ def multi30k(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     add_speed(work, task, rows, loaders, args.threads)
 
 
-def second_seeds(work: Work, task: str, args, rows: list[dict], shape_of: dict, train_cmd: list, test,
-                 loaders: dict, teacher_params: int) -> list[dict]:  # fmt: skip
+def second_seeds(
+    work: Work,
+    task: str,
+    args,
+    rows: list[dict],
+    shape_of: dict,
+    train_cmd: list,
+    test,
+    loaders: dict,
+    teacher_params: int,
+) -> list[dict]:
     """Seed 1 of each student within CLOSE_BLEU of a modular run at its shape and steps (the default run's and
     every variant's named assembly, mean over the run's seeds), and seed 1 of the default run where it is close:
     their rows. A variant has its seeds already (VARIANTS)."""
@@ -504,13 +620,30 @@ def second_seeds(work: Work, task: str, args, rows: list[dict], shape_of: dict, 
             mod = mean_bleu(rows + new, method, shape, named_only=True)
             if mod is None:
                 continue
-            close = [r for r in rows if r["rule"] == "student" and r["shape"] == shape and r["seed"] == 0
-                     and r["steps"] == steps and abs(mod[0] - r["bleu"]) < CLOSE_BLEU]  # fmt: skip
+            close = [
+                r
+                for r in rows
+                if r["rule"] == "student"
+                and r["shape"] == shape
+                and r["seed"] == 0
+                and r["steps"] == steps
+                and abs(mod[0] - r["bleu"]) < CLOSE_BLEU
+            ]
             if close and method == "modular" and mod[1] == 1:
                 out = work.folder / seeded("modular", 1)
                 s1_wall = train(work, f"multi30k-{seeded('modular', 1)}", [*train_cmd, "--seed", "1"], out, args.steps)
-                new += modular_rows(work, task, "modular", out, [(NAMED[shape], shape_of[shape])], test, loaders,
-                                    args.steps, s1_wall, seed=1)  # fmt: skip
+                new += modular_rows(
+                    work,
+                    task,
+                    "modular",
+                    out,
+                    [(NAMED[shape], shape_of[shape])],
+                    test,
+                    loaders,
+                    args.steps,
+                    s1_wall,
+                    seed=1,
+                )
             for r in close:
                 if (r["method"], shape, steps) in students:
                     continue
@@ -540,9 +673,23 @@ def planned(work: Work, name: str, modules: Path, profile: Path, teacher_params:
             raise NotDone(f"{stage}: no plan in {out}")
         limit = math.floor(teacher_params / PLAN_SIZE_RATIO) / 1e6  # millions, rounded down: at least 2x smaller
         out.parent.mkdir(exist_ok=True)
-        cmd = [*CLI, "plan", "--modules", modules, "--profile", profile, *data_args("multi30k", val=False),
-               "--split", TASKS["multi30k"]["val"], "--budget", f"params_m<={limit:.6f}",
-               "--validate-samples", PLAN_VALIDATE_PAIRS, "--out", out]  # fmt: skip
+        cmd = [
+            *CLI,
+            "plan",
+            "--modules",
+            modules,
+            "--profile",
+            profile,
+            *data_args("multi30k", val=False),
+            "--split",
+            TASKS["multi30k"]["val"],
+            "--budget",
+            f"params_m<={limit:.6f}",
+            "--validate-samples",
+            PLAN_VALIDATE_PAIRS,
+            "--out",
+            out,
+        ]
         print(f"[{stage}] modformer plan --budget params_m<={limit:.6f} -> {out}")
         work.add_wall(stage, run(cmd, out.with_name(f"{out.name}.log")))
     return Assembly.parse(json.loads((out / "chosen.json").read_text())["assembly"])
@@ -556,8 +703,17 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     # A teacher folder without teacher.json was written whole, at the end, by a version without checkpoints.
     finished_before = (teacher / "config.json").is_file() and not (teacher / TEACHER_INFO).is_file()
     if not finished_before:
-        cmd = [*CLI, "teacher", *data_args(task), "--preset", "base", "--steps", args.squad_teacher_steps,
-               "--batch-size", args.batch_size]  # fmt: skip
+        cmd = [
+            *CLI,
+            "teacher",
+            *data_args(task),
+            "--preset",
+            "base",
+            "--steps",
+            args.squad_teacher_steps,
+            "--batch-size",
+            args.batch_size,
+        ]
         teacher_wall = train(work, "squad-teacher", cmd, teacher, args.squad_teacher_steps)
     else:
         teacher_wall = work.walls.get("squad-teacher")
@@ -572,9 +728,22 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     work.add_wall("squad-scoring", time.perf_counter() - started)
     t_config = json.loads((teacher / "config.json").read_text())
     teacher_assembly = Assembly.teacher(t_config["num_layers"], t_config["num_decoder_layers"])
-    rows.append({"task": task, "method": "teacher", "assembly": str(teacher_assembly), "shape": "12-12",
-                 "rule": "teacher", "size_ratio": 1.0, "depth_ratio": 1.0, "steps": args.squad_teacher_steps,
-                 "wall_s": teacher_wall, "seed": 0, "model": "teacher", **t})  # fmt: skip
+    rows.append(
+        {
+            "task": task,
+            "method": "teacher",
+            "assembly": str(teacher_assembly),
+            "shape": "12-12",
+            "rule": "teacher",
+            "size_ratio": 1.0,
+            "depth_ratio": 1.0,
+            "steps": args.squad_teacher_steps,
+            "wall_s": teacher_wall,
+            "seed": 0,
+            "model": "teacher",
+            **t,
+        }
+    )
     train_cmd = train_command(task, teacher, args.steps, args.batch_size)
     wall = train(work, "squad-modular", train_cmd, folder / "modular", args.steps)
     modular = ModularModel.from_pretrained(folder / "modular")
@@ -585,8 +754,20 @@ def squad(work: Work, args, rows: list[dict], missing: list[str]) -> None:
     rows += modular_rows(work, task, "modular", folder / "modular", shapes, pairs, loaders, args.steps, wall)
     work.add_wall("squad-scoring", time.perf_counter() - started)
     out = folder / "kd-6-6-s0"
-    cmd = [*CLI, "baseline", "kd", "--teacher", teacher, "--shape", "6-6", *data_args(task), "--steps", args.steps,
-           "--batch-size", args.batch_size]  # fmt: skip
+    cmd = [
+        *CLI,
+        "baseline",
+        "kd",
+        "--teacher",
+        teacher,
+        "--shape",
+        "6-6",
+        *data_args(task),
+        "--steps",
+        args.steps,
+        "--batch-size",
+        args.batch_size,
+    ]
     train(work, "squad-kd", cmd, out, args.steps)
     name = student_name("kd", "6-6", args.steps, 0, args.steps)
     rows.append(student_row(work, task, "kd", "6-6", out, pairs, loaders, teacher_params, name))
@@ -605,19 +786,32 @@ def add_speed(work: Work, task: str, rows: list[dict], loaders: dict, threads: i
 # --------------------------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------------------------
-def mean_bleu(rows: list[dict], method: str, shape: str, named_only: bool = False,
-              steps: int | None = None) -> tuple[float, int] | None:  # fmt: skip
+def mean_bleu(
+    rows: list[dict], method: str, shape: str, named_only: bool = False, steps: int | None = None
+) -> tuple[float, int] | None:
     """(mean BLEU, how many) of a method's Multi30k rows at a shape (and at `steps`, if given); None if none."""
-    picked = [r["bleu"] for r in rows if r["method"] == method and r["shape"] == shape and r["task"] == "multi30k"
-              and (not named_only or r.get("named")) and (steps is None or r["steps"] == steps)]  # fmt: skip
+    picked = [
+        r["bleu"]
+        for r in rows
+        if r["method"] == method
+        and r["shape"] == shape
+        and r["task"] == "multi30k"
+        and (not named_only or r.get("named"))
+        and (steps is None or r["steps"] == steps)
+    ]
     return (float(np.mean(picked)), len(picked)) if picked else None
 
 
 def drop(bleu: float, teacher_bleu: float) -> dict:
     """BLEU against the teacher's: the relative drop and whether it is within DROP_TARGET_PCT."""
     pct = 100 * (1 - bleu / teacher_bleu)
-    return {"bleu": bleu, "teacher_bleu": teacher_bleu, "relative_drop_pct": pct, "target_pct": DROP_TARGET_PCT,
-            "met": pct <= DROP_TARGET_PCT}  # fmt: skip
+    return {
+        "bleu": bleu,
+        "teacher_bleu": teacher_bleu,
+        "relative_drop_pct": pct,
+        "target_pct": DROP_TARGET_PCT,
+        "met": pct <= DROP_TARGET_PCT,
+    }
 
 
 def method_claims(rows: list[dict], method: str, walls: dict) -> dict:
@@ -630,14 +824,18 @@ def method_claims(rows: list[dict], method: str, walls: dict) -> dict:
     steps = first["steps"] if first else None
     for shape in COMPARED:
         mod = mean_bleu(rows, method, shape, named_only=True)
-        entry: dict = {"modular_bleu": mod[0] if mod else None, "modular_seeds": mod[1] if mod else 0,
-                       "students_steps": steps}  # fmt: skip
+        entry: dict = {
+            "modular_bleu": mod[0] if mod else None,
+            "modular_seeds": mod[1] if mod else 0,
+            "students_steps": steps,
+        }
         for student in METHODS:
             b = mean_bleu(rows, student, shape, steps=steps)
             entry[f"{student}_bleu"], entry[f"{student}_seeds"] = (b[0], b[1]) if b else (None, 0)
         done = [entry[f"{m}_bleu"] for m in METHODS if entry[f"{m}_bleu"] is not None]
-        entry["modular_at_least_every_student"] = (mod is not None and len(done) == len(METHODS)
-                                                   and all(mod[0] >= b for b in done))  # fmt: skip
+        entry["modular_at_least_every_student"] = (
+            mod is not None and len(done) == len(METHODS) and all(mod[0] >= b for b in done)
+        )
         rnd = mean_bleu(rows, f"{method}-random", shape)
         entry["random_order_mean_bleu"] = rnd[0] if rnd else None
         entry["random_orders"] = rnd[1] if rnd else 0
@@ -647,16 +845,22 @@ def method_claims(rows: list[dict], method: str, walls: dict) -> dict:
         at2 = min(size_first, key=lambda r: abs(r["size_ratio"] - 2.0), default=None)
         if at2:
             seeds = [r["bleu"] for r in m30 if r["method"] == method and r["assembly"] == at2["assembly"]]
-            out["at_2x_size"] = {"assembly": at2["assembly"], "size_ratio": at2["size_ratio"], "seeds": len(seeds),
-                                 **drop(float(np.mean(seeds)), teacher["bleu"])}  # fmt: skip
+            out["at_2x_size"] = {
+                "assembly": at2["assembly"],
+                "size_ratio": at2["size_ratio"],
+                "seeds": len(seeds),
+                **drop(float(np.mean(seeds)), teacher["bleu"]),
+            }
     plans = [r for r in m30 if r["method"] == method and r["rule"] == "planned"]
     if teacher and plans:
         out["at_2x_size_planned"] = {
-            "assemblies": [r["assembly"] for r in plans], "size_ratios": [r["size_ratio"] for r in plans],
-            "seeds": len(plans), **drop(float(np.mean([r["bleu"] for r in plans])), teacher["bleu"]),
+            "assemblies": [r["assembly"] for r in plans],
+            "size_ratios": [r["size_ratio"] for r in plans],
+            "seeds": len(plans),
+            **drop(float(np.mean([r["bleu"] for r in plans])), teacher["bleu"]),
             "how": f"`modformer plan --budget params_m<=` teacher / {PLAN_SIZE_RATIO:g}, chosen on val "
-                   f"({PLAN_VALIDATE_PAIRS} pairs), scored on test",
-        }  # fmt: skip
+            f"({PLAN_VALIDATE_PAIRS} pairs), scored on test",
+        }
     beats = {
         s: (out[s]["modular_bleu"] > out[s]["random_order_mean_bleu"])
         for s in COMPARED
@@ -667,10 +871,15 @@ def method_claims(rows: list[dict], method: str, walls: dict) -> dict:
     students = [r for r in m30 if r["rule"] == "student" and r["seed"] == 0 and r["steps"] == steps]
     labels = walls.get("multi30k-pseudo-labels", 0.0)
     replaced = sum(r["wall_s"] for r in students) - labels * max(sum(r["method"] == "pseudo" for r in students) - 1, 0)
-    out["train_once"] = {"modular_wall_s": first["wall_s"] if first else None, "students_wall_s": replaced,
-                         "students_runs": len(students), "students_steps": steps, "pseudo_labels_s": labels,
-                         "students": f"{len(METHODS)} methods x {len(COMPARED)} shapes (pseudo-labels once)",
-                         "note": "the modular run serves every shape; each student serves one"}  # fmt: skip
+    out["train_once"] = {
+        "modular_wall_s": first["wall_s"] if first else None,
+        "students_wall_s": replaced,
+        "students_runs": len(students),
+        "students_steps": steps,
+        "pseudo_labels_s": labels,
+        "students": f"{len(METHODS)} methods x {len(COMPARED)} shapes (pseudo-labels once)",
+        "note": "the modular run serves every shape; each student serves one",
+    }
     return out
 
 
@@ -687,33 +896,54 @@ def claims(rows: list[dict], walls: dict) -> dict:
         first = next((r for r in m30 if r["method"] == name and r["seed"] == 0), None)
         if first is not None:
             out.setdefault("variants", {})[name] = {
-                "options": " ".join(variant.options), "steps": first["steps"], "wall_s": first["wall_s"],
+                "options": " ".join(variant.options),
+                "steps": first["steps"],
+                "wall_s": first["wall_s"],
                 **method_claims(rows, name, walls),
-            }  # fmt: skip
+            }
     return out
 
 
 def markdown(rows: list[dict], result: dict) -> str:
-    lines = [f"# Seed claims: results\n\nCommand: `{result['command']}`  \nMachine: {result['machine_summary']}  \n"
-             f"Complete: {result['complete']}" + (f" (missing: {', '.join(result['missing'])})" if result["missing"]
-                                                    else "") + "\n"]  # fmt: skip
+    lines = [
+        f"# Seed claims: results\n\nCommand: `{result['command']}`  \nMachine: {result['machine_summary']}  \n"
+        f"Complete: {result['complete']}"
+        + (f" (missing: {', '.join(result['missing'])})" if result["missing"] else "")
+        + "\n"
+    ]
     for task in TASKS:
         picked = [r for r in rows if r["task"] == task]
         if not picked:
             continue
         metric = "ROUGE-L" if task == "squad_qg" else "chrF"
-        lines += [f"\n## {task}\n", f"| method | shape | assembly | size x | speed x | BLEU | {metric} | steps | "
-                  "train s |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"\n## {task}\n",
+            f"| method | shape | assembly | size x | speed x | BLEU | {metric} | steps | train s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in sorted(picked, key=lambda r: (r["method"] != "teacher", r["method"], r["size_ratio"])):
             other = r["rougeL"] if task == "squad_qg" else r["chrf"]
             speed = f"{r['speed_ratio']:.2f}" if r.get("speed_ratio") else "-"
             wall = f"{r['wall_s']:.0f}" if r.get("wall_s") else "-"
-            method = r["method"] + (" planned" if r["rule"] == "planned" else "") + \
-                (f" (seed {r['seed']})" if r["seed"] else "")  # fmt: skip
-            lines.append(f"| {method} | {r['shape']} | `{r['assembly']}` | {r['size_ratio']:.2f} | {speed} | "
-                         f"{r['bleu']:.2f} | {other:.2f} | {r['steps'] or '-'} | {wall} |")  # fmt: skip
-    lines += ["\n## Claims\n", "```json", json.dumps(result["claims"], indent=2), "```",
-              "\n## Stage wall times (s)\n", "```json", json.dumps(result["walls"], indent=2), "```"]  # fmt: skip
+            method = (
+                r["method"]
+                + (" planned" if r["rule"] == "planned" else "")
+                + (f" (seed {r['seed']})" if r["seed"] else "")
+            )
+            lines.append(
+                f"| {method} | {r['shape']} | `{r['assembly']}` | {r['size_ratio']:.2f} | {speed} | "
+                f"{r['bleu']:.2f} | {other:.2f} | {r['steps'] or '-'} | {wall} |"
+            )
+    lines += [
+        "\n## Claims\n",
+        "```json",
+        json.dumps(result["claims"], indent=2),
+        "```",
+        "\n## Stage wall times (s)\n",
+        "```json",
+        json.dumps(result["walls"], indent=2),
+        "```",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -730,28 +960,54 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 6))
     for ax, x in zip(axes, ("size_ratio", "speed_ratio"), strict=True):
         for rule, color in (("size-first", "C0"), ("speed-first", "C9")):
-            mod = sorted((r for r in m30 if r["method"] == "modular" and r["seed"] == 0 and r["rule"] == rule
-                          and r.get(x)), key=lambda r: r[x])  # fmt: skip
+            mod = sorted(
+                (r for r in m30 if r["method"] == "modular" and r["seed"] == 0 and r["rule"] == rule and r.get(x)),
+                key=lambda r: r[x],
+            )
             ax.plot([r[x] for r in mod], [r["bleu"] for r in mod], "o-", color=color, label=f"modular, {rule}")
             for r in mod:
                 if r["named"]:
                     ax.annotate(r["shape"], (r[x], r["bleu"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        styles = {"modular-random": ("x", "C7"), "sft": ("s", "C1"), "kd": ("^", "C2"), "pseudo": ("v", "C3"),
-                  "no-curriculum": ("D", "C4"), "no-attn": ("P", "C5"), "teacher": ("*", "k"),
-                  **dict(zip(VARIANTS, itertools.cycle((("h", "C6"), ("h", "C8"), ("p", "goldenrod")))))}  # fmt: skip
+        styles = {
+            "modular-random": ("x", "C7"),
+            "sft": ("s", "C1"),
+            "kd": ("^", "C2"),
+            "pseudo": ("v", "C3"),
+            "no-curriculum": ("D", "C4"),
+            "no-attn": ("P", "C5"),
+            "teacher": ("*", "k"),
+            **dict(zip(VARIANTS, itertools.cycle((("h", "C6"), ("h", "C8"), ("p", "goldenrod"))))),
+        }
         for method, (marker, color) in styles.items():
             pts = [r for r in m30 if r["method"] == method and r.get(x)]
             for steps in sorted({budget(r) for r in pts}, key=lambda b: b or 0):
                 at = [r for r in pts if budget(r) == steps]
-                ax.scatter([r[x] for r in at], [r["bleu"] for r in at], marker=marker, s=60, zorder=3,
-                           label=method + (f", {steps} steps" if steps else ""),
-                           **({"facecolors": "none", "edgecolors": color} if steps else {"color": color}))  # fmt: skip
+                ax.scatter(
+                    [r[x] for r in at],
+                    [r["bleu"] for r in at],
+                    marker=marker,
+                    s=60,
+                    zorder=3,
+                    label=method + (f", {steps} steps" if steps else ""),
+                    **({"facecolors": "none", "edgecolors": color} if steps else {"color": color}),
+                )
         planned = [r for r in m30 if r["rule"] == "planned" and r.get(x)]
         if planned:  # ringed: the planner's pick within half the teacher's parameters, of each run
-            ax.scatter([r[x] for r in planned], [r["bleu"] for r in planned], s=160, facecolors="none",
-                       edgecolors="k", label="planner's pick, <= half the parameters", zorder=4)  # fmt: skip
-        ax.set_xlabel({"size_ratio": "size ratio (teacher params / model params)",
-                       "speed_ratio": "measured speed ratio (teacher ms / model ms, batch 1)"}[x])  # fmt: skip
+            ax.scatter(
+                [r[x] for r in planned],
+                [r["bleu"] for r in planned],
+                s=160,
+                facecolors="none",
+                edgecolors="k",
+                label="planner's pick, <= half the parameters",
+                zorder=4,
+            )
+        ax.set_xlabel(
+            {
+                "size_ratio": "size ratio (teacher params / model params)",
+                "speed_ratio": "measured speed ratio (teacher ms / model ms, batch 1)",
+            }[x]
+        )
         ax.set_ylabel("BLEU, Multi30k test_2016_flickr")
         ax.grid(alpha=0.3)
     # below both panels: inside either, it hides points
@@ -818,7 +1074,7 @@ def main() -> None:
             "decoding": "greedy, max 64 new tokens, batch 64",
             "multi30k_split": TASKS["multi30k"]["test"],
             "squad_split": "valid",
-        },  # fmt: skip
+        },
         "complete": not missing,
         "missing": missing,
         "walls": work.walls,

@@ -83,7 +83,7 @@ def main() -> None:
             "processor": platform.processor() or platform.machine(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
-        },  # fmt: skip
+        },
         "date": time.strftime("%Y-%m-%d"),
         "teacher": args.teacher,
         "batch_size": args.batch_size,

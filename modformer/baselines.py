@@ -134,11 +134,16 @@ class StudentTrainer:
             s: dict(enumerate(self.adapter.layers(self.teacher, s)[i] for i in self.layer_map[s])) for s in STACKS
         }
         s_layers = {s: dict(enumerate(self.adapter.layers(self.student, s))) for s in STACKS}
-        with torch.no_grad(), self.adapter.record(t_layers["encoder"], "encoder") as te, \
-                self.adapter.record(t_layers["decoder"], "decoder") as td:  # fmt: skip
+        with (
+            torch.no_grad(),
+            self.adapter.record(t_layers["encoder"], "encoder") as te,
+            self.adapter.record(t_layers["decoder"], "decoder") as td,
+        ):
             teacher_logits = self.teacher(**inputs, use_cache=False).logits
-        with self.adapter.record(s_layers["encoder"], "encoder") as se, \
-                self.adapter.record(s_layers["decoder"], "decoder") as sd:  # fmt: skip
+        with (
+            self.adapter.record(s_layers["encoder"], "encoder") as se,
+            self.adapter.record(s_layers["decoder"], "decoder") as sd,
+        ):
             out = self.student(**inputs, use_cache=False)
         hidden = out.loss.new_zeros(())
         n = 0
@@ -146,8 +151,11 @@ class StudentTrainer:
             for j in srec:
                 hidden = hidden + self.hidden_loss(srec[j].hidden, trec[j].hidden, masks[s])
                 n += 1
-        return {"ce": out.loss, "logit": self.logit_loss(out.logits, teacher_logits, masks["decoder"]),
-                "hidden": hidden / max(n, 1)}  # fmt: skip
+        return {
+            "ce": out.loss,
+            "logit": self.logit_loss(out.logits, teacher_logits, masks["decoder"]),
+            "hidden": hidden / max(n, 1),
+        }
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
         cfg = self.config
@@ -156,8 +164,10 @@ class StudentTrainer:
         loss = sum(weights[k] * v for k, v in parts.items())
         if not torch.isfinite(loss):
             bad = next((k for k, v in parts.items() if not torch.isfinite(v)), "total")
-            raise ConfigError(f"step {self.state.step + 1}: the {bad} loss is not finite; training stopped "
-                              "(the last checkpoint is kept; try a lower --lr)")  # fmt: skip
+            raise ConfigError(
+                f"step {self.state.step + 1}: the {bad} loss is not finite; training stopped "
+                "(the last checkpoint is kept; try a lower --lr)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
@@ -174,8 +184,13 @@ class StudentTrainer:
             self.student.train()
 
     # --- the loop -------------------------------------------------------------------------------------------------
-    def fit(self, out_dir: Path, tokenizer, on_step: Callable[[int, float, dict], None] | None = None,
-            on_eval: Callable[[int, float], None] | None = None) -> StudentState:  # fmt: skip
+    def fit(
+        self,
+        out_dir: Path,
+        tokenizer,
+        on_step: Callable[[int, float, dict], None] | None = None,
+        on_eval: Callable[[int, float], None] | None = None,
+    ) -> StudentState:
         cfg = self.config
         stream = self.train.stream(cfg.batch_size, seed=cfg.seed, start_step=self.state.step)
         started = time.perf_counter() - self.state.seconds
@@ -211,14 +226,26 @@ class StudentTrainer:
 
     def info(self) -> dict:
         params = sum(p.numel() for p in self.student.parameters())
-        return {"modformer_version": __version__, "baseline": asdict(self.config), "layers": self.layer_map,
-                "parameters": params, "completed_steps": self.state.step, "wall_s": round(self.state.seconds, 1),
-                "history": self.state.history}  # fmt: skip
+        return {
+            "modformer_version": __version__,
+            "baseline": asdict(self.config),
+            "layers": self.layer_map,
+            "parameters": params,
+            "completed_steps": self.state.step,
+            "wall_s": round(self.state.seconds, 1),
+            "history": self.state.history,
+        }
 
     def _state_dict(self) -> dict:
-        return {"step": self.state.step, "seconds": self.state.seconds, "history": self.state.history,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "python_rng": encode_random_state(self.rng.getstate()), "torch_rng": torch.get_rng_state()}  # fmt: skip
+        return {
+            "step": self.state.step,
+            "seconds": self.state.seconds,
+            "history": self.state.history,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "python_rng": encode_random_state(self.rng.getstate()),
+            "torch_rng": torch.get_rng_state(),
+        }
 
     def resume(self, out_dir: Path) -> None:
         """Continue the run saved in `out_dir`: its student weights, optimizer, scheduler, random states and step."""
@@ -227,8 +254,10 @@ class StudentTrainer:
         recorded = info.get("baseline", {})
         for key in ("method", "shape", "batch_size", "seed"):
             if recorded.get(key) != getattr(self.config, key):
-                raise ConfigError(f"--resume: {out_dir} was trained with {key} {recorded.get(key)!r}, "
-                                  f"not {getattr(self.config, key)!r}")  # fmt: skip
+                raise ConfigError(
+                    f"--resume: {out_dir} was trained with {key} {recorded.get(key)!r}, "
+                    f"not {getattr(self.config, key)!r}"
+                )
         from safetensors.torch import load_file
 
         try:
@@ -240,8 +269,9 @@ class StudentTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.rng.setstate(decode_random_state(state["python_rng"]))
         torch.set_rng_state(state["torch_rng"])
-        self.state = StudentState(step=int(state["step"]), history=list(state["history"]),
-                                  seconds=float(state["seconds"]))  # fmt: skip
+        self.state = StudentState(
+            step=int(state["step"]), history=list(state["history"]), seconds=float(state["seconds"])
+        )
         if self.state.step > self.config.steps:
             raise ConfigError(f"the run in {out_dir} is at step {self.state.step}, past --steps {self.config.steps}")
 
@@ -261,8 +291,16 @@ def read_pseudo_labels(path: Path, count: int, out_dir: Path) -> list[str]:
     return lines
 
 
-def pseudo_labels(teacher: nn.Module, tokenizer, sources: list[str], out_dir: Path, *, batch_size: int = 64,
-                  max_new_tokens: int = 64, on_batch: Callable[[int], None] | None = None) -> list[str]:  # fmt: skip
+def pseudo_labels(
+    teacher: nn.Module,
+    tokenizer,
+    sources: list[str],
+    out_dir: Path,
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[str]:
     """The teacher's greedy outputs for `sources`, cached in `out_dir/pseudo_labels.txt` (one per line)."""
     from modformer.data import Seq2SeqData
     from modformer.evaluation import generate
@@ -273,8 +311,9 @@ def pseudo_labels(teacher: nn.Module, tokenizer, sources: list[str], out_dir: Pa
         if len(lines) == len(sources):
             return lines
     data = Seq2SeqData(sources, [""] * len(sources), "pseudo-label sources").tokenize(tokenizer)
-    outputs = generate(teacher, tokenizer, data.batches(batch_size, shuffle=False), max_new_tokens=max_new_tokens,
-                       on_batch=on_batch)  # fmt: skip
+    outputs = generate(
+        teacher, tokenizer, data.batches(batch_size, shuffle=False), max_new_tokens=max_new_tokens, on_batch=on_batch
+    )
     outputs = [" ".join(o.split()) or "." for o in outputs]  # one line each, never empty
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from modformer.errors import ConfigError, ModformerError
+from modformer.errors import ConfigError, ModformerError, with_flags
 
 app = typer.Typer(
     help="Compress a seq2seq Transformer once into modular layers; assemble many model sizes from that one run.",
@@ -31,6 +31,8 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 _state = {"debug": False}
+# Settings whose flag is not `--` + the setting's name with dashes (see `modformer.errors.with_flags`).
+FLAGS = {"json_out": "--json", "pseudo_labels_file": "--pseudo-labels"}
 
 
 @app.callback()
@@ -58,8 +60,7 @@ def handles_errors(fn):
         except ModformerError as err:
             if _state["debug"]:
                 raise
-            message = str(err).splitlines()[0] if str(err) else err.__class__.__name__
-            raise _fail(message, getattr(err, "exit_code", 1)) from None
+            raise _fail(with_flags(err, FLAGS), err.exit_code) from None
         except OSError as err:  # the file system refused a path the user gave: a file where a folder goes, read-only
             if _state["debug"]:
                 raise
@@ -209,10 +210,19 @@ def train(
     from modformer.modular.trainer import ReplacingTrainer, TrainConfig
 
     config = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=lr, w_ce=w_ce, w_hidden=w_hidden, w_attn=w_attn, w_logit=w_logit,
-        curriculum=curriculum, hybrids_per_step=hybrids_per_step, eval_every=eval_every, save_every=save_every,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        w_ce=w_ce,
+        w_hidden=w_hidden,
+        w_attn=w_attn,
+        w_logit=w_logit,
+        curriculum=curriculum,
+        hybrids_per_step=hybrids_per_step,
+        eval_every=eval_every,
+        save_every=save_every,
         seed=seed,
-    )  # fmt: skip
+    )
     gs = _parse_granularities(granularities)
     if resume and not (out / CONFIG_NAME).is_file():
         raise ConfigError(f"--resume: {out} holds no modular checkpoint to continue")
@@ -338,12 +348,19 @@ def assemble(
     records = []
     for name, a in rows:
         a = model.validate(a) if isinstance(a, Assembly) else a
-        rec = {"strategy": name, "shape": a.shape, "assembly": a.format(), "parameters": cost.params(a),
-               "size_ratio": cost.size_ratio(a), "speed_ratio": (speed or cost.speed_ratio)(a),
-               "speed_ratio_source": "profile" if speed else "estimate"}  # fmt: skip
+        rec = {
+            "strategy": name,
+            "shape": a.shape,
+            "assembly": a.format(),
+            "parameters": cost.params(a),
+            "size_ratio": cost.size_ratio(a),
+            "speed_ratio": (speed or cost.speed_ratio)(a),
+            "speed_ratio_source": "profile" if speed else "estimate",
+        }
         records.append(rec)
-        table.add_row(name, a.shape, a.format(), f"{rec['parameters']:,}", f"{rec['size_ratio']:.2f}",
-                      f"{rec['speed_ratio']:.2f}")  # fmt: skip
+        table.add_row(
+            name, a.shape, a.format(), f"{rec['parameters']:,}", f"{rec['size_ratio']:.2f}", f"{rec['speed_ratio']:.2f}"
+        )
     console.print(table)
     if json_out:
         from modformer.io import write_json
@@ -421,7 +438,7 @@ def baseline(
             "--pseudo-labels",
             help="pseudo: reuse these teacher outputs (one per training source, e.g. "
             "another pseudo student's pseudo_labels.txt) instead of generating them.",
-        ),  # fmt: skip
+        ),
     ] = None,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
@@ -434,8 +451,18 @@ def baseline(
     from modformer.checkpoints import load_seq2seq, load_tokenizer
     from modformer.data import Seq2SeqData, load_split
 
-    config = BaselineConfig(method=method, shape=shape, steps=steps, batch_size=batch_size, lr=lr, w_logit=w_logit,
-                            w_hidden=w_hidden, eval_every=eval_every, save_every=save_every, seed=seed)  # fmt: skip
+    config = BaselineConfig(
+        method=method,
+        shape=shape,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        w_logit=w_logit,
+        w_hidden=w_hidden,
+        eval_every=eval_every,
+        save_every=save_every,
+        seed=seed,
+    )
     if resume and not (out / STATE_NAME).is_file():
         raise ConfigError(f"--resume: {out} holds no baseline run to continue")
     if pseudo_labels_file is not None and method != "pseudo":
@@ -453,16 +480,19 @@ def baseline(
             targets = read_pseudo_labels(pseudo_labels_file, len(train_data), out)
         elif method == "pseudo":
             task = progress.add_task("pseudo-labels", total=len(train_data), info="teacher, greedy")
-            targets = pseudo_labels(teacher_model, tokenizer, train_data.sources, out,
-                                    on_batch=lambda n: progress.advance(task, n))  # fmt: skip
+            targets = pseudo_labels(
+                teacher_model, tokenizer, train_data.sources, out, on_batch=lambda n: progress.advance(task, n)
+            )
         if method == "pseudo":
             train_data = Seq2SeqData(train_data.sources, targets, f"{train_data.origin}, teacher's outputs")
         trainer = StudentTrainer(*trainer_args, train_data.tokenize(tokenizer), val_data.tokenize(tokenizer))
         if resume:
             trainer.resume(out)
         layers = ", ".join(f"{s} {trainer.layer_map[s]}" for s in trainer.layer_map)
-        progress.console.print(f"{method} student {shape} (teacher layers {layers}); {config.steps} steps"
-                               + (f", resuming at {trainer.state.step}" if resume else ""))  # fmt: skip
+        progress.console.print(
+            f"{method} student {shape} (teacher layers {layers}); {config.steps} steps"
+            + (f", resuming at {trainer.state.step}" if resume else "")
+        )
         task = progress.add_task(method, total=config.steps, completed=trainer.state.step, info="")
 
         def on_step(step: int, loss: float, parts: dict) -> None:
@@ -574,8 +604,15 @@ def plan(
     _quiet_optuna()
     _refuse_existing(out, overwrite)
     parsed_budget = Budget.parse(budget)
-    search = SearchConfig(method=method, trials=trials, population=population, exhaustive_limit=exhaustive_limit,
-                          seed=seed, objectives=_csv_tuple(objectives), class_seeds=class_seeds)  # fmt: skip
+    search = SearchConfig(
+        method=method,
+        trials=trials,
+        population=population,
+        exhaustive_limit=exhaustive_limit,
+        seed=seed,
+        objectives=_csv_tuple(objectives),
+        class_seeds=class_seeds,
+    )
     workload = {k: v for k, v in (("batch", batch), ("src_len", src_len), ("gen_len", gen_len)) if v is not None}
     loaded_profile = _load_profile(profile)
     if workload:
@@ -584,10 +621,18 @@ def plan(
         workload = {**asdict(default_workload(loaded_profile)), **workload}
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
     settings = PlanSettings(
-        modules=str(modules), data=asdict(spec), split=split, proxy_samples=proxy_samples, validate=validate,
-        validate_samples=validate_samples, metric=metric, max_new_tokens=max_new_tokens, budget=str(parsed_budget) if budget.strip() else "",
-        workload=workload, search=config_record(search),
-    )  # fmt: skip
+        modules=str(modules),
+        data=asdict(spec),
+        split=split,
+        proxy_samples=proxy_samples,
+        validate=validate,
+        validate_samples=validate_samples,
+        metric=metric,
+        max_new_tokens=max_new_tokens,
+        budget=str(parsed_budget) if budget.strip() else "",
+        workload=workload,
+        search=config_record(search),
+    )
     storage = storage or str(out.with_name(out.name + ".optuna.log"))
     if overwrite and "://" not in storage and Path(storage).exists() and study_name is None:
         Path(storage).unlink()  # --overwrite starts the default study afresh
@@ -600,17 +645,33 @@ def plan(
                 tasks[phase] = progress.add_task(phase, total=None, info="")
             progress.update(tasks[phase], completed=done, total=total, info=escape(info))
 
-        result = run_plan(settings, loaded_profile, storage=storage, study_name=study_name or out.name,
-                          workers=workers, remote_workers=remote_workers, on_progress=on_progress)  # fmt: skip
-    figure = plot_pareto(result.scored, result.frontier, result.rules, metric=metric,
-                         budget_latency_ms=parsed_budget.latency_ms)  # fmt: skip
+        result = run_plan(
+            settings,
+            loaded_profile,
+            storage=storage,
+            study_name=study_name or out.name,
+            workers=workers,
+            remote_workers=remote_workers,
+            on_progress=on_progress,
+        )
+    figure = plot_pareto(
+        result.scored, result.frontier, result.rules, metric=metric, budget_latency_ms=parsed_budget.latency_ms
+    )
     png = figure_png(figure)
-    html = report_html(png=png, frontier=result.frontier, rules=result.rules, chosen=result.chosen,
-                       summary=result.summary)  # fmt: skip
+    html = report_html(
+        png=png, frontier=result.frontier, rules=result.rules, chosen=result.chosen, summary=result.summary
+    )
     with atomic_dir(out, overwrite=overwrite) as tmp:
         result.frontier.to_csv(tmp / "frontier.csv", index=False)
-        write_json(tmp / "frontier.json", {"summary": result.summary, "chosen": result.chosen,
-                                           "frontier": _records(result.frontier), "rules": _records(result.rules)})  # fmt: skip
+        write_json(
+            tmp / "frontier.json",
+            {
+                "summary": result.summary,
+                "chosen": result.chosen,
+                "frontier": _records(result.frontier),
+                "rules": _records(result.rules),
+            },
+        )
         result.scored.to_csv(tmp / "scored.csv", index=False)
         (tmp / "pareto.png").write_bytes(png)
         (tmp / "report.html").write_text(html, encoding="utf-8")
@@ -628,13 +689,32 @@ def _print_plan(result, out: Path, seconds: float) -> None:
     s = result.summary
     search = s["search"]
     metric = s["metric"]
-    table = Table("assembly", "source", "size x", "speed x", "pred. ms", "meas. ms", "MB", "proxy", metric,
-                  "frontier", title="validated assemblies")  # fmt: skip
+    table = Table(
+        "assembly",
+        "source",
+        "size x",
+        "speed x",
+        "pred. ms",
+        "meas. ms",
+        "MB",
+        "proxy",
+        metric,
+        "frontier",
+        title="validated assemblies",
+    )
     for r in result.frontier[result.frontier["validated"]].itertuples():
-        table.add_row(r.assembly, r.source, f"{r.size_ratio:.2f}", f"{r.speed_ratio:.2f}",
-                      f"{r.predicted_latency_ms:.1f}", f"{r.measured_latency_ms:.1f}", f"{r.memory_mb:.1f}",
-                      f"{r.proxy_loss:.3f}", f"{getattr(r, metric):.2f}",
-                      "yes" if r.on_validated_frontier else "")  # fmt: skip
+        table.add_row(
+            r.assembly,
+            r.source,
+            f"{r.size_ratio:.2f}",
+            f"{r.speed_ratio:.2f}",
+            f"{r.predicted_latency_ms:.1f}",
+            f"{r.measured_latency_ms:.1f}",
+            f"{r.memory_mb:.1f}",
+            f"{r.proxy_loss:.3f}",
+            f"{getattr(r, metric):.2f}",
+            "yes" if r.on_validated_frontier else "",
+        )
     console.print(table)
     rho = s["proxy_vs_validated_spearman"]
     console.print(
@@ -716,12 +796,22 @@ def evaluate(
     with _progress() as progress:
         task = progress.add_task("generate", total=len(pairs), info="")
         scores = score_model(
-            net, tokenizer, pairs, batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams,
+            net,
+            tokenizer,
+            pairs,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
             on_batch=lambda n: progress.advance(task, n),
-        )  # fmt: skip
+        )
     table = Table("model", "split", "n", "BLEU", "chrF", "ROUGE-1", "ROUGE-2", "ROUGE-L", "loss")
-    table.add_row(escape(name), split, str(scores.n), *(f"{getattr(scores, k):.2f}" for k in
-                  ("bleu", "chrf", "rouge1", "rouge2", "rougeL")), f"{scores.loss:.3f}")  # fmt: skip
+    table.add_row(
+        escape(name),
+        split,
+        str(scores.n),
+        *(f"{getattr(scores, k):.2f}" for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL")),
+        f"{scores.loss:.3f}",
+    )
     console.print(table)
     if json_out:
         write_json(json_out, {"model": name, "split": split, "data": pairs.origin, **scores.to_json()})
@@ -753,8 +843,17 @@ def demo(
         result = run_demo(config, out, report=report)
     table = Table("strategy", "assembly", "shape", "params", "size ratio", "est. speed", "BLEU", "chrF", "loss")
     for row in result.table.itertuples():
-        table.add_row(row.strategy, row.assembly, row.shape, f"{row.parameters:,}", f"{row.size_ratio:.2f}",
-                      f"{row.est_speed_ratio:.2f}", f"{row.bleu:.2f}", f"{row.chrf:.2f}", f"{row.loss:.3f}")  # fmt: skip
+        table.add_row(
+            row.strategy,
+            row.assembly,
+            row.shape,
+            f"{row.parameters:,}",
+            f"{row.size_ratio:.2f}",
+            f"{row.est_speed_ratio:.2f}",
+            f"{row.bleu:.2f}",
+            f"{row.chrf:.2f}",
+            f"{row.loss:.3f}",
+        )
     console.print(table)
     from modformer.io import atomic_path, write_json
 
@@ -763,8 +862,10 @@ def demo(
     fig = plot_quality_vs_size(result.table)
     with atomic_path(out / "quality_vs_size.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    console.print(f"table: {escape(str(out / 'results.csv'))}; plot: {escape(str(out / 'quality_vs_size.png'))}; "
-                  f"{time.perf_counter() - started:.0f} s in all")  # fmt: skip
+    console.print(
+        f"table: {escape(str(out / 'results.csv'))}; plot: {escape(str(out / 'quality_vs_size.png'))}; "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )
 
 
 # --- profile ------------------------------------------------------------------------------------------------------
@@ -806,7 +907,7 @@ def profile(
         typer.Option(
             help="Summarise the rounds by their min (a call without interference: stable on a shared "
             "machine) or median (the typical call)."
-        ),  # fmt: skip
+        ),
     ] = "min",
     memory: Annotated[
         bool, typer.Option(help="Measure peak memory (a fresh process per model and grid point).")
@@ -828,10 +929,17 @@ def profile(
     if validate < 0:
         raise ConfigError(f"--validate must be >= 0, got {validate}")
     config = ProfileConfig(
-        device=device, dtype=dtype, threads=threads, batch_sizes=_int_list(batch, "--batch"),
-        src_lens=_int_list(src_len, "--src-len"), gen_lens=_int_list(gen_len, "--gen-len"), repeats=repeats,
-        memory=memory, seed=seed, statistic=statistic,
-    )  # fmt: skip
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        batch_sizes=_int_list(batch, "--batch"),
+        src_lens=_int_list(src_len, "--src-len"),
+        gen_lens=_int_list(gen_len, "--gen-len"),
+        repeats=repeats,
+        memory=memory,
+        seed=seed,
+        statistic=statistic,
+    )
     for path in profile_paths(out):
         _refuse_existing(path, overwrite)
     model = ModularModel.from_pretrained(modules)

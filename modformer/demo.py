@@ -62,10 +62,14 @@ def run_demo(config: DemoConfig, out_dir: str | Path, report: Report | None = No
         started = time.perf_counter()
         tcfg = TeacherConfig(preset=config.teacher_preset, steps=config.teacher_steps, batch_size=config.batch_size)
         train_teacher(
-            train, val, tcfg, teacher_dir,
-            on_step=lambda s, loss: report("teacher", s, tcfg.steps, f"loss {loss:.3f}"), overwrite=True,
+            train,
+            val,
+            tcfg,
+            teacher_dir,
+            on_step=lambda s, loss: report("teacher", s, tcfg.steps, f"loss {loss:.3f}"),
+            overwrite=True,
             resume=(teacher_dir / TEACHER_STATE).is_file(),
-        )  # fmt: skip
+        )
         timings["teacher_s"] = time.perf_counter() - started
 
     modules_dir = out_dir / "modules"
@@ -73,16 +77,25 @@ def run_demo(config: DemoConfig, out_dir: str | Path, report: Report | None = No
     if not _finished(modules_dir, config.module_steps):
         started = time.perf_counter()
         mcfg = TrainConfig(
-            steps=config.module_steps, batch_size=config.batch_size, eval_every=0, save_every=100,
+            steps=config.module_steps,
+            batch_size=config.batch_size,
+            eval_every=0,
+            save_every=100,
             warmup_steps=min(100, config.module_steps // 5),
-        )  # fmt: skip
+        )
         trainer = ReplacingTrainer.start_or_resume(
-            load_seq2seq(teacher_dir, eager=True), teacher_dir, modules_dir, mcfg, train.tokenize(tokenizer),
-            val.take(256).tokenize(tokenizer), resume=(modules_dir / CONFIG_NAME).is_file(),
-        )  # fmt: skip
+            load_seq2seq(teacher_dir, eager=True),
+            teacher_dir,
+            modules_dir,
+            mcfg,
+            train.tokenize(tokenizer),
+            val.take(256).tokenize(tokenizer),
+            resume=(modules_dir / CONFIG_NAME).is_file(),
+        )
         trainer.fit(
-            modules_dir, on_step=lambda r: report("modules", r.step, mcfg.steps, f"loss {r.loss:.3f}"),
-        )  # fmt: skip
+            modules_dir,
+            on_step=lambda r: report("modules", r.step, mcfg.steps, f"loss {r.loss:.3f}"),
+        )
         timings["modules_s"] = time.perf_counter() - started
 
     model = ModularModel.from_pretrained(modules_dir)
@@ -113,9 +126,18 @@ def _score_strategies(model, tokenizer, test, config: DemoConfig, cache_path: Pa
     records = []
     for name, a in rows:
         s = cache[a.format()]
-        records.append({
-            "strategy": name, "assembly": a.format(), "shape": a.shape, "parameters": cost.params(a),
-            "size_ratio": cost.size_ratio(a), "est_speed_ratio": cost.speed_ratio(a),
-            "bleu": s["bleu"], "chrf": s["chrf"], "rougeL": s["rougeL"], "loss": s["loss"],
-        })  # fmt: skip
+        records.append(
+            {
+                "strategy": name,
+                "assembly": a.format(),
+                "shape": a.shape,
+                "parameters": cost.params(a),
+                "size_ratio": cost.size_ratio(a),
+                "est_speed_ratio": cost.speed_ratio(a),
+                "bleu": s["bleu"],
+                "chrf": s["chrf"],
+                "rougeL": s["rougeL"],
+                "loss": s["loss"],
+            }
+        )
     return pd.DataFrame.from_records(records)

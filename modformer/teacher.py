@@ -176,18 +176,38 @@ def _optimizer(model: nn.Module) -> Adafactor:
     return Adafactor(model.parameters(), lr=None, relative_step=True, scale_parameter=True, warmup_init=False)
 
 
-def _save(out_dir: Path, model, tokenizer, optimizer, config: TeacherConfig, step: int, seconds: float, *,
-          overwrite: bool, val_loss: float | None = None) -> None:  # fmt: skip
+def _save(
+    out_dir: Path,
+    model,
+    tokenizer,
+    optimizer,
+    config: TeacherConfig,
+    step: int,
+    seconds: float,
+    *,
+    overwrite: bool,
+    val_loss: float | None = None,
+) -> None:
     """The whole folder, written aside and renamed: model, tokenizer, `teacher.json` and the trainer state."""
     training = model.training
     model.eval()
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / INFO_NAME, {"modformer_version": __version__, "teacher": asdict(config),
-                                     "completed_steps": step, "wall_s": round(seconds, 1), "val_loss": val_loss})  # fmt: skip
-        torch.save({"step": step, "seconds": seconds, "optimizer": optimizer.state_dict(),
-                    "torch_rng": torch.get_rng_state()}, tmp / STATE_NAME)  # fmt: skip
+        write_json(
+            tmp / INFO_NAME,
+            {
+                "modformer_version": __version__,
+                "teacher": asdict(config),
+                "completed_steps": step,
+                "wall_s": round(seconds, 1),
+                "val_loss": val_loss,
+            },
+        )
+        torch.save(
+            {"step": step, "seconds": seconds, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+            tmp / STATE_NAME,
+        )
     model.train(training)
 
 
@@ -198,8 +218,9 @@ def _resume(out_dir: Path, config: TeacherConfig):
     recorded = read_json(out_dir / INFO_NAME, "teacher info").get("teacher", {})
     for key in ("preset", "batch_size", "seed", "max_source_len", "max_target_len", "dropout", "label_smoothing"):
         if recorded.get(key) != getattr(config, key):
-            raise ConfigError(f"--resume: {out_dir} was trained with {key} {recorded.get(key)!r}, "
-                              f"not {getattr(config, key)!r}")  # fmt: skip
+            raise ConfigError(
+                f"--resume: {out_dir} was trained with {key} {recorded.get(key)!r}, not {getattr(config, key)!r}"
+            )
     state = torch_load(out_dir / STATE_NAME, "teacher trainer state")
     if int(state["step"]) > config.steps:
         raise ConfigError(f"--resume: {out_dir} already has {state['step']} steps, more than --steps {config.steps}")

@@ -44,9 +44,18 @@ def tokenizer(sample_pairs):
 def tiny_t5(vocab: int = VOCAB, layers: int = 4, seed: int = 0) -> T5ForConditionalGeneration:
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=vocab, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=layers, num_decoder_layers=layers,
-        feed_forward_proj="relu", pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )  # fmt: skip
+        vocab_size=vocab,
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_heads=4,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     model = T5ForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0)
     return model
@@ -55,10 +64,21 @@ def tiny_t5(vocab: int = VOCAB, layers: int = 4, seed: int = 0) -> T5ForConditio
 def tiny_bart(vocab: int = VOCAB, layers: int = 4, seed: int = 0) -> BartForConditionalGeneration:
     torch.manual_seed(seed)
     config = BartConfig(
-        vocab_size=vocab, d_model=32, encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=160,
-        pad_token_id=0, eos_token_id=1, bos_token_id=1, decoder_start_token_id=1, forced_eos_token_id=None,
-    )  # fmt: skip
+        vocab_size=vocab,
+        d_model=32,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=160,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=1,
+        decoder_start_token_id=1,
+        forced_eos_token_id=None,
+    )
     model = BartForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(decoder_start_token_id=1, eos_token_id=1, pad_token_id=0)
     return model

@@ -47,8 +47,29 @@ def run(*args):
 
 
 def baseline_args(method, teacher, data, out, *extra) -> list:
-    return ["baseline", method, "--teacher", teacher, "--shape", "2-2", "--data", data, "--src-ext", "en",
-            "--tgt-ext", "de", "--out", out, "--batch-size", 8, "--eval-every", 2, "--save-every", 2, *extra]  # fmt: skip
+    return [
+        "baseline",
+        method,
+        "--teacher",
+        teacher,
+        "--shape",
+        "2-2",
+        "--data",
+        data,
+        "--src-ext",
+        "en",
+        "--tgt-ext",
+        "de",
+        "--out",
+        out,
+        "--batch-size",
+        8,
+        "--eval-every",
+        2,
+        "--save-every",
+        2,
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("method", ["sft", "kd", "pseudo"])
@@ -105,14 +126,16 @@ def test_pseudo_labels_can_be_reused(t5_teacher_dir, data_dir, tmp_path):
     # Bad input: a count that does not pair with the sources, an empty line, the option with another method.
     short = tmp_path / "short.txt"
     short.write_text("one\ntwo\n", encoding="utf-8")
-    result = run(*baseline_args("pseudo", t5_teacher_dir, data_dir, tmp_path / "a", "--steps", 2,
-                                "--pseudo-labels", short))  # fmt: skip
+    result = run(
+        *baseline_args("pseudo", t5_teacher_dir, data_dir, tmp_path / "a", "--steps", 2, "--pseudo-labels", short)
+    )
     assert result.exit_code == 1 and f"2 pseudo-labels for {count} training sources" in result.stderr
     assert not (tmp_path / "a").exists()
     gap = tmp_path / "gap.txt"
     gap.write_text("\n".join(["x"] * (count - 1) + [" "]) + "\n", encoding="utf-8")
-    result = run(*baseline_args("pseudo", t5_teacher_dir, data_dir, tmp_path / "b", "--steps", 2,
-                                "--pseudo-labels", gap))  # fmt: skip
+    result = run(
+        *baseline_args("pseudo", t5_teacher_dir, data_dir, tmp_path / "b", "--steps", 2, "--pseudo-labels", gap)
+    )
     assert result.exit_code == 1 and f"line {count} is empty" in result.stderr
     result = run(*baseline_args("kd", t5_teacher_dir, data_dir, tmp_path / "c", "--steps", 2, "--pseudo-labels", own))
     assert result.exit_code == 1 and "--pseudo-labels is for the pseudo method" in result.stderr

@@ -156,9 +156,21 @@ def test_export_by_strategy_and_ratio(tmp_path, modules_dir):
 def test_evaluate_an_exported_model(tmp_path, exported_dir, data_dir):
     path = tmp_path / "s.json"
     ok(
-        "evaluate", "--model", exported_dir, "--data", data_dir, *LINE_DATA, "--split", "val", "--limit", 16,
-        "--max-new-tokens", 16, "--json", path,
-    )  # fmt: skip
+        "evaluate",
+        "--model",
+        exported_dir,
+        "--data",
+        data_dir,
+        *LINE_DATA,
+        "--split",
+        "val",
+        "--limit",
+        16,
+        "--max-new-tokens",
+        16,
+        "--json",
+        path,
+    )
     scores = read_json(path)
     assert set(scores) >= METRICS and scores["n"] == 16 and scores["split"] == "val"
 
@@ -166,9 +178,23 @@ def test_evaluate_an_exported_model(tmp_path, exported_dir, data_dir):
 def test_evaluate_modules_with_an_assembly(tmp_path, modules_dir, data_dir):
     path = tmp_path / "s.json"
     ok(
-        "evaluate", "--modules", modules_dir, "--assembly", "enc=2,2 dec=1,1,2", "--data", data_dir, *LINE_DATA,
-        "--split", "val", "--limit", 16, "--max-new-tokens", 16, "--json", path,
-    )  # fmt: skip
+        "evaluate",
+        "--modules",
+        modules_dir,
+        "--assembly",
+        "enc=2,2 dec=1,1,2",
+        "--data",
+        data_dir,
+        *LINE_DATA,
+        "--split",
+        "val",
+        "--limit",
+        16,
+        "--max-new-tokens",
+        16,
+        "--json",
+        path,
+    )
     scores = read_json(path)
     assert set(scores) >= METRICS and scores["n"] == 16 and scores["model"] == "enc=2,2 dec=1,1,2"
 
@@ -226,8 +252,19 @@ class Ctx:
     profile: Path
 
     def plan(self, *extra, out: Path | None = None, profile: Path | None = None) -> list:
-        return ["plan", "--modules", self.modules, "--profile", profile or self.profile, "--data", self.data,
-                *LINE_DATA, "--out", out or self.tmp / "plan", *extra]  # fmt: skip
+        return [
+            "plan",
+            "--modules",
+            self.modules,
+            "--profile",
+            profile or self.profile,
+            "--data",
+            self.data,
+            *LINE_DATA,
+            "--out",
+            out or self.tmp / "plan",
+            *extra,
+        ]
 
     def profile_copy(self, edit: Callable[[dict], None]) -> Path:
         """The profile with its metadata edited (the table is untouched, so its checksum still holds)."""
@@ -292,10 +329,19 @@ def _marian(c: Ctx) -> Path:
     from transformers import MarianConfig, MarianMTModel
 
     config = MarianConfig(
-        vocab_size=400, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )  # fmt: skip
+        vocab_size=400,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     return save_teacher(MarianMTModel(config), c.tokenizer, c.tmp / "marian")
 
 
@@ -482,10 +528,23 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
         "statistic must be one of min, median",
     ),
     "baseline-pseudo-labels-miscounted": (
-        lambda c: ["baseline", "pseudo", "--teacher", c.t5, "--shape", "1-1", "--data", c.data, *LINE_DATA,
-                   "--out", c.tmp / "student", "--pseudo-labels", _file(c, "labels.txt")],
+        lambda c: [
+            "baseline",
+            "pseudo",
+            "--teacher",
+            c.t5,
+            "--shape",
+            "1-1",
+            "--data",
+            c.data,
+            *LINE_DATA,
+            "--out",
+            c.tmp / "student",
+            "--pseudo-labels",
+            _file(c, "labels.txt"),
+        ],
         "pseudo-labels for",
-    ),  # fmt: skip
+    ),
     "teacher-resume-nothing": (
         lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.tmp / "none", "--preset", "tiny", "--resume"],
         "holds no teacher run to continue",
@@ -507,18 +566,19 @@ def profile_file(tmp_path_factory, modules_dir) -> Path:
     from modformer.modular.model import ModularModel
     from modformer.profiling.measure import ProfileConfig, profile_modules
 
-    config = ProfileConfig(batch_sizes=(1,), src_lens=(6,), gen_lens=(4,), warmup=1, repeats=2, generate_repeats=1,
-                           memory=False, threads=1)  # fmt: skip
+    config = ProfileConfig(
+        batch_sizes=(1,), src_lens=(6,), gen_lens=(4,), warmup=1, repeats=2, generate_repeats=1, memory=False, threads=1
+    )
     path = tmp_path_factory.mktemp("profile") / "profile.json"
     profile_modules(ModularModel.from_pretrained(modules_dir), config).save(path)
     return path
 
 
 @pytest.fixture
-def ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer,
-        profile_file) -> Ctx:  # fmt: skip
-    return Ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer,
-               profile_file)  # fmt: skip
+def ctx(
+    tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer, profile_file
+) -> Ctx:
+    return Ctx(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer, profile_file)
 
 
 @pytest.mark.parametrize(
@@ -567,23 +627,35 @@ placeholders. Regenerate after changing a message: `MODFORMER_UPDATE_DOCS=1 .ven
 
 
 def _placeholders(ctx: Ctx, text: str) -> str:
-    for path, name in ((ctx.modules, "<modules>"), (ctx.exported, "<export>"), (ctx.data, "<data>"),
-                       (ctx.t5, "<t5-teacher>"), (ctx.bart, "<bart-teacher>"), (ctx.profile, "<profile>"),
-                       (ctx.tmp, "<tmp>")):  # fmt: skip
+    for path, name in (
+        (ctx.modules, "<modules>"),
+        (ctx.exported, "<export>"),
+        (ctx.data, "<data>"),
+        (ctx.t5, "<t5-teacher>"),
+        (ctx.bart, "<bart-teacher>"),
+        (ctx.profile, "<profile>"),
+        (ctx.tmp, "<tmp>"),
+    ):
         text = text.replace(str(path), name)
     # Predicted latencies come from a profile measured in the test, so which assemblies are nearest varies by noise.
-    text = re.sub(r"nearest: .*", "nearest: <the 3 nearest assemblies, each with its predicted ms and MB and its parameters>", text)
+    text = re.sub(
+        r"nearest: .*",
+        "nearest: <the 3 nearest assemblies, each with its predicted ms and MB and its parameters>",
+        text,
+    )
     return text.replace("|", "\\|")
 
 
-def test_bad_input_table_in_docs_is_current(tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir,
-                                            bart_teacher_dir, tokenizer, profile_file):  # fmt: skip
+def test_bad_input_table_in_docs_is_current(
+    tmp_path, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer, profile_file
+):
     rows = []
     for case, (build, _) in BAD_INPUT.items():
         case_dir = tmp_path / case
         case_dir.mkdir()
-        ctx = Ctx(case_dir, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer,
-                  profile_file)  # fmt: skip
+        ctx = Ctx(
+            case_dir, modules_dir, exported_dir, data_dir, t5_teacher_dir, bart_teacher_dir, tokenizer, profile_file
+        )
         args = [str(a) for a in build(ctx)]
         result = invoke(*args)
         command = _placeholders(ctx, "modformer " + " ".join(f"'{a}'" if " " in a or not a else a for a in args))

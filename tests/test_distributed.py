@@ -15,14 +15,37 @@ from modformer.checkpoints import load_seq2seq
 from modformer.modular.model import ModularModel
 from tests.conftest import save_teacher, tiny_t5
 
-pytestmark = pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                                reason="torchrun is not installed")  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun is not installed",
+)
 
 
 def train(out: Path, teacher: Path, data: Path, processes: int) -> dict:
     # A high rate: the 100 warm-up steps would leave 8 steps at a few % of it, and nothing to compare.
-    args = ["train", "--teacher", teacher, "--data", data, "--src-ext", "en", "--tgt-ext", "de", "--out", out,
-            "--steps", 8, "--batch-size", 16, "--eval-every", 8, "--save-every", 4, "--lr", 0.05]  # fmt: skip
+    args = [
+        "train",
+        "--teacher",
+        teacher,
+        "--data",
+        data,
+        "--src-ext",
+        "en",
+        "--tgt-ext",
+        "de",
+        "--out",
+        out,
+        "--steps",
+        8,
+        "--batch-size",
+        16,
+        "--eval-every",
+        8,
+        "--save-every",
+        4,
+        "--lr",
+        0.05,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     if processes == 1:
         cmd = [sys.executable, "-m", "modformer.cli", *args]

@@ -50,8 +50,12 @@ def test_export_loads_without_modformer_and_generates_the_same(tmp_path, teacher
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, "-c", LOADER, str(tmp_path / "export"), str(tmp_path / "inputs.json")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     exported = json.loads(done.stdout)
 

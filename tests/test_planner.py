@@ -76,8 +76,9 @@ def plan_root(tmp_path_factory, tokenizer):
             p.add_(0.05 * torch.randn_like(p))
     modular.save_pretrained(root / "mods")
     grid = {"batch_sizes": (1, 2), "src_lens": (6, 10), "gen_lens": (4,)}
-    profile = profile_modules(modular, ProfileConfig(**grid, warmup=1, repeats=2, generate_repeats=1, memory=False,
-                                                     threads=1))  # fmt: skip
+    profile = profile_modules(
+        modular, ProfileConfig(**grid, warmup=1, repeats=2, generate_repeats=1, memory=False, threads=1)
+    )
     profile.save(root / "profile.json")
     return root
 
@@ -87,15 +88,22 @@ def small(plan_root, data_dir):
     modular = ModularModel.from_pretrained(plan_root / "mods")
     profile = LatencyProfile.load(plan_root / "profile.json")
     space = SearchSpace.build(modular, profile, default_workload(profile))
-    settings = PlanSettings(modules=str(plan_root / "mods"), data=data_args(data_dir), proxy_samples=16,
-                            proxy_batch_size=16)  # fmt: skip
+    settings = PlanSettings(
+        modules=str(plan_root / "mods"), data=data_args(data_dir), proxy_samples=16, proxy_batch_size=16
+    )
     loaded = load_for_scoring(settings)
     return modular, profile, space, loaded
 
 
 def data_args(data_dir) -> dict:
-    return {"path": str(data_dir), "src_ext": "en", "tgt_ext": "de", "src_column": "source", "tgt_column": "target",
-            "prefix": ""}  # fmt: skip
+    return {
+        "path": str(data_dir),
+        "src_ext": "en",
+        "tgt_ext": "de",
+        "src_column": "source",
+        "tgt_column": "target",
+        "prefix": "",
+    }
 
 
 def run_search(small, tmp_path, budget="", name="s", workers=1, **config) -> SearchResult:
@@ -133,9 +141,13 @@ def test_budget_parsing_and_edges(small):
     exact = float(np.sort(lat)[5])  # exactly met counts as within
     within = space.violation(Budget(latency_ms=exact), i, j) <= 0
     assert within.sum() == (lat <= exact).sum() and within[np.argmin(np.abs(lat - exact))]
-    for text, phrase in [("latency<=3", "unknown budget key"), ("latency_ms=3", "KEY<=NUMBER"),
-                         ("latency_ms<=x", "not a number"), ("latency_ms<=-1", ">= 0"),
-                         ("latency_ms<=1,latency_ms<=2", "given twice")]:  # fmt: skip
+    for text, phrase in [
+        ("latency<=3", "unknown budget key"),
+        ("latency_ms=3", "KEY<=NUMBER"),
+        ("latency_ms<=x", "not a number"),
+        ("latency_ms<=-1", ">= 0"),
+        ("latency_ms<=1,latency_ms<=2", "given twice"),
+    ]:
         with pytest.raises(ConfigError, match=phrase):
             Budget.parse(text)
     with pytest.raises(InfeasibleBudgetError, match=r"no assembly meets the budget latency_ms<=0; nearest: enc="):
@@ -213,15 +225,26 @@ def test_two_workers_on_one_file_storage_give_the_same_frontier(small, tmp_path,
     modular, profile, space, _ = small
     results = {}
     for workers in (1, 2):
-        settings = PlanSettings(modules=str(plan_root / "mods"), data=data_args(data_dir), proxy_samples=16,
-                                proxy_batch_size=16, validate=2, validate_samples=8, max_new_tokens=4,
-                                search={"method": "nsga2", "trials": 60, "population": 8, "seed": 1})  # fmt: skip
-        results[workers] = run_plan(settings, profile, storage=str(tmp_path / f"w{workers}.log"), study_name="p",
-                                    workers=workers)  # fmt: skip
+        settings = PlanSettings(
+            modules=str(plan_root / "mods"),
+            data=data_args(data_dir),
+            proxy_samples=16,
+            proxy_batch_size=16,
+            validate=2,
+            validate_samples=8,
+            max_new_tokens=4,
+            search={"method": "nsga2", "trials": 60, "population": 8, "seed": 1},
+        )
+        results[workers] = run_plan(
+            settings, profile, storage=str(tmp_path / f"w{workers}.log"), study_name="p", workers=workers
+        )
     one, two = results[1], results[2]
     assert one.scored["assembly"].tolist() == two.scored["assembly"].tolist()
     assert np.allclose(one.scored["proxy_loss"], two.scored["proxy_loss"], atol=2e-6)
-    front = lambda r: r.frontier[r.frontier["on_proxy_frontier"]]["assembly"].tolist()  # noqa: E731
+
+    def front(r):
+        return r.frontier[r.frontier["on_proxy_frontier"]]["assembly"].tolist()
+
     assert front(one) == front(two)
 
 
@@ -234,9 +257,30 @@ def cli(*args):
 
 
 def plan_args(plan_root, data_dir, out, *extra) -> list:
-    return ["plan", "--modules", plan_root / "mods", "--profile", plan_root / "profile.json", "--data", data_dir,
-            "--src-ext", "en", "--tgt-ext", "de", "--out", out, "--proxy-samples", 16, "--validate", 3,
-            "--validate-samples", 8, "--max-new-tokens", 4, *extra]  # fmt: skip
+    return [
+        "plan",
+        "--modules",
+        plan_root / "mods",
+        "--profile",
+        plan_root / "profile.json",
+        "--data",
+        data_dir,
+        "--src-ext",
+        "en",
+        "--tgt-ext",
+        "de",
+        "--out",
+        out,
+        "--proxy-samples",
+        16,
+        "--validate",
+        3,
+        "--validate-samples",
+        8,
+        "--max-new-tokens",
+        4,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -252,8 +296,19 @@ def test_plan_writes_every_output(plan_dir):
     for name in ("frontier.csv", "frontier.json", "pareto.png", "report.html", "chosen.json", "scored.csv"):
         assert (plan_dir / name).stat().st_size > 0, name
     frontier = pd.read_csv(plan_dir / "frontier.csv")
-    need = {"assembly", "size_ratio", "speed_ratio", "predicted_latency_ms", "measured_latency_ms", "memory_mb",
-            "proxy_loss", "bleu", "on_proxy_frontier", "on_validated_frontier", "within_budget"}  # fmt: skip
+    need = {
+        "assembly",
+        "size_ratio",
+        "speed_ratio",
+        "predicted_latency_ms",
+        "measured_latency_ms",
+        "memory_mb",
+        "proxy_loss",
+        "bleu",
+        "on_proxy_frontier",
+        "on_validated_frontier",
+        "within_budget",
+    }
     assert need <= set(frontier.columns)
     validated = frontier[frontier["validated"]]
     assert len(validated) >= 3 and (validated["measured_latency_ms"] > 0).all()
@@ -347,11 +402,37 @@ def test_a_remote_worker_joins_through_a_database_url(plan_root, data_dir, tmp_p
     search = ("--method", "nsga2", "--trials", 60, "--population", 8, "--seed", 1)
     url = f"sqlite:///{tmp_path / 'plan.db'}"
     cmd = [sys.executable, "-m", "modformer.cli"]
-    plan = subprocess.Popen([str(a) for a in [*cmd, *plan_args(plan_root, data_dir, tmp_path / "two", *search,
-                             "--storage", url, "--study-name", "shared", "--remote-workers", 1)]], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    worker = subprocess.run([*cmd, "plan-worker", "--storage", url, "--study-name", "shared", "--index", "1",
-                             "--wait", "120"], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    plan = subprocess.Popen(
+        [
+            str(a)
+            for a in [
+                *cmd,
+                *plan_args(
+                    plan_root,
+                    data_dir,
+                    tmp_path / "two",
+                    *search,
+                    "--storage",
+                    url,
+                    "--study-name",
+                    "shared",
+                    "--remote-workers",
+                    1,
+                ),
+            ]
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    worker = subprocess.run(
+        [*cmd, "plan-worker", "--storage", url, "--study-name", "shared", "--index", "1", "--wait", "120"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out, err = plan.communicate(timeout=600)
     assert plan.returncode == 0, err[-2000:]
     assert worker.returncode == 0, worker.stderr[-2000:]

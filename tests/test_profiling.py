@@ -163,8 +163,17 @@ def test_table_schema(profile, modular):
 
 def test_bart_profiles_too(bart_teacher_dir):
     bart = ModularModel.from_teacher(load_seq2seq(bart_teacher_dir), bart_teacher_dir, [2])
-    config = ProfileConfig(batch_sizes=(1,), src_lens=(6,), gen_lens=(2,), warmup=0, repeats=1, generate_repeats=1,
-                           passes=1, memory=False, threads=1)  # fmt: skip
+    config = ProfileConfig(
+        batch_sizes=(1,),
+        src_lens=(6,),
+        gen_lens=(2,),
+        warmup=0,
+        repeats=1,
+        generate_repeats=1,
+        passes=1,
+        memory=False,
+        threads=1,
+    )
     result = profile_modules(bart, config)
     assert set(result.table["kind"]) == {
         "enc_forward",
@@ -214,15 +223,22 @@ def test_predict_is_the_sum_of_the_table(profile):
     costs = profile.costs(Workload(B, S, G))  # then one calibration line per stack
     scales = costs.scales
     parts = p.breakdown.set_index("block")
-    assert parts.loc["fixed", "latency_ms"] == pytest.approx(at("fixed_generate", "fixed", gen_len=G)
-                                                             + sum(costs.offsets.values()))  # fmt: skip
+    assert parts.loc["fixed", "latency_ms"] == pytest.approx(
+        at("fixed_generate", "fixed", gen_len=G) + sum(costs.offsets.values())
+    )
     calibrated = parts.loc["fixed", "latency_ms"] + sum(
         scales[stack] * parts.loc[parts["stack"] == stack, "block_ms"].sum() for stack in ("encoder", "decoder")
     )
     assert p.latency_ms == pytest.approx(calibrated, rel=1e-12)
     assert not p.extrapolated and p.reason == ""
-    assert list(p.breakdown["block"]) == ["fixed", "encoder_k2_s0", "encoder_k1_s2", "encoder_k1_s3",
-                                          "decoder_k2_s0", "decoder_k2_s2"]  # fmt: skip
+    assert list(p.breakdown["block"]) == [
+        "fixed",
+        "encoder_k2_s0",
+        "encoder_k1_s2",
+        "encoder_k1_s3",
+        "decoder_k2_s0",
+        "decoder_k2_s2",
+    ]
     assert p.breakdown["latency_ms"].sum() == pytest.approx(p.latency_ms)
     assert p.memory_bytes is None  # profiled without memory
 
@@ -251,38 +267,100 @@ def synthetic_profile(calibration: tuple[float, float, float, float] | None = No
     both plus `extra` ms."""
     rows = []
     base = dict.fromkeys(COLUMNS)
-    blocks = [("encoder", 0, 1), ("encoder", 1, 1), ("encoder", 0, 2), ("decoder", 0, 1), ("decoder", 1, 1),
-              ("decoder", 0, 2)]  # fmt: skip
-    statics = {"param_bytes": 1000, "kv_self_bytes_per_token": 8, "kv_cross_bytes_per_token": 8,
-               "act_bytes_per_token": 4, "repeats": 1, "p10_ms": 0.0, "p90_ms": 0.0, "base_ms": 0.0}  # fmt: skip
+    blocks = [
+        ("encoder", 0, 1),
+        ("encoder", 1, 1),
+        ("encoder", 0, 2),
+        ("decoder", 0, 1),
+        ("decoder", 1, 1),
+        ("decoder", 0, 2),
+    ]
+    statics = {
+        "param_bytes": 1000,
+        "kv_self_bytes_per_token": 8,
+        "kv_cross_bytes_per_token": 8,
+        "act_bytes_per_token": 4,
+        "repeats": 1,
+        "p10_ms": 0.0,
+        "p90_ms": 0.0,
+        "base_ms": 0.0,
+    }
     for stack, start, size in blocks:
-        ident = {"stack": stack, "block": f"{stack}_k{size}_s{start}", "start": start, "size": size,
-                 "position": "first" if start == 0 else "above", **statics}  # fmt: skip
+        ident = {
+            "stack": stack,
+            "block": f"{stack}_k{size}_s{start}",
+            "start": start,
+            "size": size,
+            "position": "first" if start == 0 else "above",
+            **statics,
+        }
         for B in (1, 8):
             for S in (16, 32):
                 if stack == "encoder":
-                    rows.append({**base, **ident, "kind": "enc_forward", "batch": B, "src_len": S,
-                                 "latency_ms": 1.0 + 0.5 * B + 0.01 * S})  # fmt: skip
+                    rows.append(
+                        {
+                            **base,
+                            **ident,
+                            "kind": "enc_forward",
+                            "batch": B,
+                            "src_len": S,
+                            "latency_ms": 1.0 + 0.5 * B + 0.01 * S,
+                        }
+                    )
                     continue
-                rows.append({**base, **ident, "kind": "dec_first_extra", "batch": B, "src_len": S,
-                             "latency_ms": 0.1 * B})  # fmt: skip
+                rows.append(
+                    {**base, **ident, "kind": "dec_first_extra", "batch": B, "src_len": S, "latency_ms": 0.1 * B}
+                )
                 for L in (0, 8, 15):
-                    rows.append({**base, **ident, "kind": "dec_step", "batch": B, "src_len": S, "cache_len": L,
-                                 "latency_ms": 0.2 + 0.1 * B + 0.001 * S + 0.01 * L})  # fmt: skip
+                    rows.append(
+                        {
+                            **base,
+                            **ident,
+                            "kind": "dec_step",
+                            "batch": B,
+                            "src_len": S,
+                            "cache_len": L,
+                            "latency_ms": 0.2 + 0.1 * B + 0.001 * S + 0.01 * L,
+                        }
+                    )
             for S in (16, 32):
                 for G in (1, 16):
                     fixed = 2.0 + G * (0.5 + 0.1 * B)
-                    rows.append({**base, "kind": "fixed_generate", "stack": "model", "block": "fixed", "batch": B,
-                                 "src_len": S, "gen_len": G, "latency_ms": fixed})  # fmt: skip
+                    rows.append(
+                        {
+                            **base,
+                            "kind": "fixed_generate",
+                            "stack": "model",
+                            "block": "fixed",
+                            "batch": B,
+                            "src_len": S,
+                            "gen_len": G,
+                            "latency_ms": fixed,
+                        }
+                    )
                     if calibration:
                         a, b, extra, o = calibration
                         enc, dec = teacher_sums(B, S, G)
                         enc1, dec1 = teacher_sums(B, S, G, layers=1)
-                        for name, ms in (("encoder_only", o + a * enc), ("encoder_first", o + a * enc1),
-                                         ("decoder_only", o + b * dec), ("decoder_first", o + b * dec1),
-                                         ("teacher", 2 * o + a * enc + b * dec + extra)):  # fmt: skip
-                            rows.append({**base, "kind": "calibration_generate", "stack": "model", "block": name,
-                                         "batch": B, "src_len": S, "gen_len": G, "latency_ms": fixed + ms})  # fmt: skip
+                        for name, ms in (
+                            ("encoder_only", o + a * enc),
+                            ("encoder_first", o + a * enc1),
+                            ("decoder_only", o + b * dec),
+                            ("decoder_first", o + b * dec1),
+                            ("teacher", 2 * o + a * enc + b * dec + extra),
+                        ):
+                            rows.append(
+                                {
+                                    **base,
+                                    "kind": "calibration_generate",
+                                    "stack": "model",
+                                    "block": name,
+                                    "batch": B,
+                                    "src_len": S,
+                                    "gen_len": G,
+                                    "latency_ms": fixed + ms,
+                                }
+                            )
     meta = new_meta(fingerprint=fingerprint("cpu", "fp32", 1), grid={}, model={}, settings={})
     return LatencyProfile(pd.DataFrame(rows), meta)
 
@@ -338,10 +416,12 @@ def test_interpolation_between_grid_points_is_exact_for_linear_costs(B, S, G):
 
 @pytest.mark.parametrize(
     ("workload", "why"),
-    [(Workload(16, 16, 16), "batch 16 is outside the measured 1-8"),
-     (Workload(1, 64, 16), "src_len 64 is outside the measured 16-32"),
-     (Workload(1, 16, 24), "need cache lengths up to 23, measured up to 15")],
-)  # fmt: skip
+    [
+        (Workload(16, 16, 16), "batch 16 is outside the measured 1-8"),
+        (Workload(1, 64, 16), "src_len 64 is outside the measured 16-32"),
+        (Workload(1, 16, 24), "need cache lengths up to 23, measured up to 15"),
+    ],
+)
 def test_extrapolation_is_flagged(workload, why):
     p = predict(synthetic_profile(), Assembly.parse("enc=2 dec=1,1"), workload)
     assert p.extrapolated and why in p.reason
@@ -440,8 +520,13 @@ def test_validate_measures_held_out_assemblies(profile, modular):
     result = validate(profile, modular, n=2, workloads=[Workload(2, 8, 4)], warmup=1, repeats=2)
     assert profile.meta["validation"] is result
     figures = result["per_batch"]["2"]
-    for key in ("latency_mape", "latency_max_ape", "latency_within_10pct", "latency_spearman",
-                "speedup_realised_min_fraction"):  # fmt: skip
+    for key in (
+        "latency_mape",
+        "latency_max_ape",
+        "latency_within_10pct",
+        "latency_spearman",
+        "speedup_realised_min_fraction",
+    ):
         assert np.isfinite(figures[key]), key
     assert figures["assemblies"] == 2
     rows = pd.DataFrame(result["rows"])
@@ -469,8 +554,25 @@ def modules_dir(tmp_path_factory, modular) -> Path:
 
 def test_cli_profile_and_show(modules_dir, tmp_path):
     out = tmp_path / "tiny.json"
-    args = ["profile", "--modules", modules_dir, "--out", out, "--batch", "1", "--src-len", "6", "--gen-len", "3",
-            "--repeats", "2", "--threads", "1", "--validate", "1"]  # fmt: skip
+    args = [
+        "profile",
+        "--modules",
+        modules_dir,
+        "--out",
+        out,
+        "--batch",
+        "1",
+        "--src-len",
+        "6",
+        "--gen-len",
+        "3",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+        "--validate",
+        "1",
+    ]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert out.is_file() and out.with_suffix(".csv").is_file()
@@ -525,8 +627,17 @@ def test_speed_first_ratio_comes_from_the_profile(profile, modular, modules_dir,
 
     path = tmp_path / "p.json"
     profile.save(path)
-    shown = invoke("assemble", "--modules", modules_dir, "--strategy", "speed-first", "--profile", path,
-                   "--json", tmp_path / "a.json")  # fmt: skip
+    shown = invoke(
+        "assemble",
+        "--modules",
+        modules_dir,
+        "--strategy",
+        "speed-first",
+        "--profile",
+        path,
+        "--json",
+        tmp_path / "a.json",
+    )
     assert shown.exit_code == 0, shown.output
     records = json.loads((tmp_path / "a.json").read_text())["assemblies"]
     assert {r["speed_ratio_source"] for r in records} == {"profile"}

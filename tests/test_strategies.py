@@ -171,9 +171,28 @@ def test_size_first_12_12():
     shapes = [a.shape for a in strategy_sequence("size-first", COST)]
     # decoder layers are larger, so the decoder is shrunk until its blocks hold fewer parameters than the encoder's
     assert shapes == [
-        "12-12", "12-11", "12-10", "12-9", "11-9", "11-8", "10-8", "10-7", "9-7", "9-6", "8-6",
-        "7-6", "7-5", "6-5", "6-4", "5-4", "5-3", "4-3", "3-3", "3-2", "2-2",
-    ]  # fmt: skip
+        "12-12",
+        "12-11",
+        "12-10",
+        "12-9",
+        "11-9",
+        "11-8",
+        "10-8",
+        "10-7",
+        "9-7",
+        "9-6",
+        "8-6",
+        "7-6",
+        "7-5",
+        "6-5",
+        "6-4",
+        "5-4",
+        "5-3",
+        "4-3",
+        "3-3",
+        "3-2",
+        "2-2",
+    ]
     assert formats[0] == Assembly.teacher(12, 12).format()
     assert formats[12] == "enc=1,1,2,2,2,2,2 dec=2,2,2,3,3"
     assert formats[-1] == "enc=6,6 dec=6,6"

@@ -66,8 +66,12 @@ def rule_points(modular: ModularModel, space: SearchSpace) -> pd.DataFrame:
             rows.append({"strategy": name, "assembly": str(a), "i": i, "j": j})
     table = pd.DataFrame(rows)
     i, j = table["i"].to_numpy(), table["j"].to_numpy()
-    return table.assign(latency_ms=space.latency_ms(i, j), memory_mb=space.memory_mb(i, j),
-                        size_ratio=space.size_ratio(i, j), speed_ratio=space.speed_ratio(i, j))  # fmt: skip
+    return table.assign(
+        latency_ms=space.latency_ms(i, j),
+        memory_mb=space.memory_mb(i, j),
+        size_ratio=space.size_ratio(i, j),
+        speed_ratio=space.speed_ratio(i, j),
+    )
 
 
 def pick_spread(frontier: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -126,8 +130,9 @@ def validate_assemblies(
         Assembly.teacher(c.encoder_layers, c.decoder_layers)
     )
     with torch_threads(settings.get("threads")):  # time as the profile was measured
-        timings = time_models([*models.values(), teacher], workload, Timer(settings.get("device", "cpu")), vocab, 0,
-                              warmup, repeats)  # fmt: skip
+        timings = time_models(
+            [*models.values(), teacher], workload, Timer(settings.get("device", "cpu")), vocab, 0, warmup, repeats
+        )
         measured = [t.value(profile.statistic) for t in timings]
     for row, ms in zip(rows, measured, strict=False):
         row["measured_latency_ms"] = ms
@@ -148,8 +153,9 @@ class PlanResult:
     scored: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)  # every scored assembly
 
 
-def frontier_table(search: SearchResult, objectives, validation: Validation, metric: str,
-                   rules: pd.DataFrame) -> pd.DataFrame:  # fmt: skip
+def frontier_table(
+    search: SearchResult, objectives, validation: Validation, metric: str, rules: pd.DataFrame
+) -> pd.DataFrame:
     """The proxy frontier (within the budget) joined with validation, with both frontier flags."""
     proxy_front = search.frontier(objectives)
     table = proxy_front.assign(source="search", on_proxy_frontier=True)
@@ -169,8 +175,19 @@ def frontier_table(search: SearchResult, objectives, validation: Validation, met
     table["on_validated_frontier"] = False
     table.loc[v.index[np.asarray(front, dtype=bool)], "on_validated_frontier"] = True
     table = table.rename(columns={"latency_ms": "predicted_latency_ms"})
-    first = ["assembly", "source", "rule", "size_ratio", "speed_ratio", "measured_speed_ratio",
-             "predicted_latency_ms", "measured_latency_ms", "memory_mb", "proxy_loss", metric]  # fmt: skip
+    first = [
+        "assembly",
+        "source",
+        "rule",
+        "size_ratio",
+        "speed_ratio",
+        "measured_speed_ratio",
+        "predicted_latency_ms",
+        "measured_latency_ms",
+        "memory_mb",
+        "proxy_loss",
+        metric,
+    ]
     rest = [c for c in table.columns if c not in first and c not in ("i", "j")]
     return table[first + rest].sort_values("predicted_latency_ms").reset_index(drop=True)
 
@@ -181,8 +198,18 @@ def choose(frontier: pd.DataFrame, metric: str) -> dict:
     if ok.empty:
         raise ConfigError("no validated assembly lies within the budget (increase --validate)")
     best = ok.sort_values([metric, "predicted_latency_ms"], ascending=[False, True]).iloc[0]
-    keys = ["assembly", "source", "rule", "size_ratio", "speed_ratio", "predicted_latency_ms", "measured_latency_ms",
-            "memory_mb", "proxy_loss", metric]  # fmt: skip
+    keys = [
+        "assembly",
+        "source",
+        "rule",
+        "size_ratio",
+        "speed_ratio",
+        "predicted_latency_ms",
+        "measured_latency_ms",
+        "memory_mb",
+        "proxy_loss",
+        metric,
+    ]
     chosen = {k: (best[k].item() if hasattr(best[k], "item") else best[k]) for k in keys}
     chosen["assembly_json"] = Assembly.parse(chosen["assembly"]).to_json()
     return chosen
@@ -197,8 +224,17 @@ def spearman(a: pd.Series, b: pd.Series) -> float | None:
     return None if np.isnan(rho) else rho  # a constant column has no rank order
 
 
-def summary_record(*, search: SearchResult, budget: Budget, objectives, metric: str, validation: Validation,
-                   frontier: pd.DataFrame, workload, settings: dict) -> dict:  # fmt: skip
+def summary_record(
+    *,
+    search: SearchResult,
+    budget: Budget,
+    objectives,
+    metric: str,
+    validation: Validation,
+    frontier: pd.DataFrame,
+    workload,
+    settings: dict,
+) -> dict:
     v = frontier[frontier["validated"]]
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -56,8 +56,13 @@ class ProxyStats:
 
     def to_json(self) -> dict:
         saved = 1 - self.block_runs / self.block_runs_unshared if self.block_runs_unshared else 0.0
-        return {"scored": self.scored, "block_runs": self.block_runs, "block_runs_unshared": self.block_runs_unshared,
-                "shared_fraction": round(saved, 4), "seconds": round(self.seconds, 2)}  # fmt: skip
+        return {
+            "scored": self.scored,
+            "block_runs": self.block_runs,
+            "block_runs_unshared": self.block_runs_unshared,
+            "shared_fraction": round(saved, 4),
+            "seconds": round(self.seconds, 2),
+        }
 
 
 class ProxyScorer:
@@ -85,8 +90,9 @@ class ProxyScorer:
         for enc in sorted(by_encoder):
             encoded = self._encode(enc)
             members = sorted(by_encoder[enc], key=lambda i: tuple(assemblies[i].decoder))
-            for i, loss in zip(members, self._decode(encoded, [tuple(assemblies[i].decoder) for i in members]),
-                               strict=True):  # fmt: skip
+            for i, loss in zip(
+                members, self._decode(encoded, [tuple(assemblies[i].decoder) for i in members]), strict=True
+            ):
                 losses[i] = round(loss, ROUND)
                 self.stats.block_runs_unshared += len(assemblies[i].encoder) + len(assemblies[i].decoder)
                 if on_scored:

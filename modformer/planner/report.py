@@ -22,8 +22,10 @@ def report_html(*, png: bytes, frontier: pd.DataFrame, rules: pd.DataFrame, chos
     picture = base64.b64encode(png).decode("ascii")
     search = summary["search"]
     validated = frontier[frontier["validated"]]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
-             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}")  # fmt: skip
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
+        "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+    )
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>modformer plan</title>",
         f"<style>{style}</style></head><body>",

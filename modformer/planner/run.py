@@ -140,8 +140,16 @@ def run_plan(
     study = open_study(open_storage(storage), study_name, config, settings.study_record())
     score = pair_scorer(loaded.scorer, space_stacks(modular.config))
     processes = _start_workers(storage, study_name, workers)
-    search = Search(space, budget, config, study, score, workers=workers + remote_workers, on_progress=phase("search"),
-                    check_workers=lambda: _check_workers(processes))  # fmt: skip
+    search = Search(
+        space,
+        budget,
+        config,
+        study,
+        score,
+        workers=workers + remote_workers,
+        on_progress=phase("search"),
+        check_workers=lambda: _check_workers(processes),
+    )
     try:
         result = search.run()
         rules = planning.rule_points(modular, space)
@@ -167,17 +175,30 @@ def run_plan(
     chosen_texts = list(dict.fromkeys([*picks["assembly"], *best_rules["assembly"]]))
     pairs = loaded.pairs.take(settings.validate_samples)
     validation = planning.validate_assemblies(
-        modular, loaded.tokenizer, chosen_texts, pairs, profile, workload,
-        max_new_tokens=settings.max_new_tokens, on_progress=phase("validate"),
-    )  # fmt: skip
+        modular,
+        loaded.tokenizer,
+        chosen_texts,
+        pairs,
+        profile,
+        workload,
+        max_new_tokens=settings.max_new_tokens,
+        on_progress=phase("validate"),
+    )
     frontier = planning.frontier_table(result, config.objectives, validation, settings.metric, rules)
-    rules = rules.merge(validation.rows[["assembly", settings.metric, "measured_latency_ms"]], on="assembly",
-                        how="left")  # fmt: skip
+    rules = rules.merge(
+        validation.rows[["assembly", settings.metric, "measured_latency_ms"]], on="assembly", how="left"
+    )
     chosen = planning.choose(frontier, settings.metric)
     summary = planning.summary_record(
-        search=result, budget=budget, objectives=config.objectives, metric=settings.metric, validation=validation,
-        frontier=frontier, workload=workload, settings=asdict(settings),
-    )  # fmt: skip
+        search=result,
+        budget=budget,
+        objectives=config.objectives,
+        metric=settings.metric,
+        validation=validation,
+        frontier=frontier,
+        workload=workload,
+        settings=asdict(settings),
+    )
     return planning.PlanResult(frontier=frontier, rules=rules, chosen=chosen, summary=summary, scored=result.scored)
 
 

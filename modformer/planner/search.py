@@ -102,10 +102,17 @@ class SearchResult:
         return rows[pareto_mask(values)].sort_values("latency_ms").reset_index(drop=True)
 
     def summary(self) -> dict:
-        return {"method": self.method, "space_size": self.space_size, "feasible_size": self.feasible_size,
-                "scored": self.scored_count, "scored_fraction": self.scored_count / max(self.space_size, 1),
-                "trials": self.trials, "seconds": round(self.seconds, 2), "proxy": self.proxy,
-                "study_name": self.study_name}  # fmt: skip
+        return {
+            "method": self.method,
+            "space_size": self.space_size,
+            "feasible_size": self.feasible_size,
+            "scored": self.scored_count,
+            "scored_fraction": self.scored_count / max(self.space_size, 1),
+            "trials": self.trials,
+            "seconds": round(self.seconds, 2),
+            "proxy": self.proxy,
+            "study_name": self.study_name,
+        }
 
 
 def objective_values(rows: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
@@ -134,11 +141,14 @@ def open_storage(url: str):
 def open_study(storage, name: str, config: SearchConfig, settings: dict) -> optuna.Study:
     """Create the study or load it to continue; refuse one made with other settings."""
     sampler = optuna.samplers.NSGAIISampler(
-        population_size=config.population, seed=config.seed, mutation_prob=config.mutation_prob,
-    )  # fmt: skip
+        population_size=config.population,
+        seed=config.seed,
+        mutation_prob=config.mutation_prob,
+    )
     directions = ["minimize"] * 3
-    study = optuna.create_study(storage=storage, study_name=name, directions=directions, sampler=sampler,
-                                load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(
+        storage=storage, study_name=name, directions=directions, sampler=sampler, load_if_exists=True
+    )
     recorded = study.user_attrs.get("settings")
     if recorded is None:
         study.set_user_attr("settings", settings)
@@ -162,9 +172,18 @@ Scorer = Callable[[list[tuple[int, int]]], list[float]]  # (i, j) pairs -> proxy
 class Search:
     """One plan's search over `space` (see the module docstring)."""
 
-    def __init__(self, space: SearchSpace, budget: Budget, config: SearchConfig, study: optuna.Study,
-                 score: Scorer, *, workers: int = 1, on_progress: Progress | None = None,
-                 check_workers: Callable[[], None] = lambda: None):  # fmt: skip
+    def __init__(
+        self,
+        space: SearchSpace,
+        budget: Budget,
+        config: SearchConfig,
+        study: optuna.Study,
+        score: Scorer,
+        *,
+        workers: int = 1,
+        on_progress: Progress | None = None,
+        check_workers: Callable[[], None] = lambda: None,
+    ):
         self.space, self.budget, self.config, self.study = space, budget, config, study
         self._score_local = score
         self.workers = workers
@@ -212,18 +231,38 @@ class Search:
     def table(self) -> pd.DataFrame:
         """Every scored assembly with its costs, sorted by predicted latency."""
         if not self.values:
-            return pd.DataFrame(columns=["i", "j", "assembly", "proxy_loss", "latency_ms", "memory_mb", "params",
-                                         "size_ratio", "speed_ratio", "violation"])  # fmt: skip
+            return pd.DataFrame(
+                columns=[
+                    "i",
+                    "j",
+                    "assembly",
+                    "proxy_loss",
+                    "latency_ms",
+                    "memory_mb",
+                    "params",
+                    "size_ratio",
+                    "speed_ratio",
+                    "violation",
+                ]
+            )
         keys = sorted(self.values)
         i = np.array([k[0] for k in keys])
         j = np.array([k[1] for k in keys])
         s = self.space
-        table = pd.DataFrame({
-            "i": i, "j": j, "assembly": [str(s.assembly(a, b)) for a, b in keys],
-            "proxy_loss": [self.values[k] for k in keys], "latency_ms": s.latency_ms(i, j),
-            "memory_mb": s.memory_mb(i, j), "params": s.params(i, j), "size_ratio": s.size_ratio(i, j),
-            "speed_ratio": s.speed_ratio(i, j), "violation": s.violation(self.budget, i, j),
-        })  # fmt: skip
+        table = pd.DataFrame(
+            {
+                "i": i,
+                "j": j,
+                "assembly": [str(s.assembly(a, b)) for a, b in keys],
+                "proxy_loss": [self.values[k] for k in keys],
+                "latency_ms": s.latency_ms(i, j),
+                "memory_mb": s.memory_mb(i, j),
+                "params": s.params(i, j),
+                "size_ratio": s.size_ratio(i, j),
+                "speed_ratio": s.speed_ratio(i, j),
+                "violation": s.violation(self.budget, i, j),
+            }
+        )
         return table.sort_values(["latency_ms", "proxy_loss"]).reset_index(drop=True)
 
     # --- nsga2 ----------------------------------------------------------------------------------------------------
@@ -243,8 +282,9 @@ class Search:
         if self.config.class_seeds:
             n_enc = np.array([len(e) for e in s.encoder])[i]
             n_dec = np.array([len(d) for d in s.decoder])[j]
-            ranked = pd.DataFrame({"k": np.flatnonzero(ok), "ne": n_enc[ok], "nd": n_dec[ok],
-                                   "sur": self.surrogate[i[ok], j[ok]]}).sort_values(["sur", "k"], kind="stable")  # fmt: skip
+            ranked = pd.DataFrame(
+                {"k": np.flatnonzero(ok), "ne": n_enc[ok], "nd": n_dec[ok], "sur": self.surrogate[i[ok], j[ok]]}
+            ).sort_values(["sur", "k"], kind="stable")
             best = ranked.groupby(["ne", "nd"], sort=False).head(self.config.class_seeds)
             room = max(target - len(self.values), 0)  # best surrogate first, within the trials asked for
             self._score_pairs([(int(i[k]), int(j[k])) for k in best["k"][:room]], "class seeds", total=target)
@@ -284,8 +324,9 @@ class Search:
         s = self.space
         pairs = [(int(t.params["encoder"]), int(t.params["decoder"])) for t in trials]
         violation = [float(s.violation(self.budget, a, b)) for a, b in pairs]
-        new = sorted({p for p, v in zip(pairs, violation, strict=True) if p not in self.values and
-                      (v <= 0 or stage != "nsga2")})  # fmt: skip
+        new = sorted(
+            {p for p, v in zip(pairs, violation, strict=True) if p not in self.values and (v <= 0 or stage != "nsga2")}
+        )
         if new:
             losses = self._score(new, trials, pairs, stage, total)
             self.values.update(zip(new, losses, strict=True))

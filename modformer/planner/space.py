@@ -145,8 +145,11 @@ class SearchSpace:
         for stack in STACKS:
             lat, mem, params = [], [], []
             for blocks in stacks[stack]:
-                a = Assembly(encoder=blocks, decoder=teacher.decoder) if stack == "encoder" else \
-                    Assembly(encoder=teacher.encoder, decoder=blocks)  # fmt: skip
+                a = (
+                    Assembly(encoder=blocks, decoder=teacher.decoder)
+                    if stack == "encoder"
+                    else Assembly(encoder=teacher.encoder, decoder=blocks)
+                )
                 parts = predict(profile, a, workload).breakdown
                 mine = parts[parts["stack"] == stack]
                 lat.append(float(mine["latency_ms"].sum()))

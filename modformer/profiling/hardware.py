@@ -13,8 +13,17 @@ from modformer.errors import ConfigError
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Keys whose difference makes a profile's numbers not apply; the rest (e.g. the OS) are kept for the record.
-COMPARED = ("device", "cpu_model", "gpu_name", "physical_cores", "logical_cores", "torch_threads", "dtype", "torch",
-            "transformers")  # fmt: skip
+COMPARED = (
+    "device",
+    "cpu_model",
+    "gpu_name",
+    "physical_cores",
+    "logical_cores",
+    "torch_threads",
+    "dtype",
+    "torch",
+    "transformers",
+)
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -187,9 +187,13 @@ class Bench:
     def decode(self, p: _Point, ids: torch.Tensor, cache: EncoderDecoderCache):
         """One decoder call as `generate` makes it (captured from transformers 5's generate for T5 and BART)."""
         return self.stack("decoder")(
-            input_ids=ids, attention_mask=None, encoder_hidden_states=p.hidden, encoder_attention_mask=p.mask,
-            cache=cache, use_cache=True,
-        )  # fmt: skip
+            input_ids=ids,
+            attention_mask=None,
+            encoder_hidden_states=p.hidden,
+            encoder_attention_mask=p.mask,
+            cache=cache,
+            use_cache=True,
+        )
 
     def step_case(self, layout: list[nn.Module], p: _Point, cache_len: int) -> Case:
         """One step with the self-attention cache holding `cache_len` tokens and cross-attention keys/values
@@ -199,8 +203,10 @@ class Bench:
         if layout:
             with swapped():
                 self.decode(p, p.prefill[:, : max(cache_len, 1)], cache)
-        saved = [(layer.keys[..., :cache_len, :], layer.values[..., :cache_len, :])
-                 for layer in cache.self_attention_cache.layers]  # fmt: skip
+        saved = [
+            (layer.keys[..., :cache_len, :], layer.values[..., :cache_len, :])
+            for layer in cache.self_attention_cache.layers
+        ]
 
         def reset() -> None:
             for layer, (k, v) in zip(cache.self_attention_cache.layers, saved, strict=True):
@@ -215,8 +221,9 @@ class Bench:
         def fresh() -> None:
             holder["cache"] = EncoderDecoderCache(DynamicCache(), DynamicCache())
 
-        return Case(fn=lambda: self.decode(p, p.token, holder["cache"]), setup=fresh,
-                    context=self.swapped("decoder", layout))  # fmt: skip
+        return Case(
+            fn=lambda: self.decode(p, p.token, holder["cache"]), setup=fresh, context=self.swapped("decoder", layout)
+        )
 
     def generate_case(self, p: _Point, gen_len: int, keep: dict[str, int | None] | None = None) -> Case:
         """A real `generate` of exactly `gen_len` new tokens by the teacher keeping `keep[stack]` of its layers in each
@@ -231,9 +238,14 @@ class Bench:
 def generate_fixed(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, gen_len: int) -> torch.Tensor:
     """The call every measurement and validation times: greedy, exactly `gen_len` new tokens, a growing cache."""
     return model.generate(
-        input_ids=ids, attention_mask=mask, min_new_tokens=gen_len, max_new_tokens=gen_len, do_sample=False,
-        num_beams=1, **lazy_cache(model),
-    )  # fmt: skip
+        input_ids=ids,
+        attention_mask=mask,
+        min_new_tokens=gen_len,
+        max_new_tokens=gen_len,
+        do_sample=False,
+        num_beams=1,
+        **lazy_cache(model),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -253,10 +265,23 @@ def _block_rows(kind: str, blocks, timings, baseline, statics, statistic: str, *
     rows = []
     for b, t, j in zip(blocks, timings[2:], baseline, strict=True):
         ref = base[j]
-        rows.append(_row(kind=kind, stack=b.stack, block=b.key, start=b.start, size=b.size,
-                         position="first" if b.first else "above", latency_ms=t.value(statistic) - ref,
-                         p10_ms=t.p10_ms - ref, p90_ms=t.p90_ms - ref, base_ms=ref, repeats=t.repeats,
-                         **statics[b.key], **where))  # fmt: skip
+        rows.append(
+            _row(
+                kind=kind,
+                stack=b.stack,
+                block=b.key,
+                start=b.start,
+                size=b.size,
+                position="first" if b.first else "above",
+                latency_ms=t.value(statistic) - ref,
+                p10_ms=t.p10_ms - ref,
+                p90_ms=t.p90_ms - ref,
+                base_ms=ref,
+                repeats=t.repeats,
+                **statics[b.key],
+                **where,
+            )
+        )
     return rows
 
 
@@ -387,17 +412,25 @@ def profile_modules(
             on_progress(total, total, "done")
     for step in timing:
         rows.extend(_timing_rows(bench, step, samples[step], by_stack, statics))
-    grid = {"batch_sizes": list(config.batch_sizes), "src_lens": list(config.src_lens),
-            "gen_lens": list(config.gen_lens), "cache_lens": config.cache_lens(),
-            "fixed_gen_lens": config.fixed_gen_lens()}  # fmt: skip
+    grid = {
+        "batch_sizes": list(config.batch_sizes),
+        "src_lens": list(config.src_lens),
+        "gen_lens": list(config.gen_lens),
+        "cache_lens": config.cache_lens(),
+        "fixed_gen_lens": config.fixed_gen_lens(),
+    }
     meta = new_meta(
         fingerprint=fingerprint(config.device, config.dtype, threads),
         grid=grid,
         model=model_record(modular),
         settings={**asdict(config), "threads": threads},
     )
-    profile = LatencyProfile(pd.DataFrame(rows, columns=list(COLUMNS)).sort_values(["kind", "batch", "src_len"],
-                             kind="stable", ignore_index=True), meta)  # fmt: skip
+    profile = LatencyProfile(
+        pd.DataFrame(rows, columns=list(COLUMNS)).sort_values(
+            ["kind", "batch", "src_len"], kind="stable", ignore_index=True
+        ),
+        meta,
+    )
     profile.meta["profile_seconds"] = round(time.perf_counter() - started, 2)
     return profile
 
@@ -405,18 +438,28 @@ def profile_modules(
 def model_record(modular: ModularModel) -> dict:
     """What the profile was measured on: the modular checkpoint's identity (not its training history)."""
     c = modular.config
-    return {"teacher": c.teacher, "model_type": c.model_type, "encoder_layers": c.encoder_layers,
-            "decoder_layers": c.decoder_layers, "granularities": list(c.granularities),
-            "teacher_config_fingerprint": c.teacher_config_fingerprint,
-            "teacher_weights_fingerprint": c.teacher_weights_fingerprint,
-            "attn_implementation": modular.teacher.config._attn_implementation}  # fmt: skip
+    return {
+        "teacher": c.teacher,
+        "model_type": c.model_type,
+        "encoder_layers": c.encoder_layers,
+        "decoder_layers": c.decoder_layers,
+        "granularities": list(c.granularities),
+        "teacher_config_fingerprint": c.teacher_config_fingerprint,
+        "teacher_weights_fingerprint": c.teacher_weights_fingerprint,
+        "attn_implementation": modular.teacher.config._attn_implementation,
+    }
 
 
 def _describe(step: tuple) -> str:
     kind, batch, src, *rest = step
     extra = {"step": f" cache {rest[0]}" if rest else "", "memory": f" gen {rest[0]}" if rest else ""}.get(kind, "")
-    names = {"enc": "encoder blocks", "first": "decoder first step", "step": "decoder step", "fixed": "fixed costs",
-             "memory": "peak memory"}  # fmt: skip
+    names = {
+        "enc": "encoder blocks",
+        "first": "decoder first step",
+        "step": "decoder step",
+        "fixed": "fixed costs",
+        "memory": "peak memory",
+    }
     return f"{names[kind]} B={batch} S={src}{extra}"
 
 
@@ -433,8 +476,9 @@ def _sample_step(bench: Bench, step: tuple, by_stack) -> list[list[float]]:
     if kind == "fixed":  # per generation length: the zero-layer model, then the calibration calls
         keeps = [None, *CALIBRATION.values()]
         cases = [bench.generate_case(p, g, keep) for g in cfg.fixed_gen_lens() for keep in keeps]
-        return timer.interleaved_samples(cases, warmup=min(cfg.warmup, 2), repeats=_rounds(cfg.generate_repeats,
-                                         cfg.passes))  # fmt: skip
+        return timer.interleaved_samples(
+            cases, warmup=min(cfg.warmup, 2), repeats=_rounds(cfg.generate_repeats, cfg.passes)
+        )
     stack = "encoder" if kind == "enc" else "decoder"
     layouts, _ = bench.layouts(stack, by_stack[stack])
     if kind == "enc":
@@ -454,9 +498,21 @@ def _timing_rows(bench: Bench, step: tuple, samples: list[list[float]], by_stack
     if kind == "fixed":
         names = [("fixed_generate", "fixed")] + [("calibration_generate", name) for name in CALIBRATION]
         labels = [(g, *name) for g in bench.config.fixed_gen_lens() for name in names]
-        return [_row(kind=k, stack="model", block=block, gen_len=g, latency_ms=t.value(stat), p10_ms=t.p10_ms,
-                     p90_ms=t.p90_ms, base_ms=0.0, repeats=t.repeats, **where)
-                for (g, k, block), t in zip(labels, timings, strict=True)]  # fmt: skip
+        return [
+            _row(
+                kind=k,
+                stack="model",
+                block=block,
+                gen_len=g,
+                latency_ms=t.value(stat),
+                p10_ms=t.p10_ms,
+                p90_ms=t.p90_ms,
+                base_ms=0.0,
+                repeats=t.repeats,
+                **where,
+            )
+            for (g, k, block), t in zip(labels, timings, strict=True)
+        ]
     stack = "encoder" if kind == "enc" else "decoder"
     blocks = by_stack[stack]
     _, baseline = bench.layouts(stack, blocks)
@@ -478,10 +534,19 @@ def _memory_rows(bench: Bench, step: tuple, model_dirs: dict[str, Path], threads
     cfg = bench.config
     out = []
     for name, directory in model_dirs.items():
-        peak = peak_memory(directory, batch=batch, src_len=src, gen_len=gen, device=cfg.device, dtype=cfg.dtype,
-                           threads=threads, seed=cfg.seed)  # fmt: skip
-        out.append(_row(kind="peak_memory", stack="model", block=name, batch=batch, src_len=src, gen_len=gen,
-                        mem_bytes=peak))  # fmt: skip
+        peak = peak_memory(
+            directory,
+            batch=batch,
+            src_len=src,
+            gen_len=gen,
+            device=cfg.device,
+            dtype=cfg.dtype,
+            threads=threads,
+            seed=cfg.seed,
+        )
+        out.append(
+            _row(kind="peak_memory", stack="model", block=name, batch=batch, src_len=src, gen_len=gen, mem_bytes=peak)
+        )
     return out
 
 

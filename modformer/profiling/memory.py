@@ -96,9 +96,26 @@ def peak_memory(
     timeout_s: float = 600,
 ) -> int:
     """Peak memory in bytes of loading `model_dir` and generating `gen_len` tokens for `batch` x `src_len` inputs."""
-    cmd = [sys.executable, "-m", "modformer.profiling.memory", str(model_dir), "--batch", str(batch),
-           "--src-len", str(src_len), "--gen-len", str(gen_len), "--device", device, "--dtype", dtype,
-           "--threads", str(threads), "--seed", str(seed)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "modformer.profiling.memory",
+        str(model_dir),
+        "--batch",
+        str(batch),
+        "--src-len",
+        str(src_len),
+        "--gen-len",
+        str(gen_len),
+        "--device",
+        device,
+        "--dtype",
+        dtype,
+        "--threads",
+        str(threads),
+        "--seed",
+        str(seed),
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
@@ -139,9 +156,14 @@ def _child(args: argparse.Namespace) -> dict:
     def run(model, new_tokens: int):
         with torch.no_grad():
             return model.generate(
-                input_ids=ids, attention_mask=mask, min_new_tokens=new_tokens, max_new_tokens=new_tokens,
-                do_sample=False, num_beams=1, **lazy_cache(model),
-            )  # fmt: skip
+                input_ids=ids,
+                attention_mask=mask,
+                min_new_tokens=new_tokens,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+                num_beams=1,
+                **lazy_cache(model),
+            )
 
     # Warm up on a one-layer model of the same family and shapes: lazy imports, kernel selection and one-time
     # buffers then happen before the baseline, not inside the figure.

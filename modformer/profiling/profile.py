@@ -164,8 +164,17 @@ class LatencyProfile:
     def blocks(self) -> pd.DataFrame:
         """One row per measured block: stack, block, start, size, position, param_bytes and cache bytes."""
         rows = self.table[self.table["kind"].isin(["enc_forward", "dec_step"])]
-        cols = ["stack", "block", "start", "size", "position", "param_bytes", "kv_self_bytes_per_token",
-                "kv_cross_bytes_per_token", "act_bytes_per_token"]  # fmt: skip
+        cols = [
+            "stack",
+            "block",
+            "start",
+            "size",
+            "position",
+            "param_bytes",
+            "kv_self_bytes_per_token",
+            "kv_cross_bytes_per_token",
+            "act_bytes_per_token",
+        ]
         return rows[cols].drop_duplicates("block").set_index("block")
 
     def costs(self, workload: Workload) -> _WorkloadCosts:
@@ -184,8 +193,14 @@ class LatencyProfile:
         text = buffer.getvalue()
         with atomic_path(table_path) as tmp:
             tmp.write_text(text, encoding="utf-8")
-        meta = {**self.meta, "format": FORMAT, "modformer_version": __version__, "table": table_path.name,
-                "table_rows": len(self.table), "table_sha256": hashlib.sha256(text.encode()).hexdigest()}  # fmt: skip
+        meta = {
+            **self.meta,
+            "format": FORMAT,
+            "modformer_version": __version__,
+            "table": table_path.name,
+            "table_rows": len(self.table),
+            "table_sha256": hashlib.sha256(text.encode()).hexdigest(),
+        }
         write_json(meta_path, meta)
         self.meta = meta
         return table_path, meta_path
@@ -384,15 +399,19 @@ def _workload_costs(table: pd.DataFrame, w: Workload) -> _WorkloadCosts:
             calls = calibration[calibration["block"] == name]
             if calls.empty:
                 raise CheckpointError(f"the profile lacks the calibration call {name!r}; profile again")
-            return _interpolate_bsg(calls, b_axis, s_axis, g_axis, at) - _interpolate_bsg(fixed, b_axis, s_axis,
-                                                                                          g_axis, at)  # fmt: skip
+            return _interpolate_bsg(calls, b_axis, s_axis, g_axis, at) - _interpolate_bsg(
+                fixed, b_axis, s_axis, g_axis, at
+            )
 
         # The encoder runs once per call: its line comes from the shortest calls, where it weighs most.
         short = g_axis[0]
-        scales, offsets = _calibration(blocks, {
-            "encoder": (added("encoder_first", short), [added("encoder_only", short)]),
-            "decoder": (added("decoder_first", G), [added("decoder_only", G), added("teacher", G)]),
-        })  # fmt: skip
+        scales, offsets = _calibration(
+            blocks,
+            {
+                "encoder": (added("encoder_first", short), [added("encoder_only", short)]),
+                "decoder": (added("decoder_first", G), [added("decoder_only", G), added("teacher", G)]),
+            },
+        )
     blocks["latency_ms"] = blocks["block_ms"] * blocks["stack"].map(scales)
     zero_ms, fixed_ms = fixed_ms, fixed_ms + sum(offsets.values())
 
@@ -408,8 +427,9 @@ def _interpolate_bsg(rows: pd.DataFrame, b_axis, s_axis, g_axis, w: Workload) ->
     return interpolate(values, (b_axis, s_axis, g_axis), (w.batch, w.src_len, w.gen_len))
 
 
-def _calibration(blocks: pd.DataFrame, measured: dict[str, tuple[float, list[float]]]
-                 ) -> tuple[dict[str, float], dict[str, float]]:  # fmt: skip
+def _calibration(
+    blocks: pd.DataFrame, measured: dict[str, tuple[float, list[float]]]
+) -> tuple[dict[str, float], dict[str, float]]:
     """Per-stack (factor, offset) lines through what the teacher's first layer and all its layers add to real calls.
 
     `measured[stack]` = (what the stack's first teacher layer alone adds, [what all its layers add, ...]); for the
@@ -437,10 +457,17 @@ def _calibration(blocks: pd.DataFrame, measured: dict[str, tuple[float, list[flo
 
 
 def _block_record(key: str, m: pd.Series, latency_ms: float, w: Workload) -> dict:
-    facts = {c: int(m[c]) for c in ("start", "size", "param_bytes", "kv_self_bytes_per_token",
-                                    "kv_cross_bytes_per_token")}  # fmt: skip
-    return {"block": key, "stack": m["stack"], "position": m["position"], "latency_ms": latency_ms, **facts,
-            "cache_bytes": _cache_bytes(m, w.batch, w.src_len, w.gen_len)}  # fmt: skip
+    facts = {
+        c: int(m[c]) for c in ("start", "size", "param_bytes", "kv_self_bytes_per_token", "kv_cross_bytes_per_token")
+    }
+    return {
+        "block": key,
+        "stack": m["stack"],
+        "position": m["position"],
+        "latency_ms": latency_ms,
+        **facts,
+        "cache_bytes": _cache_bytes(m, w.batch, w.src_len, w.gen_len),
+    }
 
 
 def _memory_terms(memory: pd.DataFrame, blocks: pd.DataFrame, w: Workload, reasons: list[str]) -> tuple[float, float]:
@@ -490,9 +517,22 @@ def predict(profile: LatencyProfile, assembly: Assembly, workload: Workload) -> 
     parts = costs.blocks.loc[keys, columns].reset_index()
     alpha = costs.mem_alpha
     parts["memory_bytes"] = (parts["param_bytes"] + parts["cache_bytes"]) * alpha if alpha is not None else np.nan
-    fixed = pd.DataFrame([{"block": "fixed", "stack": "model", "start": pd.NA, "size": pd.NA, "position": "",
-                           "latency_ms": costs.fixed_ms, "block_ms": costs.zero_ms, "param_bytes": pd.NA, "cache_bytes": pd.NA,
-                           "memory_bytes": costs.mem_zero_bytes if alpha is not None else np.nan}])  # fmt: skip
+    fixed = pd.DataFrame(
+        [
+            {
+                "block": "fixed",
+                "stack": "model",
+                "start": pd.NA,
+                "size": pd.NA,
+                "position": "",
+                "latency_ms": costs.fixed_ms,
+                "block_ms": costs.zero_ms,
+                "param_bytes": pd.NA,
+                "cache_bytes": pd.NA,
+                "memory_bytes": costs.mem_zero_bytes if alpha is not None else np.nan,
+            }
+        ]
+    )
     breakdown = pd.concat([fixed, parts], ignore_index=True)
     memory = float(breakdown["memory_bytes"].sum()) if alpha is not None else None
     return Prediction(

@@ -128,8 +128,11 @@ def check_profile_model(profile: LatencyProfile, modular: ModularModel) -> None:
     """Refuse to validate a profile with another model's checkpoint."""
     recorded = profile.meta.get("model", {})
     c = modular.config
-    for key, value in (("teacher_config_fingerprint", c.teacher_config_fingerprint),
-                       ("encoder_layers", c.encoder_layers), ("decoder_layers", c.decoder_layers)):  # fmt: skip
+    for key, value in (
+        ("teacher_config_fingerprint", c.teacher_config_fingerprint),
+        ("encoder_layers", c.encoder_layers),
+        ("decoder_layers", c.decoder_layers),
+    ):
         if recorded.get(key) != value:
             raise CheckpointError(
                 f"the profile was measured on another model ({key} {recorded.get(key)!r}, these modules: {value!r})"
@@ -143,8 +146,9 @@ def fixed_inputs(vocab: int, w: Workload, seed: int, device: str) -> tuple[torch
     return ids, torch.ones_like(ids)
 
 
-def sample_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int,
-                  repeats: int) -> list[list[float]]:  # fmt: skip
+def sample_models(
+    models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int, repeats: int
+) -> list[list[float]]:
     """The milliseconds of every round of each model's `generate_fixed`, the models called round-robin."""
     ids, mask = fixed_inputs(vocab, w, seed, timer.device)
     cases = [Case(fn=lambda m=m: generate_fixed(m, ids, mask, w.gen_len)) for m in models]
@@ -152,8 +156,9 @@ def sample_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int
         return timer.interleaved_samples(cases, warmup=warmup, repeats=repeats)
 
 
-def time_models(models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int,
-                repeats: int) -> list[Timing]:  # fmt: skip
+def time_models(
+    models: list[nn.Module], w: Workload, timer: Timer, vocab: int, seed: int, warmup: int, repeats: int
+) -> list[Timing]:
     """Timings of each model's `generate_fixed`, round-robin (`sample_models`, summarised)."""
     return [Timing.from_samples(s) for s in sample_models(models, w, timer, vocab, seed, warmup, repeats)]
 
@@ -221,13 +226,25 @@ def validate(
             timings = time_models(models, w, timer, vocab, seed, warmup, repeats)
             for a, model, t in zip(assemblies, models, timings, strict=True):
                 p = predict(profile, a, w)
-                records.append({"assembly": a.format(), "shape": a.shape, "held_out": a != teacher,
-                                "depth_ratio": depth_ratio(a), "params": _params(model), "batch": w.batch,
-                                "src_len": w.src_len, "gen_len": w.gen_len, "predicted_ms": p.latency_ms,
-                                "measured_ms": t.value(statistic), "measured_median_ms": t.median_ms,
-                                "measured_min_ms": t.min_ms, "predicted_mem_bytes": p.memory_bytes,
-                                "measured_mem_bytes": None,
-                                "extrapolated": p.extrapolated})  # fmt: skip
+                records.append(
+                    {
+                        "assembly": a.format(),
+                        "shape": a.shape,
+                        "held_out": a != teacher,
+                        "depth_ratio": depth_ratio(a),
+                        "params": _params(model),
+                        "batch": w.batch,
+                        "src_len": w.src_len,
+                        "gen_len": w.gen_len,
+                        "predicted_ms": p.latency_ms,
+                        "measured_ms": t.value(statistic),
+                        "measured_median_ms": t.median_ms,
+                        "measured_min_ms": t.min_ms,
+                        "predicted_mem_bytes": p.memory_bytes,
+                        "measured_mem_bytes": None,
+                        "extrapolated": p.extrapolated,
+                    }
+                )
         if memory:
             saved = {}
             for i, a in enumerate(held_out, start=1):
@@ -236,16 +253,38 @@ def validate(
             for w in workloads:
                 for a in held_out:
                     tick(f"peak memory {a.shape}, {w}")
-                    peak = peak_memory(saved[a], batch=w.batch, src_len=w.src_len, gen_len=w.gen_len, device=device,
-                                       dtype=dtype_name, threads=torch.get_num_threads(), seed=seed)  # fmt: skip
+                    peak = peak_memory(
+                        saved[a],
+                        batch=w.batch,
+                        src_len=w.src_len,
+                        gen_len=w.gen_len,
+                        device=device,
+                        dtype=dtype_name,
+                        threads=torch.get_num_threads(),
+                        seed=seed,
+                    )
                     key = (a.format(), w.batch, w.src_len, w.gen_len)
                     for r in records:
                         if (r["assembly"], r["batch"], r["src_len"], r["gen_len"]) == key:
                             r["measured_mem_bytes"] = peak
         if export_check:
             # Three models only, and a ratio of two of them is the figure: twice the rounds, for a steadier minimum.
-            export = _export_check(modular, held_out[0], models[1], workloads, timer, vocab, seed, warmup,
-                                   2 * repeats, Path(tmp), device, dtype, tick, statistic)  # fmt: skip
+            export = _export_check(
+                modular,
+                held_out[0],
+                models[1],
+                workloads,
+                timer,
+                vocab,
+                seed,
+                warmup,
+                2 * repeats,
+                Path(tmp),
+                device,
+                dtype,
+                tick,
+                statistic,
+            )
     rows = pd.DataFrame(records)
     if rows["extrapolated"].any():
         log.warning("some validation workloads lie outside the profile's grid: their predictions are extrapolated")
@@ -271,8 +310,9 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _export_check(modular, assembly, in_memory, workloads, timer, vocab, seed, warmup, repeats, tmp, device, dtype,
-                  tick, statistic) -> dict:  # fmt: skip
+def _export_check(
+    modular, assembly, in_memory, workloads, timer, vocab, seed, warmup, repeats, tmp, device, dtype, tick, statistic
+) -> dict:
     """Export one assembly, reload it with transformers alone, and time it beside the in-memory assembly and a
     model of the same config built directly by transformers."""
     from transformers import AutoModelForSeq2SeqLM
@@ -290,20 +330,34 @@ def _export_check(modular, assembly, in_memory, workloads, timer, vocab, seed, w
         tick(f"export vs native, {w}")
         ids, mask = fixed_inputs(vocab, w, seed, device)
         with torch.no_grad():
-            same = bool(torch.equal(generate_fixed(in_memory, ids, mask, w.gen_len),
-                                    generate_fixed(reloaded, ids, mask, w.gen_len)))  # fmt: skip
+            same = bool(
+                torch.equal(
+                    generate_fixed(in_memory, ids, mask, w.gen_len), generate_fixed(reloaded, ids, mask, w.gen_len)
+                )
+            )
         samples = sample_models([in_memory, reloaded, native], w, timer, vocab, seed, warmup, repeats)
         ms = [Timing.from_samples(s).value(statistic) for s in samples]
-        per_workload.append({"batch": w.batch, "src_len": w.src_len, "gen_len": w.gen_len,
-                             "assembled_ms": ms[0], "exported_ms": ms[1], "native_ms": ms[2],
-                             "export_vs_native_ratio": paired_ratio(samples[1], samples[2]),
-                             "export_vs_native_ratio_of_statistic": ms[1] / ms[2],
-                             "export_vs_assembled_ratio": paired_ratio(samples[1], samples[0]),
-                             "outputs_match": same})  # fmt: skip
+        per_workload.append(
+            {
+                "batch": w.batch,
+                "src_len": w.src_len,
+                "gen_len": w.gen_len,
+                "assembled_ms": ms[0],
+                "exported_ms": ms[1],
+                "native_ms": ms[2],
+                "export_vs_native_ratio": paired_ratio(samples[1], samples[2]),
+                "export_vs_native_ratio_of_statistic": ms[1] / ms[2],
+                "export_vs_assembled_ratio": paired_ratio(samples[1], samples[0]),
+                "outputs_match": same,
+            }
+        )
     worst = max(per_workload, key=lambda r: abs(r["export_vs_native_ratio"] - 1.0))
-    return {"assembly": assembly.format(), "per_workload": per_workload,
-            "export_vs_native_ratio": worst["export_vs_native_ratio"],
-            "outputs_match": all(r["outputs_match"] for r in per_workload)}  # fmt: skip
+    return {
+        "assembly": assembly.format(),
+        "per_workload": per_workload,
+        "export_vs_native_ratio": worst["export_vs_native_ratio"],
+        "outputs_match": all(r["outputs_match"] for r in per_workload),
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
