@@ -2,7 +2,8 @@
 
     python benchmarks/profiler.py [--teacher ../shared/models/multi30k-t5-12x12] [--n 20] [--threads N]
                                   [--validate-repeats 40]
-                                  [--work runs/bench-profiler] [--overwrite]
+                                  [--work runs/bench-profiler] [--overwrite] [--results benchmarks/results]
+    python benchmarks/profiler.py --from-results benchmarks/results/profiler.json --results DIR
 
 Stages, each cached under --work so that a rerun resumes (--overwrite starts again). Before the profile and before
 the validation the script waits (up to 2 minutes each) for a quiet spell of the shared machine, back-to-back teacher
@@ -17,46 +18,39 @@ calls within 15 % of each other, and records what it found under `settled`:
    reloaded with transformers timed side by side with `T5ForConditionalGeneration(config)`.
 
 Writes benchmarks/results/profiler.json (figures per batch size, the targets of issue 3 and whether each is met,
-the command, machine and date) and benchmarks/results/profiler.png (predicted against measured latency).
+the command, machine and date) and benchmarks/results/profiler.png (predicted against measured latency). The
+verdicts and the noise figures are computed from the measured figures and rows by `report()`; `--from-results`
+recomputes them, and the plot, from a results file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import pandas as pd
+import torch
+from harness import RUNS, TEACHER, JsonCache, Results, add_results_options, provenance, read_results
+from matplotlib.figure import Figure
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
-
-from modformer.checkpoints import load_seq2seq  # noqa: E402
-from modformer.io import atomic_path, write_json  # noqa: E402
-from modformer.modular.model import CONFIG_NAME, ModularModel  # noqa: E402
-from modformer.profiling.hardware import fingerprint  # noqa: E402
-from modformer.profiling.measure import (  # noqa: E402
+from modformer.checkpoints import load_seq2seq
+from modformer.modular.model import CONFIG_NAME, ModularModel
+from modformer.profiling.measure import (
     ProfileConfig,
     generate_fixed,
     profile_modules,
     progress_total,
     torch_threads,
 )
-from modformer.profiling.profile import LatencyProfile, Workload  # noqa: E402
-from modformer.profiling.timer import Timer  # noqa: E402
-from modformer.profiling.validate import fixed_inputs, validate  # noqa: E402
+from modformer.profiling.profile import LatencyProfile, Workload, profile_paths
+from modformer.profiling.timer import Timer
+from modformer.profiling.validate import fixed_inputs, validate
 
+NAME = "profiler"  # results/profiler.json, profiler.png
+SETTLED_NAME = "settled.json"  # the quiet spell found before each stage
 TARGETS = {  # issue 3, per batch size unless top-level
     "latency_mape": ("<=", 5.0),
     "latency_within_10pct": (">=", 95.0),
@@ -145,7 +139,8 @@ def stage_validate(
 def plot_predicted_vs_measured(rows: pd.DataFrame) -> Figure:
     """Predicted against measured latency, one panel per batch size, with y = x and a +-10 % band."""
     batches = sorted(rows["batch"].unique())
-    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4.5), squeeze=False)
+    fig = Figure(figsize=(5 * len(batches), 4.5))
+    axes = fig.subplots(1, len(batches), squeeze=False)
     for ax, batch in zip(axes[0], batches, strict=True):
         group = rows[rows["batch"] == batch]
         lo, hi = 0.9 * group["measured_ms"].min(), 1.1 * group["measured_ms"].max()
@@ -165,10 +160,54 @@ def plot_predicted_vs_measured(rows: pd.DataFrame) -> Figure:
     return fig
 
 
+TOP_LEVEL_TARGETS = {"export_vs_native_ratio": "1.00 +- 0.03", "profile_seconds": "< 300"}
+DERIVED = ("targets", "top_level_targets_met")  # computed by report()
+DERIVED_PER_BATCH = ("targets_met", "median_over_min_mean", "median_over_min_max")
+
+
+def report(measured: dict) -> dict:
+    """The measured record with its verdicts: each batch size's figures against TARGETS, how busy the machine was
+    (the median call against the least, per assembly) and the top-level targets."""
+    rows = pd.DataFrame(measured["assemblies"])
+    per_batch = {}
+    for batch, figures in measured["per_batch"].items():
+        checks = {
+            key: (figures[key] <= bound if op == "<=" else figures[key] >= bound)
+            for key, (op, bound) in TARGETS.items()
+            if key in figures
+        }
+        group = rows[rows["batch"] == int(batch)]
+        noise = (group["measured_median_ms"] / group["measured_min_ms"]).astype(float)
+        per_batch[batch] = {
+            **figures,
+            "targets_met": checks,
+            "median_over_min_mean": float(noise.mean()),
+            "median_over_min_max": float(noise.max()),
+        }
+    return {
+        **measured,
+        "per_batch": per_batch,
+        "targets": {**{k: f"{op} {bound} per batch size" for k, (op, bound) in TARGETS.items()}, **TOP_LEVEL_TARGETS},
+        "top_level_targets_met": {
+            "export_vs_native_ratio": abs(measured["export_vs_native_ratio"] - 1.0) <= 0.03,
+            "profile_seconds": measured["profile_seconds"] < 300,
+        },
+    }
+
+
+def measured_part(result: dict) -> dict:
+    """A results file without its verdicts: what the benchmark measured (and its provenance)."""
+    record = {k: v for k, v in result.items() if k not in DERIVED}
+    record["per_batch"] = {
+        b: {k: v for k, v in f.items() if k not in DERIVED_PER_BATCH} for b, f in result["per_batch"].items()
+    }
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default=str(ROOT.parent / "shared/models/multi30k-t5-12x12"))
-    parser.add_argument("--work", default=str(ROOT / "runs/bench-profiler"))
+    parser.add_argument("--teacher", default=str(TEACHER))
+    parser.add_argument("--work", default=str(RUNS / "bench-profiler"))
     parser.add_argument("--n", type=int, default=20, help="held-out assemblies")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's setting)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per block measurement")
@@ -185,8 +224,28 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--statistic", default="min", help="min or median of the rounds (profile and validation)")
     parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/profiler.json"))
+    add_results_options(parser, NAME)
     args = parser.parse_args()
+    measured = measured_part(read_results(args.from_results)) if args.from_results else measure(args)
+    result = report(measured)
+    results = Results(args.results, NAME)
+    results.write(result)
+    results.save_figure(plot_predicted_vs_measured(pd.DataFrame(result["assemblies"])), dpi=120, bbox_inches="tight")
+    per_batch = result["per_batch"]
+    summary = {b: {k: round(v, 3) for k, v in f.items() if isinstance(v, float)} for b, f in per_batch.items()}
+    print(pd.DataFrame(summary).to_string())
+    print(
+        f"export_vs_native_ratio {result['export_vs_native_ratio']:.3f}; profile_seconds {result['profile_seconds']:.0f}"
+    )
+    print(f"written: {results.path()} and {results.path('.png')}")
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def measure(args) -> dict:
+    """Every stage (cached under --work); the measured record, without verdicts."""
     work = Path(args.work)
     if args.overwrite and work.exists():
         shutil.rmtree(work)
@@ -196,7 +255,6 @@ def main() -> None:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
-    ints = lambda text: tuple(int(x) for x in text.split(","))  # noqa: E731
     config = ProfileConfig(
         threads=args.threads,
         repeats=args.repeats,
@@ -207,43 +265,16 @@ def main() -> None:
         statistic=args.statistic,
     )
     modular = stage_modules(args.teacher, work, list(ints(args.granularities)))
-    print(
-        f"grid: {progress_total(config)} measurement steps over {len(modular.blocks) + 2 * modular.depth('encoder')} blocks"
-    )
-    settled_path = work / "settled.json"
-    settled = json.loads(settled_path.read_text()) if settled_path.is_file() else {}
-    profile = stage_profile(modular, config, work / "profile.json", settled)
-    write_json(settled_path, settled)
-    validation = stage_validate(
-        profile, modular, args.n, args.seed, args.validate_repeats, work / "profile.json", settled
-    )
-    write_json(settled_path, settled)
-
-    per_batch = {}
-    rows = pd.DataFrame(validation["rows"])
-    for batch, figures in validation["per_batch"].items():
-        checks = {
-            key: (figures[key] <= bound if op == "<=" else figures[key] >= bound)
-            for key, (op, bound) in TARGETS.items()
-            if key in figures
-        }
-        group = rows[rows["batch"] == int(batch)]
-        # How busy the machine was: the typical (median) call against the least, per assembly.
-        noise = (group["measured_median_ms"] / group["measured_min_ms"]).astype(float)
-        per_batch[batch] = {
-            **figures,
-            "targets_met": checks,
-            "median_over_min_mean": float(noise.mean()),
-            "median_over_min_max": float(noise.max()),
-        }
-    export_ratio = validation["export"]["export_vs_native_ratio"]
-    report = {
-        "command": "python benchmarks/profiler.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            **fingerprint("cpu", "fp32", profile.fingerprint.get("torch_threads")),
-            "processor": platform.processor() or platform.machine(),
-        },
-        "date": time.strftime("%Y-%m-%d"),
+    blocks = len(modular.blocks) + 2 * modular.depth("encoder")
+    print(f"grid: {progress_total(config)} measurement steps over {blocks} blocks")
+    settled = JsonCache(work / SETTLED_NAME)
+    profile_path = profile_paths(work)[1]
+    profile = stage_profile(modular, config, profile_path, settled.data)
+    settled.save()
+    validation = stage_validate(profile, modular, args.n, args.seed, args.validate_repeats, profile_path, settled.data)
+    settled.save()
+    return {
+        **provenance(profile.fingerprint.get("torch_threads")),
         "teacher": args.teacher,
         "modules": f"untrained modules of granularity {args.granularities} (a module costs what a trained one costs)",
         "grid": profile.grid,
@@ -254,31 +285,13 @@ def main() -> None:
         "workloads": validation["workloads"],
         "selection": validation["selection"],
         "statistic": validation.get("statistic", "median"),
-        "settled": settled,
-        "per_batch": per_batch,
-        "export_vs_native_ratio": export_ratio,
+        "settled": settled.data,
+        "per_batch": validation["per_batch"],
+        "export_vs_native_ratio": validation["export"]["export_vs_native_ratio"],
         "export_check": validation["export"],
-        "targets": {
-            **{k: f"{op} {bound} per batch size" for k, (op, bound) in TARGETS.items()},
-            "export_vs_native_ratio": "1.00 +- 0.03",
-            "profile_seconds": "< 300",
-        },
-        "top_level_targets_met": {
-            "export_vs_native_ratio": abs(export_ratio - 1.0) <= 0.03,
-            "profile_seconds": profile.meta["profile_seconds"] < 300,
-        },
         "units": "mape, max_ape, within_10pct in percent (0-100); spearman in [-1, 1]; fraction as a ratio",
         "assemblies": validation["rows"],
     }
-    out = Path(args.out)
-    write_json(out, report)
-    fig = plot_predicted_vs_measured(rows)
-    with atomic_path(out.with_suffix(".png")) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    summary = {b: {k: round(v, 3) for k, v in f.items() if isinstance(v, float)} for b, f in per_batch.items()}
-    print(pd.DataFrame(summary).to_string())
-    print(f"export_vs_native_ratio {export_ratio:.3f}; profile_seconds {profile.meta['profile_seconds']:.0f}")
-    print(f"written: {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -1,90 +1,86 @@
 """Kill a real training run with SIGKILL at a random moment, resume it, and compare with an uninterrupted run.
 
     python benchmarks/resume.py [--teacher ../shared/models/multi30k-t5-12x12] [--steps 60] [--save-every 10]
+    python benchmarks/resume.py --from-results benchmarks/results/resume.json --results DIR
 
 Both runs are the real CLI (`modformer train`) in subprocesses, same seed and settings. The interrupted one is
 killed with SIGKILL at a random time (seeded) after its first checkpoint, then continued with `--resume`. The figure
-is the held-out loss (mean over the uniform assemblies) at the last step. Writes benchmarks/results/resume.json.
+is the held-out loss (mean over the uniform assemblies) at the last step. Writes benchmarks/results/resume.json;
+its verdict (`relative_difference`) is computed from the two losses by `report()`, which `--from-results` reruns on a
+results file's losses.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from harness import (
+    RUNS,
+    TEACHER,
+    Results,
+    add_results_options,
+    cli,
+    cli_env,
+    data_args,
+    measured_or_recorded,
+    provenance,
+)
 
-from modformer.io import write_json  # noqa: E402
+from modformer.modular.model import CONFIG_NAME
+from modformer.recipe import TrainerCheckpoint
+
+NAME = "resume"  # results/resume.json
+TARGET = "relative_difference <= 0.01"
+DERIVED = ("relative_difference", "target")  # computed by report()
 
 
 def train_cmd(args, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "modformer.cli",
+    return cli(
         "train",
         "--teacher",
         args.teacher,
-        "--data",
-        args.data,
-        "--src-ext",
-        "en",
-        "--tgt-ext",
-        "de",
+        *data_args("multi30k", split_option=None),
         "--out",
-        str(out),
+        out,
         "--steps",
-        str(args.steps),
+        args.steps,
         "--save-every",
-        str(args.save_every),
+        args.save_every,
         "--eval-every",
-        str(args.steps),
+        args.steps,
         "--seed",
         "0",
         *extra,
-    ]
+    )
 
 
 def completed_steps(out: Path) -> int:
     try:
-        return json.loads((out / "modular_config.json").read_text())["training"]["completed_steps"]
+        return json.loads((out / CONFIG_NAME).read_text())["training"]["completed_steps"]
     except (OSError, ValueError, KeyError):
         return 0
 
 
 def final_loss(out: Path) -> float:
-    import torch
-
-    state = torch.load(out / "trainer_state.pt", map_location="cpu", weights_only=True)
-    return float(state["history"][-1]["mean"])
+    """The held-out loss (mean over the uniform assemblies) of the run's last evaluation."""
+    return float(TrainerCheckpoint.load(out).state.history[-1]["mean"])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default=str(ROOT.parent / "shared/models/multi30k-t5-12x12"))
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/multi30k_en_de"))
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--save-every", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--work", default=str(ROOT / "runs/bench-resume"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/resume.json"))
-    args = parser.parse_args()
+def measure(args) -> dict:
+    """An uninterrupted run, and one killed after a random checkpoint and resumed: the measured record."""
     work = Path(args.work)
     rng = random.Random(args.seed)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-
+    env = cli_env(None)
     straight, killed = work / "uninterrupted", work / "killed"
     for path in (straight, killed):
-        subprocess.run(["rm", "-rf", str(path)], check=True)
+        shutil.rmtree(path, ignore_errors=True)
     started = time.perf_counter()
     subprocess.run(train_cmd(args, straight), check=True, env=env, stdout=subprocess.DEVNULL)
     straight_s = time.perf_counter() - started
@@ -100,34 +96,39 @@ def main() -> None:
     proc.wait()
     at_kill = completed_steps(killed)
     subprocess.run(train_cmd(args, killed, "--resume"), check=True, env=env, stdout=subprocess.DEVNULL)
-
-    uninterrupted, resumed = final_loss(straight), final_loss(killed)
-    report = {
-        "command": "python benchmarks/resume.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
-        "date": time.strftime("%Y-%m-%d"),
+    return {
+        **provenance(),
         "teacher": args.teacher,
         "steps": args.steps,
         "save_every": args.save_every,
         "killed_with": "SIGKILL",
         "killed_after_checkpoint_step": at_kill,
         "killed_seconds_after_that_checkpoint": round(linger, 3),
-        "uninterrupted_loss": uninterrupted,
-        "resumed_loss": resumed,
-        "relative_difference": abs(resumed - uninterrupted) / uninterrupted,
+        "uninterrupted_loss": final_loss(straight),
+        "resumed_loss": final_loss(killed),
         "uninterrupted_seconds": round(straight_s, 1),
-        "target": "relative_difference <= 0.01",
     }
-    write_json(args.out, report)
-    print(
-        json.dumps(
-            {
-                k: report[k]
-                for k in ("killed_after_checkpoint_step", "uninterrupted_loss", "resumed_loss", "relative_difference")
-            },
-            indent=2,
-        )
-    )
+
+
+def report(measured: dict) -> dict:
+    """The measured record with its verdict: the relative difference of the two final losses."""
+    uninterrupted, resumed = measured["uninterrupted_loss"], measured["resumed_loss"]
+    return {**measured, "relative_difference": abs(resumed - uninterrupted) / uninterrupted, "target": TARGET}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default=str(TEACHER))
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--save-every", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--work", default=str(RUNS / "bench-resume"))
+    add_results_options(parser, NAME)
+    args = parser.parse_args()
+    result = report(measured_or_recorded(args, measure, DERIVED))
+    Results(args.results, NAME).write(result)
+    keys = ("killed_after_checkpoint_step", "uninterrupted_loss", "resumed_loss", "relative_difference")
+    print(json.dumps({k: result[k] for k in keys}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,49 +1,40 @@
 """Cost of one modular training step against one plain fine-tuning step of the same teacher, side by side.
 
     python benchmarks/train_step.py [--teacher ../shared/models/multi30k-t5-12x12] [--batch-size 32] [--repeats 20]
+    python benchmarks/train_step.py --from-results benchmarks/results/train_step.json --results DIR
 
 Both steps see the same batches, alternating (modular, fine-tune, modular, ...) so that machine noise hits both
 alike. The modular step is `ReplacingTrainer.step` with the default loss weights (CE + hidden + attention
 distillation), its hybrid sampled by the curriculum at progress spread evenly over a run; the fine-tuning step is
 a forward and backward pass of the whole teacher with AdamW on all its parameters. Writes
-benchmarks/results/train_step.json.
+benchmarks/results/train_step.json: every step's time (`*_step_s_all`) as measured, and the medians and ratios
+computed from them by `report()` (which `--from-results` reruns on a results file's step times).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
+from harness import DATASETS, TEACHER, Results, add_results_options, measured_or_recorded, provenance
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from modformer.checkpoints import load_seq2seq, load_tokenizer
+from modformer.data import load_split
+from modformer.modular.model import ModularModel
+from modformer.modular.trainer import ReplacingTrainer, TrainConfig
 
-from modformer.checkpoints import load_seq2seq, load_tokenizer  # noqa: E402
-from modformer.data import DataSpec, load_split  # noqa: E402
-from modformer.io import write_json  # noqa: E402
-from modformer.modular.model import ModularModel  # noqa: E402
-from modformer.modular.trainer import ReplacingTrainer, TrainConfig  # noqa: E402
+NAME = "train_step"  # results/train_step.json
+TARGET = "ratio <= 2.0"
+DERIVED = ("modular_step_s", "finetune_step_s", "ratio", "ratio_of_pairs_median", "ratio_of_pairs_max", "target")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default=str(ROOT.parent / "shared/models/multi30k-t5-12x12"))
-    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/multi30k_en_de"))
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "benchmarks/results/train_step.json"))
-    args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-
+def measure(args) -> dict:
+    """Alternating modular and fine-tuning steps on the same batches: every step's seconds after warm-up."""
     tokenizer = load_tokenizer(args.teacher)
-    spec = DataSpec(path=args.data, src_ext="en", tgt_ext="de")
+    spec = DATASETS["multi30k"].spec()
     train = load_split(spec, "train", limit=5000).tokenize(tokenizer)
     heldout = load_split(spec, "val", limit=64).tokenize(tokenizer)
     steps = args.warmup + args.repeats
@@ -74,32 +65,43 @@ def main() -> None:
             finetune_s.append(ft)
             hybrids.append(result.hybrid)
         print(f"{i:3d} modular {result.seconds:.3f}s finetune {ft:.3f}s {result.hybrid}", flush=True)
-
-    ratios = [m / f for m, f in zip(modular_s, finetune_s, strict=True)]
-    report = {
-        "command": "python benchmarks/train_step.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
-        "date": time.strftime("%Y-%m-%d"),
+    return {
+        **provenance(),
         "teacher": args.teacher,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
+        "modular_step_s_all": modular_s,
+        "finetune_step_s_all": finetune_s,
+        "hybrids": hybrids,
+    }
+
+
+def report(measured: dict) -> dict:
+    """The measured step times with their medians and the modular / fine-tune ratios (of medians, and per pair)."""
+    modular_s, finetune_s = measured["modular_step_s_all"], measured["finetune_step_s_all"]
+    ratios = [m / f for m, f in zip(modular_s, finetune_s, strict=True)]
+    return {
+        **measured,
         "modular_step_s": statistics.median(modular_s),
         "finetune_step_s": statistics.median(finetune_s),
         "ratio": statistics.median(modular_s) / statistics.median(finetune_s),
         "ratio_of_pairs_median": statistics.median(ratios),
         "ratio_of_pairs_max": max(ratios),
-        "modular_step_s_all": modular_s,
-        "finetune_step_s_all": finetune_s,
-        "hybrids": hybrids,
-        "target": "ratio <= 2.0",
+        "target": TARGET,
     }
-    write_json(args.out, report)
-    print(json.dumps({k: report[k] for k in ("modular_step_s", "finetune_step_s", "ratio")}, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default=str(TEACHER))
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    add_results_options(parser, NAME)
+    args = parser.parse_args()
+    result = report(measured_or_recorded(args, measure, DERIVED))
+    Results(args.results, NAME).write(result)
+    print(json.dumps({k: result[k] for k in ("modular_step_s", "finetune_step_s", "ratio")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ kept, so 12 -> 6 copies layers 0, 2, 4, 7, 9, 11 and 12 -> 3 copies 0, 6, 11), t
   in the output folder as ``pseudo_labels.txt``, so a resumed run does not generate them again).
 
 The output folder is a plain Hugging Face checkpoint (model, tokenizer, generation config) with ``modformer.json``
-(method, shape, copied layers, steps, wall time) and ``trainer_state.pt`` (optimizer, scheduler, random states,
-step, held-out history) for ``--resume``. Every checkpoint rewrites the folder whole (write aside, rename).
+(`StudentRun`: method, shape, copied layers, steps, wall time) and ``trainer_state.pt`` (`recipe.TrainerCheckpoint`:
+optimizer, scheduler, random states, step, held-out history) for resuming. Every checkpoint rewrites the folder
+whole (write aside, rename). The loop is the shared recipe skeleton (`modformer.recipe`); `StudentTrainer` adds only
+its losses and what it saves. `run_baseline` is the whole of `modformer baseline`.
 """
 
 from __future__ import annotations
@@ -27,19 +29,29 @@ import torch
 from torch import nn
 
 from modformer import __version__
-from modformer.data import TokenizedData, read_lines
+from modformer.checkpoints import load_seq2seq, load_tokenizer
+from modformer.data import DataSpec, Seq2SeqData, TokenizedData, load_split, read_lines
 from modformer.errors import CheckpointError, ConfigError
 from modformer.evaluation import teacher_forced_loss
-from modformer.io import atomic_dir, atomic_path, read_json, torch_load, write_json
+from modformer.io import atomic_dir, atomic_path, read_json, write_json
 from modformer.modular.families import STACKS, adapter_for
 from modformer.modular.losses import HiddenStateLoss, LogitLoss
 from modformer.modular.model import standalone
-from modformer.modular.trainer import decode_random_state, encode_random_state, warmup_linear_decay
+from modformer.recipe import (
+    STATE_NAME,
+    Recipe,
+    StepResult,
+    TrainState,
+    adamw_with_warmup,
+    check_output,
+    check_recorded,
+    config_from,
+)
 
 METHODS = ("sft", "kd", "pseudo")
-STATE_NAME = "trainer_state.pt"
 INFO_NAME = "modformer.json"
 PSEUDO_NAME = "pseudo_labels.txt"
+RESUME_KEYS = ("method", "shape", "batch_size", "seed")  # settings a resumed run must share with the saved one
 
 
 def spread_layers(depth: int, count: int) -> list[int]:
@@ -99,30 +111,73 @@ class BaselineConfig:
 
 
 @dataclass
-class StudentState:
-    step: int = 0
-    history: list[dict] = field(default_factory=list)
-    seconds: float = 0.0  # training wall time so far, over all sessions
+class StudentRun:
+    """`modformer.json`: what a student is (method, settings, copied layers, size) and how far it trained. A student
+    folder holds it beside the Hugging Face checkpoint and the trainer checkpoint (`recipe.TrainerCheckpoint`)."""
+
+    config: BaselineConfig
+    layers: dict[str, list[int]]  # stack -> the teacher layer each student layer was copied from
+    parameters: int
+    completed_steps: int = 0
+    wall_s: float = 0.0  # training wall time, over all sessions
+    history: list[dict] = field(default_factory=list)  # periodic held-out losses: {"step": n, "loss": x}
+    modformer_version: str = __version__
+
+    def save(self, out_dir: str | Path) -> None:
+        write_json(
+            Path(out_dir) / INFO_NAME,
+            {
+                "modformer_version": self.modformer_version,
+                "baseline": asdict(self.config),
+                "layers": self.layers,
+                "parameters": self.parameters,
+                "completed_steps": self.completed_steps,
+                "wall_s": round(self.wall_s, 1),
+                "history": self.history,
+            },
+        )
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> StudentRun:
+        path = Path(out_dir) / INFO_NAME
+        info = read_json(path, "baseline info")
+        try:
+            return cls(
+                config=config_from(BaselineConfig, info.get("baseline", {}), path),
+                layers={s: [int(i) for i in info["layers"][s]] for s in STACKS},
+                parameters=int(info["parameters"]),
+                completed_steps=int(info.get("completed_steps", 0)),
+                wall_s=float(info.get("wall_s") or 0.0),
+                history=list(info.get("history", [])),
+                modformer_version=str(info.get("modformer_version", "")),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: baseline info is malformed ({err})") from None
 
 
-class StudentTrainer:
-    """Trains one fixed-shape student (see the module docstring)."""
+class StudentTrainer(Recipe):
+    """Trains one fixed-shape student (see the module docstring); the loop and checkpoints are the shared recipe's."""
 
-    def __init__(self, teacher: nn.Module, config: BaselineConfig, train: TokenizedData, heldout: TokenizedData):
-        self.teacher, self.config, self.train, self.heldout = teacher.eval(), config, train, heldout
+    def __init__(
+        self, teacher: nn.Module, tokenizer, config: BaselineConfig, train: TokenizedData, heldout: TokenizedData
+    ):
+        self.teacher, self.tokenizer, self.config = teacher.eval(), tokenizer, config
+        self.train, self.heldout = train, heldout
         teacher.requires_grad_(False)
         self.student, self.layer_map = make_student(teacher, config.shape)
         self.student.train()
         self.adapter = adapter_for(teacher.config)
-        self.optimizer = torch.optim.AdamW(self.student.parameters(), lr=config.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.optimizer, self.scheduler = adamw_with_warmup(
+            self.student.parameters(),
+            lr=config.lr,
+            weight_decay=0.01,  # AdamW's default, which the students have always trained with
+            warmup_steps=config.warmup_steps,
+            steps=config.steps,
+        )
         self.hidden_loss, self.logit_loss = HiddenStateLoss(), LogitLoss(config.temperature)
-        self.state = StudentState()
+        self.state = TrainState()
         self.rng = random.Random(config.seed)
         torch.manual_seed(config.seed)
-
-    def _lr_factor(self, step: int) -> float:
-        return warmup_linear_decay(step, self.config.warmup_steps, self.config.steps)
 
     # --- one step -------------------------------------------------------------------------------------------------
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -157,7 +212,8 @@ class StudentTrainer:
             "hidden": hidden / max(n, 1),
         }
 
-    def step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
+        started = time.perf_counter()
         cfg = self.config
         parts = self.losses(batch)
         weights = {"ce": 1.0, "logit": cfg.w_logit, "hidden": cfg.w_hidden}
@@ -166,7 +222,8 @@ class StudentTrainer:
             bad = next((k for k, v in parts.items() if not torch.isfinite(v)), "total")
             raise ConfigError(
                 f"step {self.state.step + 1}: the {bad} loss is not finite; training stopped "
-                "(the last checkpoint is kept; try a lower --lr)"
+                "(the last checkpoint is kept; try a lower lr)",
+                settings="lr",
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -174,106 +231,131 @@ class StudentTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.state.step += 1
-        return float(loss.detach()), {k: float(v.detach()) for k, v in parts.items()}
+        shown = {k: float(v.detach()) for k, v in parts.items()}
+        return StepResult(self.state.step, float(loss.detach()), shown, time.perf_counter() - started)
 
-    def evaluate(self, batch_size: int = 64) -> float:
+    def evaluate(self, batch_size: int = 64) -> dict[str, float]:
         self.student.eval()
         try:
-            return teacher_forced_loss(self.student, self.heldout.batches(batch_size, shuffle=False))
+            return {"loss": teacher_forced_loss(self.student, self.heldout.batches(batch_size, shuffle=False))}
         finally:
             self.student.train()
 
-    # --- the loop -------------------------------------------------------------------------------------------------
-    def fit(
-        self,
-        out_dir: Path,
-        tokenizer,
-        on_step: Callable[[int, float, dict], None] | None = None,
-        on_eval: Callable[[int, float], None] | None = None,
-    ) -> StudentState:
-        cfg = self.config
-        stream = self.train.stream(cfg.batch_size, seed=cfg.seed, start_step=self.state.step)
-        started = time.perf_counter() - self.state.seconds
-        while self.state.step < cfg.steps:
-            loss, parts = self.step(next(stream))
-            self.state.seconds = time.perf_counter() - started
-            if on_step:
-                on_step(self.state.step, loss, parts)
-            step, last = self.state.step, self.state.step == cfg.steps
-            if last or (cfg.eval_every and step % cfg.eval_every == 0):
-                held_out = self.evaluate()
-                self.state.history.append({"step": step, "loss": held_out})
-                if on_eval:
-                    on_eval(step, held_out)
-            if last or (cfg.save_every and step % cfg.save_every == 0):
-                self.save(out_dir, tokenizer)
-        return self.state
-
     # --- checkpoints ----------------------------------------------------------------------------------------------
-    def save(self, out_dir: Path, tokenizer) -> None:
-        """The whole folder, written aside and renamed: the student, tokenizer, info and trainer state."""
+    def run(self) -> StudentRun:
+        """What `modformer.json` says about the student as it is now."""
+        return StudentRun(
+            config=self.config,
+            layers=self.layer_map,
+            parameters=sum(p.numel() for p in self.student.parameters()),
+            completed_steps=self.state.step,
+            wall_s=self.state.seconds,
+            history=list(self.state.history),
+        )
+
+    def save(self, out_dir: str | Path) -> None:
+        """The whole folder, written aside and renamed: the student, tokenizer, info and trainer checkpoint (and the
+        pseudo-labels already there)."""
         pseudo = Path(out_dir) / PSEUDO_NAME
         keep = pseudo.read_text(encoding="utf-8") if pseudo.is_file() else None
         self.student.eval()
         with atomic_dir(out_dir, overwrite=True) as tmp:
             self.student.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            write_json(tmp / INFO_NAME, self.info())
-            torch.save(self._state_dict(), tmp / STATE_NAME)
+            self.tokenizer.save_pretrained(tmp)
+            self.run().save(tmp)
+            self.checkpoint().save(tmp)
             if keep is not None:
                 (tmp / PSEUDO_NAME).write_text(keep, encoding="utf-8")
         self.student.train()
 
-    def info(self) -> dict:
-        params = sum(p.numel() for p in self.student.parameters())
-        return {
-            "modformer_version": __version__,
-            "baseline": asdict(self.config),
-            "layers": self.layer_map,
-            "parameters": params,
-            "completed_steps": self.state.step,
-            "wall_s": round(self.state.seconds, 1),
-            "history": self.state.history,
-        }
-
-    def _state_dict(self) -> dict:
-        return {
-            "step": self.state.step,
-            "seconds": self.state.seconds,
-            "history": self.state.history,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "python_rng": encode_random_state(self.rng.getstate()),
-            "torch_rng": torch.get_rng_state(),
-        }
-
-    def resume(self, out_dir: Path) -> None:
+    def resume(self, out_dir: str | Path) -> None:
         """Continue the run saved in `out_dir`: its student weights, optimizer, scheduler, random states and step."""
         out_dir = Path(out_dir)
-        info = read_json(out_dir / INFO_NAME, "baseline info")
-        recorded = info.get("baseline", {})
-        for key in ("method", "shape", "batch_size", "seed"):
-            if recorded.get(key) != getattr(self.config, key):
-                raise ConfigError(
-                    f"--resume: {out_dir} was trained with {key} {recorded.get(key)!r}, "
-                    f"not {getattr(self.config, key)!r}"
-                )
+        check_recorded(out_dir, asdict(StudentRun.load(out_dir).config), self.config, RESUME_KEYS)
         from safetensors.torch import load_file
 
         try:
             self.student.load_state_dict(load_file(out_dir / "model.safetensors"), strict=False)
         except (OSError, RuntimeError) as err:
             raise CheckpointError(f"{out_dir}: cannot load the student ({err})") from None
-        state = torch_load(out_dir / STATE_NAME, "trainer state")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.rng.setstate(decode_random_state(state["python_rng"]))
-        torch.set_rng_state(state["torch_rng"])
-        self.state = StudentState(
-            step=int(state["step"]), history=list(state["history"]), seconds=float(state["seconds"])
+        super().resume(out_dir)
+
+
+def student_pairs(
+    config: BaselineConfig,
+    teacher: nn.Module,
+    tokenizer,
+    train: Seq2SeqData,
+    out_dir: str | Path,
+    *,
+    pseudo_labels_file: str | Path | None = None,
+    on_labels: Callable[[int, int], None] | None = None,
+) -> Seq2SeqData:
+    """The pairs a student of `config.method` trains on: `train` itself, or (pseudo) its sources with the teacher's
+    outputs, read from `pseudo_labels_file` or generated (and cached in `out_dir`).
+
+    `on_labels(done, total)` reports generation: once with 0 before it starts, then after each batch.
+    """
+    _check_pseudo_option(config, pseudo_labels_file)
+    if config.method != "pseudo":
+        return train
+    if pseudo_labels_file is not None:  # checked, then copied into out_dir
+        targets = read_pseudo_labels(Path(pseudo_labels_file), len(train), Path(out_dir))
+    else:
+        total = len(train)
+        report = (lambda n: on_labels(n, total)) if on_labels else None
+        if report:
+            report(0)
+        targets = pseudo_labels(
+            teacher, tokenizer, train.sources, Path(out_dir), max_new_tokens=config.max_new_tokens, on_batch=report
         )
-        if self.state.step > self.config.steps:
-            raise ConfigError(f"the run in {out_dir} is at step {self.state.step}, past --steps {self.config.steps}")
+    return Seq2SeqData(train.sources, targets, f"{train.origin}, teacher's outputs")
+
+
+def _check_pseudo_option(config: BaselineConfig, pseudo_labels_file: str | Path | None) -> None:
+    if pseudo_labels_file is not None and config.method != "pseudo":
+        raise ConfigError(
+            f"pseudo_labels_file is for the pseudo method, not {config.method}", settings="pseudo_labels_file"
+        )
+
+
+def run_baseline(
+    config: BaselineConfig,
+    teacher: str | Path,
+    data: DataSpec,
+    out_dir: str | Path,
+    *,
+    train_split: str = "train",
+    val_split: str = "val",
+    pseudo_labels_file: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_labels: Callable[[int, int], None] | None = None,
+    on_start: Callable[[StudentTrainer], None] | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainState:
+    """What `modformer baseline` does: check `out_dir`, read the splits and the teacher, make the training pairs
+    (`student_pairs`), train (or continue) the student and save it.
+
+    `on_start` sees the trainer once it is set up (its `state.step` is where a resumed run continues).
+    """
+    _check_pseudo_option(config, pseudo_labels_file)  # before anything is read
+    check_output(out_dir, resume=resume, overwrite=overwrite, marker=STATE_NAME, what="baseline run")
+    train = load_split(data, train_split)
+    heldout = load_split(data, val_split, limit=config.eval_pairs)
+    teacher_model = load_seq2seq(teacher, eager=config.method == "kd")
+    tokenizer = load_tokenizer(teacher)
+    train = student_pairs(
+        config, teacher_model, tokenizer, train, out_dir, pseudo_labels_file=pseudo_labels_file, on_labels=on_labels
+    )
+    trainer = StudentTrainer(teacher_model, tokenizer, config, train.tokenize(tokenizer), heldout.tokenize(tokenizer))
+    trainer.origin = train.origin
+    if resume:
+        trainer.resume(out_dir)
+    if on_start:
+        on_start(trainer)
+    return trainer.fit(out_dir, on_step=on_step, on_eval=on_eval)
 
 
 def read_pseudo_labels(path: Path, count: int, out_dir: Path) -> list[str]:
@@ -302,7 +384,6 @@ def pseudo_labels(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """The teacher's greedy outputs for `sources`, cached in `out_dir/pseudo_labels.txt` (one per line)."""
-    from modformer.data import Seq2SeqData
     from modformer.evaluation import generate
 
     path = Path(out_dir) / PSEUDO_NAME

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from modformer.errors import ConfigError, ModformerError, with_flags
+from modformer.io import refuse_existing
 
 app = typer.Typer(
     help="Compress a seq2seq Transformer once into modular layers; assemble many model sizes from that one run.",
@@ -114,11 +115,6 @@ def _progress(*, disable: bool = False) -> Progress:
     )
 
 
-def _refuse_existing(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise ConfigError(f"{path} already exists; pass --overwrite to replace it")
-
-
 # --- teacher ------------------------------------------------------------------------------------------------------
 @app.command()
 @handles_errors
@@ -143,26 +139,31 @@ def teacher(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a T5-style teacher from scratch (tokenizer included), for those without a fine-tuned checkpoint."""
-    from modformer.data import load_split
-    from modformer.teacher import STATE_NAME as TEACHER_STATE
-    from modformer.teacher import TeacherConfig, completed_steps, train_teacher
+    from modformer.teacher import TeacherConfig, run_teacher
 
     config = TeacherConfig(preset=preset, steps=steps, batch_size=batch_size, seed=seed, save_every=save_every)
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other: choose one")
-    if resume and not (out / TEACHER_STATE).is_file():
-        raise ConfigError(f"--resume: {out} holds no teacher run to continue")
-    if not resume:
-        _refuse_existing(out, overwrite)
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
-    train, val = load_split(spec, train_split), load_split(spec, val_split, limit=500)
     with _progress() as progress:
-        task = progress.add_task("teacher", total=steps, completed=completed_steps(out) if resume else 0, info="")
+        task = None
 
-        def on_step(step: int, loss: float) -> None:
-            progress.update(task, completed=step, info=f"loss {loss:.3f}")
+        def on_start(trainer) -> None:
+            nonlocal task
+            task = progress.add_task("teacher", total=steps, completed=trainer.state.step, info="")
 
-        summary = train_teacher(train, val, config, out, on_step=on_step, overwrite=overwrite, resume=resume)
+        def on_step(r) -> None:
+            progress.update(task, completed=r.step, info=f"loss {r.loss:.3f}")
+
+        summary = run_teacher(
+            config,
+            spec,
+            out,
+            train_split=train_split,
+            val_split=val_split,
+            resume=resume,
+            overwrite=overwrite,
+            on_start=on_start,
+            on_step=on_step,
+        )
     console.print(
         f"teacher written to [bold]{escape(str(out))}[/]: {summary['parameters']:,} parameters, "
         f"held-out loss {summary['val_loss']:.3f}, {summary['seconds']:.0f} s"
@@ -204,10 +205,7 @@ def train(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train modules that each replace k consecutive teacher layers (multi-grained module replacing)."""
-    from modformer.checkpoints import load_seq2seq, load_tokenizer
-    from modformer.data import load_split
-    from modformer.modular.model import CONFIG_NAME
-    from modformer.modular.trainer import ReplacingTrainer, TrainConfig
+    from modformer.modular.trainer import TrainConfig, is_main_process, run_modular
 
     config = TrainConfig(
         steps=steps,
@@ -224,37 +222,22 @@ def train(
         seed=seed,
     )
     gs = _parse_granularities(granularities)
-    if resume and not (out / CONFIG_NAME).is_file():
-        raise ConfigError(f"--resume: {out} holds no modular checkpoint to continue")
-    if not resume:
-        _refuse_existing(out, overwrite)
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
-    train_data = load_split(spec, train_split)
-    val_data = load_split(spec, val_split, limit=config.eval_pairs)
-    teacher_model = load_seq2seq(teacher, eager=True)
-    tokenizer = load_tokenizer(teacher)
-    trainer = ReplacingTrainer.start_or_resume(
-        teacher_model,
-        teacher,
-        out,
-        config,
-        train_data.tokenize(tokenizer, config.max_source_len, config.max_target_len),
-        val_data.tokenize(tokenizer, config.max_source_len, config.max_target_len),
-        resume=resume,
-        granularities=gs,
-    )
-    model = trainer.model
-    n_modules = len(model.blocks)
-    say = console.print if trainer.is_main else (lambda *a, **k: None)  # one voice when several processes train
-    processes = trainer.processes.num_processes
-    say(
-        f"training {n_modules} modules (granularities {model.config.granularities}) on {len(train_data):,} pairs "
-        f"from {escape(train_data.origin)}; {config.steps} steps"
-        + (f", resuming at {trainer.state.step}" if resume else "")
-        + (f"; {processes} processes share each batch of {config.batch_size}" if processes > 1 else "")
-    )
-    with _progress(disable=not trainer.is_main) as progress:
-        task = progress.add_task("train", total=config.steps, completed=trainer.state.step, info="")
+    main = is_main_process()
+    say = console.print if main else (lambda *a, **k: None)  # one voice when several processes train
+    with _progress(disable=not main) as progress:
+        task = None
+
+        def on_start(trainer) -> None:
+            nonlocal task
+            model, processes = trainer.model, trainer.processes.num_processes
+            say(
+                f"training {len(model.blocks)} modules (granularities {model.config.granularities}) on "
+                f"{len(trainer.train):,} pairs from {escape(trainer.origin)}; {config.steps} steps"
+                + (f", resuming at {trainer.state.step}" if resume else "")
+                + (f"; {processes} processes share each batch of {config.batch_size}" if processes > 1 else "")
+            )
+            task = progress.add_task("train", total=config.steps, completed=trainer.state.step, info="")
 
         def on_step(r) -> None:
             parts = " ".join(f"{k} {v:.3f}" for k, v in r.parts.items() if v)
@@ -264,7 +247,20 @@ def train(
             shown = " ".join(f"{k} {v:.3f}" for k, v in scores.items())
             progress.console.print(f"step {step}: held-out loss {shown}")
 
-        trainer.fit(out, on_step=on_step, on_eval=on_eval)
+        run_modular(
+            config,
+            teacher,
+            spec,
+            out,
+            train_split=train_split,
+            val_split=val_split,
+            granularities=gs,
+            resume=resume,
+            overwrite=overwrite,
+            on_start=on_start,
+            on_step=on_step,
+            on_eval=on_eval,
+        )
     say(f"modules written to [bold]{escape(str(out))}[/]")
 
 
@@ -292,34 +288,6 @@ ProfileOpt = Annotated[
 ]
 
 
-def _choose_with(model, assembly: str | None, strategy: str | None, ratio: float | None, speed=None):
-    """The assembly the options name; `speed` predicts speed-first ratios (None: the documented estimate)."""
-    from modformer.modular.assembly import Assembly
-    from modformer.modular.strategies import assembly_for_ratio
-
-    if (assembly is None) == (strategy is None):
-        raise ConfigError("give either --assembly or --strategy with --ratio")
-    if assembly is not None:
-        if ratio is not None:
-            raise ConfigError("give either --assembly or --strategy with --ratio, not --assembly with --ratio")
-        return model.validate(Assembly.parse(assembly))
-    if ratio is None:
-        raise ConfigError("--strategy needs --ratio (e.g. --ratio 2)")
-    return assembly_for_ratio(strategy, model.cost_model(), ratio, speed_ratio=speed)
-
-
-def _speed_ratio(model, profile: Path | None):
-    """Predicted speed-up from a measured profile, or None (the strategies' documented estimate)."""
-    if profile is None:
-        return None
-    from modformer.modular.assembly import Assembly
-    from modformer.profiling.profile import default_workload, speed_ratio_predictor
-
-    loaded = _load_profile(profile)
-    teacher = Assembly.teacher(model.config.encoder_layers, model.config.decoder_layers)
-    return speed_ratio_predictor(loaded, teacher, default_workload(loaded))
-
-
 @app.command()
 @handles_errors
 def assemble(
@@ -331,41 +299,27 @@ def assemble(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON.")] = None,
 ) -> None:
     """Show assemblies with their size: one (--assembly), one by ratio, or a strategy's whole sequence."""
-    from modformer.modular.assembly import Assembly
     from modformer.modular.model import ModularModel
-    from modformer.modular.strategies import STRATEGIES, strategy_sequence
+    from modformer.planner.choice import assembly_table, save_assembly_table
 
     model = ModularModel.from_pretrained(modules)
-    cost = model.cost_model()
-    speed = _speed_ratio(model, profile)
-    if assembly is not None or ratio is not None:
-        rows = [("chosen", _choose_with(model, assembly, strategy, ratio, speed))]
-    else:
-        names = [strategy] if strategy else list(STRATEGIES)
-        rows = [(name, a) for name in names for a in strategy_sequence(name, cost)]
-    speed_label = "speed ratio (profile)" if speed else "est. speed ratio"
-    table = Table("strategy", "shape", "assembly", "parameters", "size ratio", speed_label)
-    records = []
-    for name, a in rows:
-        a = model.validate(a) if isinstance(a, Assembly) else a
-        rec = {
-            "strategy": name,
-            "shape": a.shape,
-            "assembly": a.format(),
-            "parameters": cost.params(a),
-            "size_ratio": cost.size_ratio(a),
-            "speed_ratio": (speed or cost.speed_ratio)(a),
-            "speed_ratio_source": "profile" if speed else "estimate",
-        }
-        records.append(rec)
+    loaded = _load_profile(profile) if profile else None
+    rows = assembly_table(model, assembly=assembly, strategy=strategy, ratio=ratio, profile=loaded)
+    table = Table(
+        "strategy",
+        "shape",
+        "assembly",
+        "parameters",
+        "size ratio",
+        "speed ratio (profile)" if loaded else "est. speed ratio",
+    )
+    for r in rows.itertuples():
         table.add_row(
-            name, a.shape, a.format(), f"{rec['parameters']:,}", f"{rec['size_ratio']:.2f}", f"{rec['speed_ratio']:.2f}"
+            r.strategy, r.shape, r.assembly, f"{r.parameters:,}", f"{r.size_ratio:.2f}", f"{r.speed_ratio:.2f}"
         )
     console.print(table)
     if json_out:
-        from modformer.io import write_json
-
-        write_json(json_out, {"modules": str(modules), "assemblies": records})
+        save_assembly_table(json_out, rows, modules=modules)
 
 
 @app.command()
@@ -383,28 +337,20 @@ def export(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write one assembly as a plain Hugging Face checkpoint (loads with transformers alone)."""
-    from modformer.modular.export import export_assembly
-    from modformer.modular.model import ModularModel
+    from modformer.planner.choice import export_chosen
 
-    _refuse_existing(out, overwrite)
-    extra = None
-    if plan is not None:
-        if assembly is not None or strategy is not None or ratio is not None:
-            raise ConfigError("give either --plan or --assembly / --strategy, not both")
-        chosen_record, plan_modules = _read_plan(plan)
-        model = ModularModel.from_pretrained(modules or plan_modules)
-        from modformer.modular.assembly import Assembly
-
-        chosen = model.validate(Assembly.parse(chosen_record["assembly"]))
-        extra = {"plan": str(plan), "plan_chosen": chosen_record}
-    else:
-        if modules is None:
-            raise ConfigError("export needs --modules (or --plan)")
-        model = ModularModel.from_pretrained(modules)
-        speed = _speed_ratio(model, profile)
-        chosen = _choose_with(model, assembly, strategy, ratio, speed)
-        extra = {"predicted_speed_ratio": speed(chosen), "profile": str(profile)} if speed else None
-    info = export_assembly(model, chosen, out, overwrite=overwrite, extra=extra)
+    refuse_existing(out, overwrite)
+    chosen, info = export_chosen(
+        out,
+        modules=modules,
+        assembly=assembly,
+        strategy=strategy,
+        ratio=ratio,
+        profile=_load_profile(profile) if profile else None,
+        profile_source=str(profile) if profile else None,
+        plan=plan,
+        overwrite=overwrite,
+    )
     console.print(
         f"exported [bold]{chosen.format()}[/] to [bold]{escape(str(out))}[/]: {info['parameters']:,} parameters, "
         f"size ratio {info['size_ratio']:.2f}, estimated speed ratio {info['estimated_speed_ratio']:.2f}"
@@ -447,9 +393,7 @@ def baseline(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a fixed-shape student to compare with the modular run: sft, kd or pseudo-labelling."""
-    from modformer.baselines import STATE_NAME, BaselineConfig, StudentTrainer, pseudo_labels, read_pseudo_labels
-    from modformer.checkpoints import load_seq2seq, load_tokenizer
-    from modformer.data import Seq2SeqData, load_split
+    from modformer.baselines import BaselineConfig, run_baseline
 
     config = BaselineConfig(
         method=method,
@@ -463,63 +407,51 @@ def baseline(
         save_every=save_every,
         seed=seed,
     )
-    if resume and not (out / STATE_NAME).is_file():
-        raise ConfigError(f"--resume: {out} holds no baseline run to continue")
-    if pseudo_labels_file is not None and method != "pseudo":
-        raise ConfigError(f"--pseudo-labels is for the pseudo method, not {method}")
-    if not resume:
-        _refuse_existing(out, overwrite)
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
-    train_data = load_split(spec, train_split)
-    val_data = load_split(spec, val_split, limit=config.eval_pairs)
-    teacher_model = load_seq2seq(teacher, eager=method == "kd")
-    tokenizer = load_tokenizer(teacher)
-    trainer_args = (teacher_model, config)
     with _progress() as progress:
-        if method == "pseudo" and pseudo_labels_file is not None:  # checked, then copied into --out
-            targets = read_pseudo_labels(pseudo_labels_file, len(train_data), out)
-        elif method == "pseudo":
-            task = progress.add_task("pseudo-labels", total=len(train_data), info="teacher, greedy")
-            targets = pseudo_labels(
-                teacher_model, tokenizer, train_data.sources, out, on_batch=lambda n: progress.advance(task, n)
+        labels_task = task = None
+
+        def on_labels(done: int, total: int) -> None:
+            nonlocal labels_task
+            if labels_task is None:
+                labels_task = progress.add_task("pseudo-labels", total=total, info="teacher, greedy")
+            progress.advance(labels_task, done)
+
+        def on_start(trainer) -> None:
+            nonlocal task
+            layers = ", ".join(f"{s} {trainer.layer_map[s]}" for s in trainer.layer_map)
+            progress.console.print(
+                f"{method} student {shape} (teacher layers {layers}); {config.steps} steps"
+                + (f", resuming at {trainer.state.step}" if resume else "")
             )
-        if method == "pseudo":
-            train_data = Seq2SeqData(train_data.sources, targets, f"{train_data.origin}, teacher's outputs")
-        trainer = StudentTrainer(*trainer_args, train_data.tokenize(tokenizer), val_data.tokenize(tokenizer))
-        if resume:
-            trainer.resume(out)
-        layers = ", ".join(f"{s} {trainer.layer_map[s]}" for s in trainer.layer_map)
-        progress.console.print(
-            f"{method} student {shape} (teacher layers {layers}); {config.steps} steps"
-            + (f", resuming at {trainer.state.step}" if resume else "")
+            task = progress.add_task(method, total=config.steps, completed=trainer.state.step, info="")
+
+        def on_step(r) -> None:
+            shown = " ".join(f"{k} {v:.3f}" for k, v in r.parts.items())
+            progress.update(task, completed=r.step, info=f"loss {r.loss:.3f} ({shown})")
+
+        def on_eval(step: int, scores: dict[str, float]) -> None:
+            progress.console.print(f"step {step}: held-out loss {scores['loss']:.3f}")
+
+        state = run_baseline(
+            config,
+            teacher,
+            spec,
+            out,
+            train_split=train_split,
+            val_split=val_split,
+            pseudo_labels_file=pseudo_labels_file,
+            resume=resume,
+            overwrite=overwrite,
+            on_labels=on_labels,
+            on_start=on_start,
+            on_step=on_step,
+            on_eval=on_eval,
         )
-        task = progress.add_task(method, total=config.steps, completed=trainer.state.step, info="")
-
-        def on_step(step: int, loss: float, parts: dict) -> None:
-            shown = " ".join(f"{k} {v:.3f}" for k, v in parts.items())
-            progress.update(task, completed=step, info=f"loss {loss:.3f} ({shown})")
-
-        def on_eval(step: int, loss: float) -> None:
-            progress.console.print(f"step {step}: held-out loss {loss:.3f}")
-
-        state = trainer.fit(out, tokenizer, on_step=on_step, on_eval=on_eval)
     console.print(f"student written to [bold]{escape(str(out))}[/] ({state.step} steps, {state.seconds:.0f} s)")
 
 
 # --- plan ---------------------------------------------------------------------------------------------------------
-def _read_plan(folder: Path) -> tuple[dict, str]:
-    """(chosen.json content, modules folder the plan was made from) of a plan folder."""
-    from modformer.io import read_json
-
-    if not folder.is_dir():
-        raise ConfigError(f"{folder}: plan folder not found")
-    chosen = read_json(folder / "chosen.json", "plan's chosen.json")
-    summary = read_json(folder / "frontier.json", "plan's frontier.json").get("summary", {})
-    if not isinstance(chosen, dict) or "assembly" not in chosen:
-        raise ConfigError(f"{folder}/chosen.json names no assembly")
-    return chosen, summary.get("settings", {}).get("modules", "")
-
-
 def _quiet_optuna() -> None:
     import optuna
 
@@ -594,15 +526,14 @@ def plan(
     """Search assemblies for a budget; validate the frontier on held-out data; write the plan and the chosen one."""
     from dataclasses import asdict
 
-    from modformer.io import atomic_dir, write_json
-    from modformer.planner.report import figure_png, report_html
+    from modformer.planner.artifact import Plan, plan_storage
     from modformer.planner.run import PlanSettings, run_plan
     from modformer.planner.search import SearchConfig, config_record
     from modformer.planner.space import Budget
-    from modformer.plots import plot_pareto
+    from modformer.profiling.profile import resolve_workload
 
     _quiet_optuna()
-    _refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite)
     parsed_budget = Budget.parse(budget)
     search = SearchConfig(
         method=method,
@@ -613,12 +544,8 @@ def plan(
         objectives=_csv_tuple(objectives),
         class_seeds=class_seeds,
     )
-    workload = {k: v for k, v in (("batch", batch), ("src_len", src_len), ("gen_len", gen_len)) if v is not None}
     loaded_profile = _load_profile(profile)
-    if workload:
-        from modformer.profiling.profile import default_workload
-
-        workload = {**asdict(default_workload(loaded_profile)), **workload}
+    workload = resolve_workload(loaded_profile, batch=batch, src_len=src_len, gen_len=gen_len)
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
     settings = PlanSettings(
         modules=str(modules),
@@ -633,9 +560,7 @@ def plan(
         workload=workload,
         search=config_record(search),
     )
-    storage = storage or str(out.with_name(out.name + ".optuna.log"))
-    if overwrite and "://" not in storage and Path(storage).exists() and study_name is None:
-        Path(storage).unlink()  # --overwrite starts the default study afresh
+    storage = plan_storage(out, storage, study_name, fresh=overwrite)
     started = time.perf_counter()
     with _progress() as progress:
         tasks: dict[str, int] = {}
@@ -654,35 +579,8 @@ def plan(
             remote_workers=remote_workers,
             on_progress=on_progress,
         )
-    figure = plot_pareto(
-        result.scored, result.frontier, result.rules, metric=metric, budget_latency_ms=parsed_budget.latency_ms
-    )
-    png = figure_png(figure)
-    html = report_html(
-        png=png, frontier=result.frontier, rules=result.rules, chosen=result.chosen, summary=result.summary
-    )
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        result.frontier.to_csv(tmp / "frontier.csv", index=False)
-        write_json(
-            tmp / "frontier.json",
-            {
-                "summary": result.summary,
-                "chosen": result.chosen,
-                "frontier": _records(result.frontier),
-                "rules": _records(result.rules),
-            },
-        )
-        result.scored.to_csv(tmp / "scored.csv", index=False)
-        (tmp / "pareto.png").write_bytes(png)
-        (tmp / "report.html").write_text(html, encoding="utf-8")
-        write_json(tmp / "chosen.json", result.chosen)
+    Plan.from_result(result).save(out, overwrite=overwrite)
     _print_plan(result, out, time.perf_counter() - started)
-
-
-def _records(frame) -> list[dict]:
-    import json
-
-    return json.loads(frame.to_json(orient="records"))
 
 
 def _print_plan(result, out: Path, seconds: float) -> None:
@@ -771,42 +669,33 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the scores as JSON.")] = None,
 ) -> None:
     """Score a model: BLEU and chrF (sacrebleu), ROUGE-1/2/L, teacher-forced loss."""
-    from modformer.checkpoints import load_seq2seq, load_tokenizer
-    from modformer.data import load_split
-    from modformer.evaluation import check_generation_settings, score_model
-    from modformer.io import write_json
-    from modformer.modular.assembly import Assembly
-    from modformer.modular.model import ModularModel
+    from modformer.modular.evaluate import evaluate as evaluate_model
 
-    if (model is None) == (modules is None):
-        raise ConfigError("give either --model, or --modules with --assembly")
-    check_generation_settings(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--limit must be at least 1, got {limit} (no pairs to score)")
-    if modules is not None:
-        if assembly is None:
-            raise ConfigError("--modules needs --assembly")
-        modular = ModularModel.from_pretrained(modules)
-        chosen = modular.validate(Assembly.parse(assembly))
-        net, tokenizer, name = modular.assemble(chosen), load_tokenizer(modular.config.teacher), chosen.format()
-    else:
-        net, tokenizer, name = load_seq2seq(model), load_tokenizer(model), str(model)
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
-    pairs = load_split(spec, split, limit=limit)
     with _progress() as progress:
-        task = progress.add_task("generate", total=len(pairs), info="")
-        scores = score_model(
-            net,
-            tokenizer,
-            pairs,
+        tasks: list = []  # the bar appears with the first batch: a refused setting prints only its error
+
+        def on_progress(done: int, total: int) -> None:
+            if not tasks:
+                tasks.append(progress.add_task("generate", total=total, info=""))
+            progress.update(tasks[0], completed=done, total=total)
+
+        result = evaluate_model(
+            spec,
+            model=model,
+            modules=modules,
+            assembly=assembly,
+            split=split,
+            limit=limit,
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
-            on_batch=lambda n: progress.advance(task, n),
+            on_progress=on_progress,
         )
+    scores = result.scores
     table = Table("model", "split", "n", "BLEU", "chrF", "ROUGE-1", "ROUGE-2", "ROUGE-L", "loss")
     table.add_row(
-        escape(name),
+        escape(result.model),
         split,
         str(scores.n),
         *(f"{getattr(scores, k):.2f}" for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL")),
@@ -814,7 +703,7 @@ def evaluate(
     )
     console.print(table)
     if json_out:
-        write_json(json_out, {"model": name, "split": split, "data": pairs.origin, **scores.to_json()})
+        result.save(json_out)
 
 
 # --- demo ---------------------------------------------------------------------------------------------------------
@@ -827,10 +716,9 @@ def demo(
 ) -> None:
     """The whole path on the bundled Multi30k sample: teacher, modules, both strategies, scores and a plot."""
     from modformer.demo import DemoConfig, run_demo
-    from modformer.plots import plot_quality_vs_size
 
     config = DemoConfig.fast() if fast else DemoConfig()
-    _refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite)
     started = time.perf_counter()
     with _progress() as progress:
         tasks: dict[str, int] = {}
@@ -855,15 +743,9 @@ def demo(
             f"{row.loss:.3f}",
         )
     console.print(table)
-    from modformer.io import atomic_path, write_json
-
-    write_json(out / "results.json", {"config": result.config, "rows": result.table.to_dict(orient="records")})
-    result.table.to_csv(out / "results.csv", index=False)
-    fig = plot_quality_vs_size(result.table)
-    with atomic_path(out / "quality_vs_size.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    paths = result.save(out)
     console.print(
-        f"table: {escape(str(out / 'results.csv'))}; plot: {escape(str(out / 'quality_vs_size.png'))}; "
+        f"table: {escape(str(paths['csv']))}; plot: {escape(str(paths['figure']))}; "
         f"{time.perf_counter() - started:.0f} s in all"
     )
 
@@ -941,7 +823,7 @@ def profile(
         statistic=statistic,
     )
     for path in profile_paths(out):
-        _refuse_existing(path, overwrite)
+        refuse_existing(path, overwrite)
     model = ModularModel.from_pretrained(modules)
     started = time.perf_counter()
     with _progress() as progress:
@@ -977,31 +859,16 @@ def profile_show(
 
 def _load_profile(file: Path):
     """Load a profile; print a warning naming what differs where it was measured on other hardware or settings."""
-    import warnings
+    from modformer.profiling.profile import load_profile
 
-    from modformer.profiling.hardware import fingerprint
-    from modformer.profiling.profile import LatencyProfile, warn_if_mismatch
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = LatencyProfile.load(file)
-        recorded = result.fingerprint
-        if recorded.get("device") == "cpu" or (recorded.get("device") == "cuda" and _cuda_available()):
-            here = fingerprint(recorded["device"], recorded.get("dtype", "fp32"), recorded.get("torch_threads"))
-            warn_if_mismatch(recorded, here, str(file))
-    for warning in caught:
-        err_console.print(f"[bold yellow]warning:[/] {escape(str(warning.message))}", highlight=False)
+    result, warned = load_profile(file)
+    for line in warned:
+        err_console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False)
     return result
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _print_profile(result) -> None:
-    from modformer.profiling.profile import block_summary, fixed_summary
+    from modformer.profiling.summary import block_summary, fixed_summary
 
     meta, fp = result.meta, result.fingerprint
     grid = meta.get("grid", {})

@@ -78,10 +78,15 @@ class DataSpec:
         if not self.path.strip():
             raise DataError("the data path is empty: give a folder, a file, a template with {split}, or a hub name")
         if (self.src_ext is None) != (self.tgt_ext is None):
-            raise DataError(f"give both --src-ext and --tgt-ext or neither (got {self.src_ext!r} and {self.tgt_ext!r})")
+            raise DataError(
+                f"give both `src_ext` and `tgt_ext` or neither (got {self.src_ext!r} and {self.tgt_ext!r})",
+                settings=("src_ext", "tgt_ext"),
+            )
         for name, ext in (("src_ext", self.src_ext), ("tgt_ext", self.tgt_ext)):
             if ext is not None and (not ext or ext.startswith(".") or "/" in ext or "\\" in ext):
-                raise DataError(f"{name} {ext!r} is not a file extension: give it without the dot, e.g. 'en'")
+                raise DataError(
+                    f"`{name}` {ext!r} is not a file extension: give it without the dot, e.g. 'en'", settings=name
+                )
         if self.src_ext is not None and self.src_ext == self.tgt_ext:
             raise DataError(f"src_ext and tgt_ext are both {self.src_ext!r}: sources and targets need different files")
         if not self.src_column or not self.tgt_column or self.src_column == self.tgt_column:
@@ -170,7 +175,7 @@ class TokenizedData:
         the data's order so outputs line up with it.
         """
         plan = batch_plan([len(ids) for ids in self.source_ids], batch_size, shuffle=shuffle, seed=seed, epoch=epoch)
-        return [self._collate(index) for index in plan]
+        return [self.batch(index) for index in plan]
 
     def stream(self, batch_size: int, *, seed: int = 0, start_step: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """Endless shuffled batches, epoch after epoch, starting at global step `start_step`.
@@ -192,10 +197,17 @@ class TokenizedData:
         # A generator apart from `stream`, so bad arguments raise at the call rather than at the first next().
         while True:
             for index in batch_plan(lengths, batch_size, shuffle=True, seed=seed, epoch=epoch)[offset:]:
-                yield self._collate(index)
+                yield self.batch(index)
             epoch, offset = epoch + 1, 0
 
-    def _collate(self, index: np.ndarray) -> dict[str, torch.Tensor]:
+    def batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        """The pairs at `indices` (in that order) as one padded batch: input_ids, attention_mask, labels (padded with
+        -100) and index (the positions given), all (B, ...) long."""
+        index = np.asarray(indices, dtype=np.int64)
+        if index.ndim != 1 or len(index) == 0:
+            raise ConfigError(f"a batch needs a flat, non-empty list of positions, got {index.tolist()}")
+        if index.min() < 0 or index.max() >= len(self):
+            raise ConfigError(f"batch positions must lie in 0-{len(self) - 1}, got {index.min()}-{index.max()}")
         sources = [self.source_ids[i] for i in index]
         input_ids = _pad(sources, self.pad_id)  # (B, S)
         lengths = torch.tensor([len(ids) for ids in sources], dtype=torch.long)
@@ -204,7 +216,7 @@ class TokenizedData:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": _pad([self.target_ids[i] for i in index], LABEL_PAD_ID),  # (B, T)
-            "index": torch.as_tensor(np.asarray(index, dtype=np.int64)),  # (B,)
+            "index": torch.as_tensor(index),  # (B,)
         }
 
 
@@ -350,7 +362,8 @@ def _read_folder(folder: Path, spec: DataSpec, split: str) -> _Raw:
         raise DataError(f"no split '{split}' in {folder} (no splits found; files: {_describe_files(folder)})")
     raise DataError(
         f"cannot tell which files in {folder} hold split '{split}' (files: {_describe_files(folder)}): "
-        "give --src-ext and --tgt-ext, e.g. --src-ext en --tgt-ext de"
+        "give `src_ext` and `tgt_ext`, e.g. `src_ext` en `tgt_ext` de",
+        settings=("src_ext", "tgt_ext"),
     )
 
 
@@ -468,7 +481,8 @@ def _read_table(path: Path, spec: DataSpec) -> _Raw:
         return _read_delimited(path, spec)
     raise DataError(
         f"{path}: cannot tell its format; give a .jsonl, .csv or .tsv file, or a folder of line-aligned files "
-        "with --src-ext/--tgt-ext"
+        "with `src_ext`/`tgt_ext`",
+        settings=("src_ext", "tgt_ext"),
     )
 
 
@@ -532,10 +546,13 @@ def _read_delimited(path: Path, spec: DataSpec) -> _Raw:
 
 def _missing_column(where: str, columns: list[str], spec: DataSpec) -> DataError:
     missing = spec.src_column if spec.src_column not in columns else spec.tgt_column
-    hint = "set --src-column/--tgt-column"
+    hint = "set `src_column`/`tgt_column`"
     if TRANSLATION_COLUMN in columns:
-        hint += f", or --src-ext/--tgt-ext to read languages from '{TRANSLATION_COLUMN}'"
-    return DataError(f"{where}: no column '{missing}' (columns: {', '.join(columns) or 'none'}); {hint}")
+        hint += f", or `src_ext`/`tgt_ext` to read languages from '{TRANSLATION_COLUMN}'"
+    return DataError(
+        f"{where}: no column '{missing}' (columns: {', '.join(columns) or 'none'}); {hint}",
+        settings=("src_column", "tgt_column", "src_ext", "tgt_ext"),
+    )
 
 
 def _check_languages(languages: list[str], spec: DataSpec, where: str) -> None:
@@ -543,7 +560,8 @@ def _check_languages(languages: list[str], spec: DataSpec, where: str) -> None:
         if language not in languages:
             raise DataError(
                 f"{where}: '{TRANSLATION_COLUMN}' has no language '{language}' (languages: {', '.join(languages)}); "
-                "set --src-ext/--tgt-ext"
+                "set `src_ext`/`tgt_ext`",
+                settings=("src_ext", "tgt_ext"),
             )
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from modformer.checkpoints import load_seq2seq, load_tokenizer
 from modformer.data import default_data_spec, load_split
 from modformer.evaluation import score_model
-from modformer.io import read_json, write_json
+from modformer.io import atomic_path, read_json, write_json
 from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import STRATEGIES, strategy_sequence
 from modformer.modular.trainer import ReplacingTrainer, TrainConfig
@@ -42,10 +42,28 @@ class DemoConfig:
         return cls(teacher_preset="tiny", teacher_steps=300, module_steps=120, batch_size=32, eval_pairs=100)
 
 
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+FIGURE_PNG = "quality_vs_size.png"
+
+
 @dataclass
 class DemoResult:
     table: pd.DataFrame  # one row per (strategy, assembly)
     config: dict
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write the table (JSON and CSV) and the quality-vs-size figure into `out_dir`; returns their paths."""
+        from modformer.plots import plot_quality_vs_size
+
+        out_dir = Path(out_dir)
+        paths = {"json": out_dir / RESULTS_JSON, "csv": out_dir / RESULTS_CSV, "figure": out_dir / FIGURE_PNG}
+        write_json(paths["json"], {"config": self.config, "rows": self.table.to_dict(orient="records")})
+        with atomic_path(paths["csv"]) as tmp:
+            self.table.to_csv(tmp, index=False)
+        with atomic_path(paths["figure"]) as tmp:
+            plot_quality_vs_size(self.table).savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        return paths
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path, report: Report | None = None) -> DemoResult:

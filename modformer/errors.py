@@ -49,5 +49,6 @@ def with_flags(err: ModformerError, flags: dict[str, str] | None = None) -> str:
     text = str(err).splitlines()[0] if str(err) else err.__class__.__name__
     for setting in err.settings:
         flag = (flags or {}).get(setting, "--" + setting.replace("_", "-"))
-        text = re.sub(rf"(?<![\w\-]){re.escape(setting)}(?![\w\-])", flag, text)
+        # `setting` in backticks, or the bare name where it is not part of a path or a longer name
+        text = re.sub(rf"`{re.escape(setting)}`|(?<![\w\-/.]){re.escape(setting)}(?![\w\-/])", flag, text)
     return text

@@ -102,7 +102,7 @@ def check_generation_settings(*, batch_size: int, max_new_tokens: int, num_beams
     """Refuse settings generation cannot run with, before any work starts."""
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
         if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
+            raise ConfigError(f"{name} must be at least 1, got {value}", settings=name)
 
 
 def score_model(

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from modformer.errors import CheckpointError
+from modformer.errors import CheckpointError, ConfigError
 
 
 def _umask() -> int:
@@ -89,6 +89,12 @@ def torch_save(path: str | Path, obj) -> None:
         torch.save(obj, tmp)
 
 
+def refuse_existing(path: str | Path, overwrite: bool) -> None:
+    """An output that exists already is replaced only with `overwrite` (ConfigError otherwise)."""
+    if Path(path).exists() and not overwrite:
+        raise ConfigError(f"{path} already exists; pass overwrite to replace it", settings="overwrite")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` in one rename, else it is deleted.
@@ -99,7 +105,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
 
     path = Path(path)
     if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} already exists; pass --overwrite to replace it")
+        raise CheckpointError(f"{path} already exists; pass overwrite to replace it", settings="overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700

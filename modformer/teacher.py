@@ -1,9 +1,11 @@
 """Train a T5-style teacher from scratch, for users without a fine-tuned checkpoint and for the demo.
 
 The result is a plain Hugging Face checkpoint directory (model + tokenizer) that `transformers` loads alone. Every
-`save_every` steps (and at the end) the folder is rewritten whole, with `teacher.json` (settings, completed steps,
-wall time) and `trainer_state.pt` (optimizer, random state) beside the model, so a stopped run continues with
-`resume=True` (`modformer teacher --resume`) and sees exactly the batches an uninterrupted run would have.
+`save_every` steps (and at the end) the folder is rewritten whole, with `teacher.json` (`TeacherRun`: settings,
+completed steps, wall time) and `trainer_state.pt` (`recipe.TrainerCheckpoint`: optimizer, random states) beside the
+model, so a stopped run continues with `resume=True` (`modformer teacher --resume`) and sees exactly the batches an
+uninterrupted run would have. The loop is the shared recipe skeleton (`modformer.recipe`); `TeacherTrainer` adds
+only its loss, optimiser and what it saves.
 Optimiser: Adafactor with relative step sizes, which trains T5 from scratch far more reliably on a CPU than AdamW
 (see DESIGN notes: loss 4.9 vs 5.6 at step 500 on Multi30k).
 """
@@ -22,13 +24,24 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast, T5Config, T5
 from transformers.optimization import Adafactor
 
 from modformer import __version__
-from modformer.data import Seq2SeqData
+from modformer.data import DataSpec, Seq2SeqData, TokenizedData, load_split
 from modformer.errors import CheckpointError, ConfigError
 from modformer.evaluation import teacher_forced_loss
-from modformer.io import atomic_dir, read_json, torch_load, write_json
+from modformer.io import atomic_dir, read_json, write_json
+from modformer.recipe import (
+    STATE_NAME,
+    Recipe,
+    StepResult,
+    TrainState,
+    check_output,
+    check_recorded,
+    config_from,
+)
 
 INFO_NAME = "teacher.json"
-STATE_NAME = "trainer_state.pt"
+VAL_PAIRS = 500  # held-out pairs for the final loss
+# Settings a resumed run must share with the saved one (they decide its tokenizer, model and batches).
+RESUME_KEYS = ("preset", "batch_size", "seed", "max_source_len", "max_target_len", "dropout", "label_smoothing")
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2: T5's conventions (pad doubles as decoder start)
 
 
@@ -101,6 +114,144 @@ def build_teacher(preset: TeacherPreset, vocab_size: int, dropout: float = 0.1) 
     return T5ForConditionalGeneration(config)
 
 
+@dataclass
+class TeacherRun:
+    """`teacher.json`: a teacher run's settings and how far it got. A teacher folder holds it beside the Hugging Face
+    checkpoint (model, tokenizer) and the trainer checkpoint (`recipe.TrainerCheckpoint`, `trainer_state.pt`)."""
+
+    config: TeacherConfig
+    completed_steps: int = 0
+    wall_s: float = 0.0  # training wall time, over all sessions
+    val_loss: float | None = None  # held-out loss, written at the end of the run (None at intermediate checkpoints)
+    modformer_version: str = __version__
+
+    def save(self, out_dir: str | Path) -> None:
+        write_json(
+            Path(out_dir) / INFO_NAME,
+            {
+                "modformer_version": self.modformer_version,
+                "teacher": asdict(self.config),
+                "completed_steps": self.completed_steps,
+                "wall_s": round(self.wall_s, 1),
+                "val_loss": self.val_loss,
+            },
+        )
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> TeacherRun:
+        path = Path(out_dir) / INFO_NAME
+        info = read_json(path, "teacher info")
+        try:
+            return cls(
+                config=config_from(TeacherConfig, info.get("teacher", {}), path),
+                completed_steps=int(info.get("completed_steps", 0)),
+                wall_s=float(info.get("wall_s") or 0.0),
+                val_loss=None if info.get("val_loss") is None else float(info["val_loss"]),
+                modformer_version=str(info.get("modformer_version", "")),
+            )
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: teacher info is malformed ({err})") from None
+
+
+class TeacherTrainer(Recipe):
+    """The teacher recipe: cross-entropy with label smoothing, Adafactor, held-out loss once at the end."""
+
+    def __init__(self, model, tokenizer, config: TeacherConfig, train: TokenizedData, heldout: TokenizedData):
+        self.model, self.tokenizer, self.config, self.train, self.heldout = model, tokenizer, config, train, heldout
+        self.optimizer = _optimizer(model)
+        self.loss_fn = nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=config.label_smoothing)
+        self.state = TrainState()
+        model.generation_config = GenerationConfig(
+            decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, max_new_tokens=config.max_target_len
+        )
+        model.train()
+
+    @property
+    def eval_every(self) -> int:
+        return 0  # only at the end: the teacher's held-out loss is a summary, not a curve
+
+    @classmethod
+    def start_or_resume(
+        cls, train: Seq2SeqData, heldout: Seq2SeqData, config: TeacherConfig, out_dir: str | Path, *, resume: bool
+    ) -> TeacherTrainer:
+        """A fresh tokenizer and model, or (`resume`) the run saved in `out_dir`, at its step."""
+        out_dir = Path(out_dir)
+        if resume:
+            check_output(out_dir, resume=True, overwrite=False, marker=STATE_NAME, what="teacher run")
+            recorded = asdict(TeacherRun.load(out_dir).config)
+            check_recorded(out_dir, recorded, config, RESUME_KEYS)
+            try:
+                model = T5ForConditionalGeneration.from_pretrained(out_dir)
+                tokenizer = PreTrainedTokenizerFast.from_pretrained(out_dir)
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"{out_dir}: cannot load the teacher checkpoint ({err})") from None
+        else:
+            torch.manual_seed(config.seed)
+            preset = PRESETS[config.preset]
+            tokenizer = train_tokenizer(train.sources + train.targets, preset.vocab_size)
+            model = build_teacher(preset, len(tokenizer), config.dropout)
+        lengths = (config.max_source_len, config.max_target_len)
+        trainer = cls(
+            model, tokenizer, config, train.tokenize(tokenizer, *lengths), heldout.tokenize(tokenizer, *lengths)
+        )
+        trainer.origin = train.origin
+        if resume:
+            trainer.resume(out_dir)
+        return trainer
+
+    def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
+        started = time.perf_counter()
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        loss = self.loss_fn(out.logits.flatten(0, 1), batch["labels"].flatten())
+        if not torch.isfinite(loss):
+            raise ConfigError(
+                f"teacher training: loss is {float(loss)} at step {self.state.step + 1}; the last checkpoint is kept"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.state.step += 1
+        value = float(loss.detach())
+        return StepResult(self.state.step, value, {"ce": value}, time.perf_counter() - started)
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        try:
+            return {"loss": teacher_forced_loss(self.model, self.heldout.batches(64, shuffle=False))}
+        finally:
+            self.model.train()
+
+    def val_loss(self) -> float | None:
+        """The held-out loss at the current step, if it was measured."""
+        last = self.state.history[-1] if self.state.history else {}
+        return last.get("loss") if last.get("step") == self.state.step else None
+
+    def save(self, out_dir: str | Path) -> None:
+        """The whole folder, written aside and renamed: model, tokenizer, `teacher.json` and the trainer state."""
+        run = TeacherRun(self.config, self.state.step, self.state.seconds, self.val_loss())
+        training = self.model.training
+        self.model.eval()
+        with atomic_dir(out_dir, overwrite=True) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            run.save(tmp)
+            self.checkpoint().save(tmp)
+        self.model.train(training)
+
+    def summary(self) -> dict:
+        val_loss = self.val_loss()
+        if val_loss is None:  # nothing left to train (resumed at the last step): measure it now
+            val_loss = self.evaluate()["loss"]
+        return {
+            "preset": self.config.preset,
+            "steps": self.config.steps,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "val_loss": val_loss,
+            "seconds": self.state.seconds,
+            "train_pairs": len(self.train),
+        }
+
+
 def train_teacher(
     train: Seq2SeqData,
     heldout: Seq2SeqData,
@@ -113,123 +264,44 @@ def train_teacher(
     """Train tokenizer and model; write a Hugging Face checkpoint to `out_dir`; return a summary.
 
     `resume`: continue the run whose checkpoint is in `out_dir` (same preset, batch size, seed and lengths; `steps`
-    may be raised).
+    may be raised); `overwrite` is then ignored.
     """
-    out_dir = Path(out_dir)
-    if resume:
-        model, tokenizer, optimizer, step, seconds = _resume(out_dir, config)
-    else:
-        if out_dir.exists() and not overwrite:
-            raise ConfigError(f"{out_dir} already exists; pass --overwrite to replace it")
-        torch.manual_seed(config.seed)
-        preset = PRESETS[config.preset]
-        tokenizer = train_tokenizer(train.sources + train.targets, preset.vocab_size)
-        model = build_teacher(preset, len(tokenizer), config.dropout)
-        optimizer = _optimizer(model)
-        step, seconds = 0, 0.0
-    started = time.perf_counter() - seconds
-    model.train()
-    train_tok = train.tokenize(tokenizer, config.max_source_len, config.max_target_len)
-    held_tok = heldout.tokenize(tokenizer, config.max_source_len, config.max_target_len)
-    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=config.label_smoothing)
-    stream = train_tok.stream(config.batch_size, seed=config.seed, start_step=step)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, max_new_tokens=config.max_target_len
-    )
-    while step < config.steps:
-        batch = next(stream)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        loss = loss_fn(out.logits.flatten(0, 1), batch["labels"].flatten())
-        if not torch.isfinite(loss):
-            raise ConfigError(
-                f"teacher training: loss is {float(loss)} at step {step + 1}; the last checkpoint is kept"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        step += 1
-        if on_step:
-            on_step(step, float(loss.detach()))
-        if step % config.save_every == 0 and step < config.steps:
-            _save(out_dir, model, tokenizer, optimizer, config, step, time.perf_counter() - started, overwrite=True)
-    model.eval()
-    val_loss = teacher_forced_loss(model, held_tok.batches(64, shuffle=False))
-    seconds = time.perf_counter() - started
-    _save(out_dir, model, tokenizer, optimizer, config, step, seconds, overwrite=True, val_loss=val_loss)
-    return {
-        "preset": config.preset,
-        "steps": config.steps,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "val_loss": val_loss,
-        "seconds": seconds,
-        "train_pairs": len(train),
-    }
+    if not resume:
+        check_output(out_dir, resume=False, overwrite=overwrite, marker=STATE_NAME, what="teacher run")
+    trainer = TeacherTrainer.start_or_resume(train, heldout, config, out_dir, resume=resume)
+    trainer.fit(out_dir, on_step=(lambda r: on_step(r.step, r.loss)) if on_step else None)
+    return trainer.summary()
+
+
+def run_teacher(
+    config: TeacherConfig,
+    data: DataSpec,
+    out_dir: str | Path,
+    *,
+    train_split: str = "train",
+    val_split: str = "val",
+    resume: bool = False,
+    overwrite: bool = False,
+    on_start: Callable[[TeacherTrainer], None] | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> dict:
+    """What `modformer teacher` does: check `out_dir`, read the splits, train (or continue) and save; a summary.
+
+    `on_start` sees the trainer once it is set up (its `state.step` is where a resumed run continues).
+    """
+    check_output(out_dir, resume=resume, overwrite=overwrite, marker=STATE_NAME, what="teacher run")
+    train, val = load_split(data, train_split), load_split(data, val_split, limit=VAL_PAIRS)
+    trainer = TeacherTrainer.start_or_resume(train, val, config, out_dir, resume=resume)
+    if on_start:
+        on_start(trainer)
+    trainer.fit(out_dir, on_step=on_step)
+    return trainer.summary()
 
 
 def completed_steps(out_dir: str | Path) -> int:
     """Steps of the teacher run saved in `out_dir` (0 when there is none)."""
-    path = Path(out_dir) / INFO_NAME
-    return int(read_json(path, "teacher info").get("completed_steps", 0)) if path.is_file() else 0
+    return TeacherRun.load(out_dir).completed_steps if (Path(out_dir) / INFO_NAME).is_file() else 0
 
 
 def _optimizer(model: nn.Module) -> Adafactor:
     return Adafactor(model.parameters(), lr=None, relative_step=True, scale_parameter=True, warmup_init=False)
-
-
-def _save(
-    out_dir: Path,
-    model,
-    tokenizer,
-    optimizer,
-    config: TeacherConfig,
-    step: int,
-    seconds: float,
-    *,
-    overwrite: bool,
-    val_loss: float | None = None,
-) -> None:
-    """The whole folder, written aside and renamed: model, tokenizer, `teacher.json` and the trainer state."""
-    training = model.training
-    model.eval()
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(
-            tmp / INFO_NAME,
-            {
-                "modformer_version": __version__,
-                "teacher": asdict(config),
-                "completed_steps": step,
-                "wall_s": round(seconds, 1),
-                "val_loss": val_loss,
-            },
-        )
-        torch.save(
-            {"step": step, "seconds": seconds, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
-            tmp / STATE_NAME,
-        )
-    model.train(training)
-
-
-def _resume(out_dir: Path, config: TeacherConfig):
-    """Model, tokenizer, optimizer, step and seconds of the run saved in `out_dir`, checked against `config`."""
-    if not (out_dir / STATE_NAME).is_file():
-        raise ConfigError(f"--resume: {out_dir} holds no teacher run to continue")
-    recorded = read_json(out_dir / INFO_NAME, "teacher info").get("teacher", {})
-    for key in ("preset", "batch_size", "seed", "max_source_len", "max_target_len", "dropout", "label_smoothing"):
-        if recorded.get(key) != getattr(config, key):
-            raise ConfigError(
-                f"--resume: {out_dir} was trained with {key} {recorded.get(key)!r}, not {getattr(config, key)!r}"
-            )
-    state = torch_load(out_dir / STATE_NAME, "teacher trainer state")
-    if int(state["step"]) > config.steps:
-        raise ConfigError(f"--resume: {out_dir} already has {state['step']} steps, more than --steps {config.steps}")
-    try:
-        model = T5ForConditionalGeneration.from_pretrained(out_dir)
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(out_dir)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{out_dir}: cannot load the teacher checkpoint ({err})") from None
-    optimizer = _optimizer(model)
-    optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["torch_rng"])
-    return model, tokenizer, optimizer, int(state["step"]), float(state["seconds"])

@@ -498,9 +498,12 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
     "markup-in-message": (lambda c: c.train(data=c.tmp / "runs[/v2]"), "runs[/v2] not found"),
     "evaluate-negative-limit": (lambda c: c.evaluate_model("--limit", -1), "--limit must be at least 1"),
     "evaluate-zero-limit": (lambda c: c.evaluate_model("--limit", 0), "no pairs"),
-    "evaluate-zero-batch-size": (lambda c: c.evaluate_model("--batch-size", 0), "batch_size must be at least 1"),
-    "evaluate-zero-beams": (lambda c: c.evaluate_model("--num-beams", 0), "num_beams"),
-    "evaluate-zero-new-tokens": (lambda c: c.evaluate_model("--max-new-tokens", 0), "max_new_tokens"),
+    "evaluate-zero-batch-size": (lambda c: c.evaluate_model("--batch-size", 0), "--batch-size must be at least 1"),
+    "evaluate-zero-beams": (lambda c: c.evaluate_model("--num-beams", 0), "--num-beams must be at least 1"),
+    "evaluate-zero-new-tokens": (
+        lambda c: c.evaluate_model("--max-new-tokens", 0),
+        "--max-new-tokens must be at least 1",
+    ),
     # plans
     "plan-infeasible-budget": (
         lambda c: c.plan("--budget", "latency_ms<=0.001"),

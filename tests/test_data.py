@@ -270,7 +270,7 @@ def test_split_missing_lists_the_splits(tmp_path: Path) -> None:
 
 def test_undetectable_extensions_ask_for_them(tmp_path: Path) -> None:
     write_pairs(tmp_path, "train", "en", "de")
-    message = data_error(lambda: load_split(DataSpec(str(tmp_path)), "train"), "--src-ext")
+    message = data_error(lambda: load_split(DataSpec(str(tmp_path)), "train"), "`src_ext`")
     assert "train.{de,en}" in message
 
 
@@ -369,7 +369,7 @@ def test_unknown_file_format(tmp_path: Path) -> None:
     ("kwargs", "phrase"),
     [
         ({"path": ""}, "path is empty"),
-        ({"path": "d", "src_ext": "en"}, "give both --src-ext and --tgt-ext"),
+        ({"path": "d", "src_ext": "en"}, "give both `src_ext` and `tgt_ext`"),
         ({"path": "d", "src_ext": ".en", "tgt_ext": "de"}, "without the dot"),
         ({"path": "d", "src_ext": "en", "tgt_ext": "en"}, "both 'en'"),
         ({"path": "d", "src_column": "text", "tgt_column": "text"}, "two different"),
@@ -437,6 +437,21 @@ def test_unshuffled_batches_pad_and_keep_order(tokenizer: PreTrainedTokenizerFas
             assert batch["labels"][row, : len(target)].tolist() == target
             assert (batch["labels"][row, len(target) :] == -100).all()
     assert batches[1]["input_ids"].shape == (2, max(len(tokens.source_ids[i]) for i in (2, 3)))
+
+
+def test_a_batch_of_chosen_pairs_keeps_their_order() -> None:
+    data = synthetic(6)
+    batch = data.batch([4, 1, 3])
+    assert batch["index"].tolist() == [4, 1, 3] and batch["input_ids"][:, 0].tolist() == [14, 11, 13]
+    assert batch["input_ids"].shape == (3, max(len(data.source_ids[i]) for i in (4, 1, 3)))
+    assert batch["labels"].shape == (3, max(len(data.target_ids[i]) for i in (4, 1, 3)))
+    assert all(value.dtype == torch.long for value in batch.values())
+    # The same rows as the epoch's batches give.
+    first = data.batches(2, shuffle=False)[0]
+    assert all(torch.equal(first[k], v) for k, v in data.batch(range(2)).items())
+    for bad, phrase in (([], "non-empty"), ([[0, 1]], "flat"), ([0, 6], "0-5, got 0-6"), ([-1], "0-5")):
+        with pytest.raises(ConfigError, match=phrase):
+            data.batch(bad)
 
 
 def test_shuffled_batches_are_deterministic_per_seed_and_epoch() -> None:

@@ -10,25 +10,36 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from modformer.checkpoints import load_seq2seq
 from modformer.cli import app
-from modformer.errors import ConfigError, InfeasibleBudgetError
+from modformer.errors import ConfigError, InfeasibleBudgetError, with_flags
 from modformer.evaluation import teacher_forced_loss
 from modformer.modular.assembly import Assembly, valid_stacks
 from modformer.modular.model import ModularModel
+from modformer.planner.artifact import PARETO_PNG, PLAN_FILES, REPORT_HTML, Plan
 from modformer.planner.frontier import hypervolume, normaliser
 from modformer.planner.plan import check_feasible
 from modformer.planner.proxy import ProxyScorer
 from modformer.planner.run import PlanSettings, load_for_scoring, pair_scorer, run_plan
-from modformer.planner.search import Search, SearchConfig, SearchResult, objective_values, open_storage, open_study
+from modformer.planner.search import (
+    Backoff,
+    Search,
+    SearchConfig,
+    SearchResult,
+    objective_values,
+    open_storage,
+    open_study,
+    work,
+    worker_losses,
+)
 from modformer.planner.space import Budget, SearchSpace, space_stacks
+from modformer.profiling.cost_model import predict
 from modformer.profiling.measure import ProfileConfig, profile_modules
-from modformer.profiling.profile import LatencyProfile, default_workload, predict
+from modformer.profiling.profile import LatencyProfile, default_workload
 from tests.conftest import save_teacher, tiny_bart, tiny_t5
 
 
@@ -221,6 +232,84 @@ def test_a_study_made_with_other_settings_is_refused(tmp_path):
         open_study(storage, "x", SearchConfig(), {"proxy_samples": 32})
 
 
+def test_a_worker_answers_its_trials_through_the_study(tmp_path):
+    """`work` in a thread against one file storage: it scores only the trials given to it, answers through the
+    study's public API, and stops when the study says done."""
+    import threading
+
+    import optuna
+
+    study = open_study(open_storage(str(tmp_path / "w.log")), "w", SearchConfig(), {"test": "w"})
+    distributions = {"encoder": optuna.distributions.CategoricalDistribution([0, 1, 2])}
+    distributions["decoder"] = distributions["encoder"]
+    trials = []
+    for a, b in ((0, 1), (2, 2), (1, 0)):
+        study.enqueue_trial({"encoder": a, "decoder": b})
+        trials.append(study.ask(distributions))
+    trials[0].set_user_attr("worker", 1)
+    trials[1].set_user_attr("worker", 2)  # another worker's
+    trials[2].set_user_attr("worker", 1)
+    scored: list = []
+
+    def score(pairs, progress):
+        scored.extend(pairs)
+        return [10.0 * a + b for a, b in pairs]
+
+    done: list[int] = []
+    worker = threading.Thread(target=lambda: done.append(work(study, 1, score)))
+    worker.start()
+    numbers = [t.number for t in trials]
+    wait = Backoff(most=0.2)
+    for _ in range(200):
+        answers = worker_losses(study, numbers)
+        if len(answers) == 2:
+            break
+        wait.sleep()
+    assert answers == {trials[0].number: 1.0, trials[2].number: 10.0}
+    study.set_user_attr("status", "done")
+    worker.join(timeout=30)
+    assert not worker.is_alive() and done == [2] and sorted(scored) == [(0, 1), (1, 0)]
+
+
+def test_backoff_grows_to_its_ceiling_and_resets():
+    wait = Backoff(first=0.001, most=0.004, factor=2.0)
+    seen = []
+    for _ in range(4):
+        seen.append(wait.seconds)
+        wait.sleep()
+    assert seen == [0.001, 0.002, 0.004, 0.004]
+    wait.reset()
+    assert wait.seconds == 0.001
+
+
+@pytest.mark.parametrize(
+    ("make", "setting", "text"),
+    [
+        (lambda: SearchConfig(trials=0), "trials", "trials must be at least 1, got 0"),
+        (lambda: SearchConfig(objectives=("latency",)), "objectives", "objectives must list quality"),
+        (lambda: open_storage("nosuchdb://x"), "storage", "storage nosuchdb://x: "),
+    ],
+)
+def test_library_errors_name_the_setting_not_the_flag(make, setting, text):
+    with pytest.raises(ConfigError) as err:
+        make()
+    assert str(err.value).startswith(text) and "--" not in str(err.value)
+    assert err.value.settings == (setting,)
+    assert with_flags(err.value).startswith("--" + text)
+
+
+def test_plan_settings_and_worker_counts_name_their_settings(plan_root, data_dir, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        PlanSettings(modules=str(plan_root / "mods"), data=data_args(data_dir), proxy_batch_size=0)
+    assert str(err.value) == "proxy_batch_size must be at least 1, got 0"
+    assert with_flags(err.value) == "--proxy-batch-size must be at least 1, got 0"
+    settings = PlanSettings(modules=str(plan_root / "mods"), data=data_args(data_dir))
+    with pytest.raises(ConfigError) as err:
+        run_plan(settings, None, storage=str(tmp_path / "s.log"), study_name="s", remote_workers=1)
+    assert err.value.settings == ("remote_workers", "storage")
+    assert with_flags(err.value) == "--remote-workers needs a database --storage URL that the other machines can reach"
+
+
 def test_two_workers_on_one_file_storage_give_the_same_frontier(small, tmp_path, plan_root, data_dir):
     modular, profile, space, _ = small
     results = {}
@@ -293,9 +382,10 @@ def plan_dir(plan_root, data_dir):
 
 
 def test_plan_writes_every_output(plan_dir):
-    for name in ("frontier.csv", "frontier.json", "pareto.png", "report.html", "chosen.json", "scored.csv"):
+    for name in PLAN_FILES:
         assert (plan_dir / name).stat().st_size > 0, name
-    frontier = pd.read_csv(plan_dir / "frontier.csv")
+    plan = Plan.load(plan_dir)
+    frontier = plan.frontier
     need = {
         "assembly",
         "size_ratio",
@@ -312,38 +402,41 @@ def test_plan_writes_every_output(plan_dir):
     assert need <= set(frontier.columns)
     validated = frontier[frontier["validated"]]
     assert len(validated) >= 3 and (validated["measured_latency_ms"] > 0).all()
-    chosen = json.loads((plan_dir / "chosen.json").read_text())
+    chosen = plan.chosen
     assert chosen["assembly"] in set(validated["assembly"]) and Assembly.from_json(chosen["assembly_json"])
-    report = (plan_dir / "report.html").read_text()
+    report = (plan_dir / REPORT_HTML).read_text()
     assert "data:image/png;base64," in report and "http" not in report.replace("http-equiv", "")
     for name in validated["assembly"]:  # the report names every validated point
         assert name in report
-    png = plan_dir / "pareto.png"
+    png = plan_dir / PARETO_PNG
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = json.loads((plan_dir / "frontier.json").read_text())["summary"]
+    summary = plan.summary
     assert summary["search"]["scored"] == 169 and summary["search"]["method"] == "exhaustive"
 
 
 def test_plan_names_the_points_on_the_figure(plan_dir):
-    import matplotlib.pyplot as plt
+    from modformer.planner.frontier import frontier_2d
+    from modformer.plots import plot_pareto, short_labels
 
-    from modformer.plots import plot_pareto
-
-    frontier = pd.read_csv(plan_dir / "frontier.csv", keep_default_na=False, na_values=[""])
-    frontier["rule"] = frontier["rule"].fillna("")
-    scored = pd.read_csv(plan_dir / "scored.csv")
-    rules = pd.DataFrame(json.loads((plan_dir / "frontier.json").read_text())["rules"])
-    fig = plot_pareto(scored, frontier, rules, metric="bleu", budget_latency_ms=20.0)
+    plan = Plan.load(plan_dir)
+    frontier = plan.frontier
+    fig = plot_pareto(
+        plan.scored, frontier, plan.rules, metric="bleu", budget_latency_ms=20.0, chosen=plan.chosen["assembly"]
+    )
     texts = {t.get_text() for ax in fig.axes for t in ax.texts}
-    assert set(frontier.loc[frontier["validated"], "assembly"]) <= texts
-    plt.close(fig)
+    validated = frontier[frontier["validated"]]
+    labels = dict(zip(validated["assembly"], short_labels(validated["assembly"]), strict=True))
+    assert labels[plan.chosen["assembly"]] in texts  # the chosen point is always named
+    on_line = frontier_2d(validated, "bleu", "measured_latency_ms")["assembly"]
+    assert any(labels[a] in texts for a in on_line)
+    assert not any("enc=" in t for t in texts)
 
 
 def test_export_plan_exports_the_chosen_assembly(plan_dir, tmp_path):
     out = tmp_path / "exported"
     result = cli("export", "--plan", plan_dir, "--out", out)
     assert result.exit_code == 0, result.stderr
-    chosen = json.loads((plan_dir / "chosen.json").read_text())
+    chosen = Plan.load(plan_dir).chosen
     info = json.loads((out / "modformer.json").read_text())
     assert info["assembly_spec"] == Assembly.parse(chosen["assembly"]).format()
     assert info["plan_chosen"]["assembly"] == chosen["assembly"]
@@ -366,11 +459,11 @@ def test_a_plan_within_half_the_parameters_chooses_a_2x_smaller_assembly(small, 
     out = tmp_path / "half"
     result = cli(*plan_args(plan_root, data_dir, out, "--budget", f"params_m<={half}"))
     assert result.exit_code == 0, result.stderr + result.stdout
-    chosen = json.loads((out / "chosen.json").read_text())
-    assert chosen["size_ratio"] >= 2.0
-    frontier = pd.read_csv(out / "frontier.csv")
+    plan = Plan.load(out)
+    assert plan.chosen["size_ratio"] >= 2.0
+    frontier = plan.frontier
     assert (frontier.loc[frontier["within_budget"], "size_ratio"] >= 2.0).all()
-    summary = json.loads((out / "frontier.json").read_text())["summary"]
+    summary = plan.summary
     assert summary["budget"]["params_m"] == pytest.approx(half)
 
 
@@ -440,7 +533,7 @@ def test_a_remote_worker_joins_through_a_database_url(plan_root, data_dir, tmp_p
     assert scored_by_worker > 0
     alone = cli(*plan_args(plan_root, data_dir, tmp_path / "one", *search))
     assert alone.exit_code == 0, alone.stderr
-    front = [pd.read_csv(tmp_path / name / "frontier.csv") for name in ("one", "two")]
+    front = [Plan.load(tmp_path / name).frontier for name in ("one", "two")]
     assert [f.loc[f["on_proxy_frontier"], "assembly"].tolist() for f in front][0] == front[1].loc[
         front[1]["on_proxy_frontier"], "assembly"
     ].tolist()

@@ -21,6 +21,7 @@ from modformer.cli import app
 from modformer.errors import AssemblyError, CheckpointError, ConfigError
 from modformer.modular.assembly import Assembly
 from modformer.modular.model import ModularModel
+from modformer.profiling.cost_model import axis_weights, predict, speed_ratio_predictor, workload_costs
 from modformer.profiling.hardware import compare, fingerprint
 from modformer.profiling.measure import ProfileConfig, all_blocks, param_bytes, profile_modules
 from modformer.profiling.profile import (
@@ -30,12 +31,12 @@ from modformer.profiling.profile import (
     LatencyProfile,
     ProfileMismatchWarning,
     Workload,
-    axis_weights,
-    block_summary,
-    fixed_summary,
+    default_workload,
+    load_profile,
     new_meta,
-    predict,
+    resolve_workload,
 )
+from modformer.profiling.summary import block_summary, fixed_summary
 from modformer.profiling.timer import Case, Timer, Timing
 from modformer.profiling.validate import choose_assemblies, depth_ratio, paired_ratio, validate
 
@@ -195,7 +196,7 @@ def test_summaries(profile):
     assert list(fixed["gen_len"]) == [1, 4] * 4
     assert {"teacher_ms", "encoder_only_ms", "decoder_first_ms", "encoder_factor", "decoder_offset_ms"} <= set(fixed)
     first = fixed.iloc[0]
-    scales = profile.costs(Workload(int(first["batch"]), int(first["src_len"]), int(first["gen_len"]))).scales
+    scales = workload_costs(profile, Workload(int(first["batch"]), int(first["src_len"]), int(first["gen_len"]))).scales
     assert (first["encoder_factor"], first["decoder_factor"]) == (scales["encoder"], scales["decoder"])
 
 
@@ -220,7 +221,7 @@ def test_predict_is_the_sum_of_the_table(profile):
         expected += at("dec_first_extra", k) + c0 + (c0 + c2) / 2 + c2 + c3
     p = predict(profile, a, Workload(B, S, G))
     assert p.breakdown["block_ms"].sum() == pytest.approx(expected, rel=1e-12)  # the blocks as measured
-    costs = profile.costs(Workload(B, S, G))  # then one calibration line per stack
+    costs = workload_costs(profile, Workload(B, S, G))  # then one calibration line per stack
     scales = costs.scales
     parts = p.breakdown.set_index("block")
     assert parts.loc["fixed", "latency_ms"] == pytest.approx(
@@ -379,7 +380,7 @@ def test_calibration_scales_each_stack():
     assert p.latency_ms == pytest.approx(2.0 + 16 * 1.3 + 1.5 * enc / 2 + 0.8 * dec, rel=1e-9)
     # With an offset (what a stack costs once it has any layer): found exactly too, and it is in the fixed row.
     profile = synthetic_profile((1.2, 0.9, 0.0, 4.0))
-    costs = profile.costs(Workload(8, 32, 16))
+    costs = workload_costs(profile, Workload(8, 32, 16))
     assert costs.scales == pytest.approx({"encoder": 1.2, "decoder": 0.9}, rel=1e-9)
     assert costs.offsets == pytest.approx({"encoder": 4.0, "decoder": 4.0}, rel=1e-9)
     p = predict(profile, Assembly.parse("enc=2 dec=1,1"), Workload(8, 32, 16))
@@ -389,14 +390,14 @@ def test_calibration_scales_each_stack():
     # The whole teacher 3 ms dearer than its stacks: the encoder's line comes from the one-token calls (exact); the
     # decoder's goes through its first layer and the mean of what the decoder-only call and the whole teacher (less
     # the encoder) say for all layers, by hand.
-    scales = synthetic_profile((1.0, 1.0, 3.0, 0.0)).costs(Workload(1, 16, 16))
+    scales = workload_costs(synthetic_profile((1.0, 1.0, 3.0, 0.0)), Workload(1, 16, 16))
     d, d1 = teacher_sums(1, 16, 16)[1], teacher_sums(1, 16, 16, layers=1)[1]
     slope = ((d + d + 3.0) / 2 - d1) / (d - d1)
     assert scales.scales["encoder"] == pytest.approx(1.0, rel=1e-9)
     assert scales.scales["decoder"] == pytest.approx(slope, rel=1e-9) and slope > 1
     assert scales.offsets["decoder"] == pytest.approx(d1 - slope * d1, rel=1e-9)
     # No calibration rows (an older profile): the blocks as measured.
-    old = synthetic_profile().costs(Workload(1, 16, 1))
+    old = workload_costs(synthetic_profile(), Workload(1, 16, 1))
     assert old.scales == {"encoder": 1.0, "decoder": 1.0} and old.offsets == {"encoder": 0.0, "decoder": 0.0}
 
 
@@ -456,6 +457,45 @@ def test_hardware_mismatch_warning_names_what_differs(profile, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         LatencyProfile.load(tmp_path / "p.json", expect_fingerprint=dict(profile.fingerprint))
+
+
+def test_load_profile_says_what_differs_from_this_machine(profile, tmp_path):
+    profile.save(tmp_path / "here.json")
+    loaded, warned = load_profile(tmp_path / "here.json")  # measured on this machine: nothing to say
+    assert warned == []
+    pd.testing.assert_frame_equal(loaded.table, profile.table)
+
+    # Compared at the profile's own device, dtype and threads: what differs is the machine and the software.
+    other = {**profile.fingerprint, "cpu_model": "Some Other CPU", "transformers": "0.0.1"}
+    LatencyProfile(profile.table, {**profile.meta, "fingerprint": other}).save(tmp_path / "there.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the differences come back as text, not as warnings
+        _, warned = load_profile(tmp_path / "there.json")
+    assert len(warned) == 1 and "\n" not in warned[0]
+    assert warned[0].startswith(f"{tmp_path / 'there.json'} was measured on other hardware or settings")
+    assert "cpu_model: 'Some Other CPU' -> " in warned[0] and "transformers: '0.0.1' -> " in warned[0]
+    assert "dtype" not in warned[0]
+
+
+def test_load_profile_compares_a_cuda_profile_only_where_cuda_is(profile, tmp_path, monkeypatch):
+    import torch
+
+    cuda = {**profile.fingerprint, "device": "cuda", "gpu_name": "Some GPU"}
+    LatencyProfile(profile.table, {**profile.meta, "fingerprint": cuda}).save(tmp_path / "gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert load_profile(tmp_path / "gpu")[1] == []
+
+
+def test_resolve_workload_fills_what_is_not_given_from_the_profile(profile):
+    default = default_workload(profile)  # smallest batch and source length, longest generation
+    assert (default.batch, default.src_len, default.gen_len) == (1, 6, 4)
+    assert resolve_workload(profile) == {}
+    assert resolve_workload(profile, batch=8) == {"batch": 8, "src_len": 6, "gen_len": 4}
+    assert resolve_workload(profile, src_len=32, gen_len=16) == {"batch": 1, "src_len": 32, "gen_len": 16}
+    full = resolve_workload(profile, batch=2, src_len=3, gen_len=5)
+    assert Workload(**full) == Workload(2, 3, 5)
+    with pytest.raises(CheckpointError, match="no workload grid"):
+        resolve_workload(LatencyProfile(profile.table, {}), batch=2)
 
 
 def test_bad_profile_files_are_one_line_errors(profile, tmp_path):
@@ -614,7 +654,6 @@ def test_cli_profile_errors(modules_dir, tmp_path):
 
 def test_speed_first_ratio_comes_from_the_profile(profile, modular, modules_dir, tmp_path):
     from modformer.modular.strategies import assembly_for_ratio, strategy_sequence
-    from modformer.profiling.profile import default_workload, speed_ratio_predictor
 
     teacher = Assembly.teacher(modular.config.encoder_layers, modular.config.decoder_layers)
     speed = speed_ratio_predictor(profile, teacher, default_workload(profile))

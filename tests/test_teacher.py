@@ -56,8 +56,9 @@ def test_resume_checks_the_run(sample_pairs, tmp_path):
     train_teacher(train, val, TeacherConfig(preset="tiny", steps=2, batch_size=8), out)
     with pytest.raises(ConfigError, match="was trained with batch_size 8, not 4"):
         train_teacher(train, val, TeacherConfig(preset="tiny", steps=4, batch_size=4), out, resume=True)
-    with pytest.raises(ConfigError, match="already has 2 steps, more than --steps 1"):
+    with pytest.raises(ConfigError, match="is at step 2, past steps 1; raise steps") as err:
         train_teacher(train, val, TeacherConfig(preset="tiny", steps=1, batch_size=8), out, resume=True)
+    assert err.value.settings == ("steps",)  # the CLI shows it as --steps
     with pytest.raises(ConfigError, match="save_every must be positive"):
         TeacherConfig(save_every=0)
 

@@ -107,7 +107,10 @@ class ModularModel(nn.Module):
         if granularities is None:
             granularities = sorted(set(default_granularities(enc)) & set(default_granularities(dec)))
             if not granularities:
-                raise CheckpointError(f"a {enc}+{dec}-layer teacher has no default granularity; pass --granularities")
+                raise CheckpointError(
+                    f"a {enc}+{dec}-layer teacher has no default granularity; pass `granularities`",
+                    settings="granularities",
+                )
         config = ModularConfig(
             teacher=str(teacher_path),
             model_type=teacher.config.model_type,
@@ -138,6 +141,15 @@ class ModularModel(nn.Module):
                 layer.get_parameter(name).requires_grad_(False)
 
     # --- save / load ----------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """The artifact convention's name (every artifact has `save(dir)` / `load(dir)`): `save_pretrained`."""
+        self.save_pretrained(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, teacher: nn.Module | str | Path | None = None) -> ModularModel:
+        """The artifact convention's name: `from_pretrained`."""
+        return cls.from_pretrained(directory, teacher)
+
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,17 +33,22 @@ import torch
 import torch.distributed as dist
 from accelerate import PartialState
 
-from modformer.data import TokenizedData
-from modformer.errors import CheckpointError, ConfigError
+from modformer.checkpoints import load_seq2seq, load_tokenizer
+from modformer.data import DataSpec, TokenizedData, load_split
+from modformer.errors import ConfigError
 from modformer.evaluation import teacher_forced_loss
-from modformer.io import torch_load, torch_save
 from modformer.modular.assembly import Assembly
 from modformer.modular.curriculum import Curriculum, sample_hybrid
 from modformer.modular.families import STACKS
 from modformer.modular.losses import AttentionLoss, HiddenStateLoss, LogitLoss
-from modformer.modular.model import ModularModel
-
-STATE_NAME = "trainer_state.pt"
+from modformer.modular.model import CONFIG_NAME, ModularModel
+from modformer.recipe import (
+    Recipe,
+    StepResult,
+    TrainState,
+    adamw_with_warmup,
+    check_output,
+)
 
 
 @dataclass
@@ -90,19 +95,8 @@ class TrainConfig:
 
 
 @dataclass
-class StepResult:
-    step: int
-    loss: float
-    parts: dict[str, float]  # ce, hidden, attn, logit
+class HybridStepResult(StepResult):
     hybrid: str  # the sampled assemblies, " | " between them when a step has several
-    seconds: float
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    history: list[dict] = field(default_factory=list)  # periodic held-out losses
-    seconds: float = 0.0  # training wall time so far, over all sessions (resumes included)
 
 
 def probe_assemblies(model: ModularModel) -> dict[str, Assembly]:
@@ -116,8 +110,12 @@ def probe_assemblies(model: ModularModel) -> dict[str, Assembly]:
     return probes
 
 
-class ReplacingTrainer:
-    """Trains the modules of a `ModularModel` by random multi-grained replacement with distillation."""
+class ReplacingTrainer(Recipe):
+    """Trains the modules of a `ModularModel` by random multi-grained replacement with distillation.
+
+    The loop, evaluation schedule and trainer checkpoint are the shared recipe's (`modformer.recipe.Recipe`); this
+    class adds the hybrid step, the probe evaluation, the process group and what it saves (modules + config).
+    """
 
     def __init__(self, model: ModularModel, config: TrainConfig, train: TokenizedData, heldout: TokenizedData):
         self.model, self.config, self.train, self.heldout = model, config, train, heldout
@@ -125,23 +123,26 @@ class ReplacingTrainer:
         self.processes = PartialState(cpu=not torch.cuda.is_available())
         if config.batch_size < self.processes.num_processes:
             raise ConfigError(
-                f"--batch-size {config.batch_size} is smaller than the {self.processes.num_processes} processes "
-                "that share it"
+                f"batch_size {config.batch_size} is smaller than the {self.processes.num_processes} processes "
+                "that share it",
+                settings="batch_size",
             )
         self.device = self.processes.device
         model.to(self.device)
         model.teacher.set_attn_implementation("eager")  # attention maps for distillation
         self.params = model.trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.optimizer, self.scheduler = adamw_with_warmup(
+            self.params,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            warmup_steps=config.warmup_steps,
+            steps=config.steps,
+        )
         self.hidden_loss, self.attn_loss = HiddenStateLoss(), AttentionLoss()
         self.logit_loss = LogitLoss(config.temperature)
         self.rng = random.Random(config.seed)
         self.state = TrainState()
         torch.manual_seed(config.seed)
-
-    def _lr_factor(self, step: int) -> float:
-        return warmup_linear_decay(step, self.config.warmup_steps, self.config.steps)
 
     @classmethod
     def start_or_resume(
@@ -161,8 +162,9 @@ class ReplacingTrainer:
             model = ModularModel.from_pretrained(out_dir, teacher)
             if granularities is not None and granularities != model.config.granularities:
                 raise ConfigError(
-                    f"--resume: {out_dir} was trained with granularities {model.config.granularities}, "
-                    f"not {granularities}"
+                    f"resume: {out_dir} was trained with granularities {model.config.granularities}, "
+                    f"not {granularities}",
+                    settings="resume",
                 )
         else:
             model = ModularModel.from_teacher(teacher, teacher_path, granularities)
@@ -172,7 +174,7 @@ class ReplacingTrainer:
         return trainer
 
     # --- one step -------------------------------------------------------------------------------------------------
-    def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
+    def step(self, batch: dict[str, torch.Tensor]) -> HybridStepResult:
         started = time.perf_counter()
         cfg, model = self.config, self.model
         progress = self.state.step / cfg.steps
@@ -199,14 +201,15 @@ class ReplacingTrainer:
             bad = next((k for k in parts if not np.isfinite(named[k])), "total")
             raise ConfigError(
                 f"step {self.state.step + 1}: the {bad} loss is {named[bad]}; training stopped "
-                "(the last checkpoint is kept; try a lower --lr)"
+                "(the last checkpoint is kept; try a lower lr)",
+                settings="lr",
             )
         self._average_gradients()
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.state.step += 1
-        return StepResult(
+        return HybridStepResult(
             step=self.state.step,
             loss=float(shown[0]),
             parts={k: float(v) for k, v in zip(parts, shown[1:], strict=True)},
@@ -218,6 +221,9 @@ class ReplacingTrainer:
     @property
     def is_main(self) -> bool:
         return self.processes.is_main_process
+
+    def wait_for_everyone(self) -> None:
+        self.processes.wait_for_everyone()
 
     def _share(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This process's rows of the global batch, on this process's device."""
@@ -333,35 +339,9 @@ class ReplacingTrainer:
             result["mean"] = float(np.mean(list(result.values())))
         return result
 
-    # --- the loop -------------------------------------------------------------------------------------------------
-    def fit(
-        self,
-        out_dir: str | Path,
-        on_step: Callable[[StepResult], None] | None = None,
-        on_eval: Callable[[int, dict[str, float]], None] | None = None,
-    ) -> TrainState:
-        cfg, out_dir = self.config, Path(out_dir)
-        stream: Iterator = self.train.stream(cfg.batch_size, seed=cfg.seed, start_step=self.state.step)
-        started = time.perf_counter() - self.state.seconds
-        while self.state.step < cfg.steps:
-            result = self.step(next(stream))
-            self.state.seconds = time.perf_counter() - started
-            if on_step:
-                on_step(result)
-            step, last = self.state.step, self.state.step == cfg.steps
-            if self.is_main and (last or (cfg.eval_every and step % cfg.eval_every == 0)):
-                scores = self.evaluate()
-                self.state.history.append({"step": step, **scores})
-                if on_eval:
-                    on_eval(step, scores)
-            if self.is_main and (last or (cfg.save_every and step % cfg.save_every == 0)):
-                self.save(out_dir)
-        self.processes.wait_for_everyone()  # the others end once the main process has written the last checkpoint
-        return self.state
-
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> None:
-        """Modules + config, then the trainer state (optimizer, scheduler, RNGs, step); each file atomically."""
+        """Modules + config, then the trainer checkpoint (optimizer, scheduler, RNGs, step); each file atomically."""
         out_dir = Path(out_dir)
         self.model.config.training = {
             **asdict(self.config),
@@ -369,50 +349,52 @@ class ReplacingTrainer:
             "wall_s": round(self.state.seconds, 1),
         }
         self.model.save_pretrained(out_dir)
-        torch_save(
-            out_dir / STATE_NAME,
-            {
-                "step": self.state.step,
-                "history": self.state.history,
-                "seconds": self.state.seconds,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "python_rng": encode_random_state(self.rng.getstate()),
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
-
-    def resume(self, out_dir: str | Path) -> None:
-        """Continue a run saved in `out_dir` (modules must already be loaded from there)."""
-        state = torch_load(Path(out_dir) / STATE_NAME, "trainer state")
-        try:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.rng.setstate(decode_random_state(state["python_rng"]))
-            torch.set_rng_state(state["torch_rng"])
-            self.state = TrainState(
-                step=int(state["step"]), history=list(state["history"]), seconds=float(state.get("seconds", 0.0))
-            )  # older checkpoints: unknown
-        except (KeyError, ValueError, TypeError) as err:
-            raise CheckpointError(f"{out_dir}/{STATE_NAME}: cannot resume from it ({err})") from None
-        if self.state.step > self.config.steps:
-            raise ConfigError(
-                f"the run in {out_dir} is at step {self.state.step}, past --steps {self.config.steps}; raise --steps"
-            )
+        self.checkpoint().save(out_dir)
 
 
-def warmup_linear_decay(step: int, warmup_steps: int, steps: int) -> float:
-    """Learning-rate factor: linear warm-up over `warmup_steps`, then linear decay to 10 % at `steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.1, 1.0 - 0.9 * (step - warmup_steps) / max(steps - warmup_steps, 1))
+def is_main_process() -> bool:
+    """Whether this process reports and writes (the first of those `torchrun` / `accelerate launch` started)."""
+    return PartialState(cpu=not torch.cuda.is_available()).is_main_process
 
 
-def encode_random_state(state: tuple) -> dict:
-    """random.Random state as tensors and ints, so the file loads with torch.load(weights_only=True)."""
-    version, internal, gauss = state
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+def run_modular(
+    config: TrainConfig,
+    teacher: str | Path,
+    data: DataSpec,
+    out_dir: str | Path,
+    *,
+    train_split: str = "train",
+    val_split: str = "val",
+    granularities: list[int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_start: Callable[[ReplacingTrainer], None] | None = None,
+    on_step: Callable[[HybridStepResult], None] | None = None,
+    on_eval: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainState:
+    """What `modformer train` does: check `out_dir`, read the splits and the teacher, train (or continue) the
+    modules and save them.
 
-
-def decode_random_state(obj: dict) -> tuple:
-    return (obj["version"], tuple(int(x) for x in obj["internal"].tolist()), obj["gauss"])
+    `on_start` sees the trainer once it is set up (`state.step`: where a resumed run continues; `is_main`: whether
+    this process reports).
+    """
+    check_output(out_dir, resume=resume, overwrite=overwrite, marker=CONFIG_NAME, what="modular checkpoint")
+    train = load_split(data, train_split)
+    heldout = load_split(data, val_split, limit=config.eval_pairs)
+    teacher_model = load_seq2seq(teacher, eager=True)
+    tokenizer = load_tokenizer(teacher)
+    lengths = (config.max_source_len, config.max_target_len)
+    trainer = ReplacingTrainer.start_or_resume(
+        teacher_model,
+        teacher,
+        out_dir,
+        config,
+        train.tokenize(tokenizer, *lengths),
+        heldout.tokenize(tokenizer, *lengths),
+        resume=resume,
+        granularities=granularities,
+    )
+    trainer.origin = train.origin
+    if on_start:
+        on_start(trainer)
+    return trainer.fit(out_dir, on_step=on_step, on_eval=on_eval)

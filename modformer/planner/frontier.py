@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import moocore
 import numpy as np
+import pandas as pd
 
 
 def pareto_mask(values: np.ndarray) -> np.ndarray:
@@ -38,3 +39,21 @@ def hypervolume(values: np.ndarray, low: np.ndarray, span: np.ndarray, reference
         return 0.0
     scaled = (values - low) / span
     return float(moocore.hypervolume(scaled, ref=np.full(scaled.shape[1], reference)))
+
+
+def frontier_2d(points: pd.DataFrame, quality: str, cost: str) -> pd.DataFrame:
+    """The rows of `points` on the 2-D Pareto frontier of `quality` (higher is better) against `cost` (lower is better).
+
+    Sorted by cost, along which quality strictly rises: each row costs more than the one before and buys better
+    quality, so a line or step drawn through them never zig-zags. A row is left off when another row is at least as
+    good on both columns and better on one (of exact duplicates, the first is kept); rows missing either value too.
+    Pure: the rows are returned with their index and every column, for a figure to draw.
+    """
+    rows = points.dropna(subset=[quality, cost])
+    if rows.empty:
+        return rows.copy()
+    order = np.lexsort((-rows[quality].to_numpy(dtype=float), rows[cost].to_numpy(dtype=float)))
+    ranked = rows.iloc[order]
+    q = ranked[quality].to_numpy(dtype=float)
+    best_before = np.concatenate(([-np.inf], np.maximum.accumulate(q)[:-1]))
+    return ranked[q > best_before].copy()

@@ -144,7 +144,7 @@ def validate_assemblies(
 
 @dataclass
 class PlanResult:
-    """Everything a plan produced: the tables behind frontier.csv/json, chosen.json, pareto.png and report.html."""
+    """Everything a plan produced: the tables that `planner.artifact.Plan` saves as the plan folder."""
 
     frontier: pd.DataFrame  # validated points and the rest of the proxy frontier (see `frontier_table`)
     rules: pd.DataFrame  # size-first / speed-first points with proxy (and, where validated, real) scores
@@ -196,7 +196,7 @@ def choose(frontier: pd.DataFrame, metric: str) -> dict:
     """The validated, in-budget assembly with the best metric (ties: lower predicted latency)."""
     ok = frontier[frontier["validated"] & frontier["within_budget"]]
     if ok.empty:
-        raise ConfigError("no validated assembly lies within the budget (increase --validate)")
+        raise ConfigError("no validated assembly lies within the budget (increase validate)", settings="validate")
     best = ok.sort_values([metric, "predicted_latency_ms"], ascending=[False, True]).iloc[0]
     keys = [
         "assembly",

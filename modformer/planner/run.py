@@ -7,13 +7,15 @@ continued on a storage made with other settings is refused.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from modformer.checkpoints import load_tokenizer
@@ -23,7 +25,7 @@ from modformer.modular.assembly import Assembly
 from modformer.modular.model import ModularModel
 from modformer.planner import plan as planning
 from modformer.planner.proxy import ProxyScorer
-from modformer.planner.search import Search, SearchConfig, open_storage, open_study, work
+from modformer.planner.search import Search, SearchConfig, SearchResult, open_storage, open_study, work
 from modformer.planner.space import Budget, SearchSpace, space_stacks
 from modformer.profiling.profile import LatencyProfile, Workload, default_workload
 from modformer.profiling.validate import check_profile_model
@@ -49,7 +51,7 @@ class PlanSettings:
     def __post_init__(self) -> None:
         for name in ("proxy_samples", "proxy_batch_size", "validate", "validate_samples", "max_new_tokens"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", settings=name)
         if self.metric not in planning.METRICS:
             raise ConfigError(f"unknown metric {self.metric!r}; choose from {', '.join(planning.METRICS)}")
 
@@ -84,7 +86,7 @@ def proxy_batches(pairs, tokenizer, settings: PlanSettings) -> list[dict]:
     data = pairs.take(settings.proxy_samples).tokenize(tokenizer)
     order = sorted(range(len(data)), key=lambda k: (len(data.target_ids[k]), len(data.source_ids[k])))
     size = settings.proxy_batch_size
-    return [data._collate(order[start : start + size]) for start in range(0, len(order), size)]
+    return [data.batch(order[start : start + size]) for start in range(0, len(order), size)]
 
 
 def pair_scorer(scorer: ProxyScorer, stacks: dict[str, list]):
@@ -119,76 +121,42 @@ def run_plan(
     `workers` scoring processes run here (this one is worker 0); `remote_workers` more are expected to join
     through the storage with `modformer plan-worker` (numbers `workers` … `workers + remote_workers - 1`).
     """
-    if workers < 1 or remote_workers < 0:
-        raise ConfigError(
-            f"--workers must be at least 1 and --remote-workers at least 0, got {workers}, {remote_workers}"
-        )
-    if remote_workers and "://" not in storage:
-        raise ConfigError("--remote-workers needs a database --storage URL that the other machines can reach")
+    _check_worker_counts(storage, workers, remote_workers)
     config = SearchConfig(**settings.search)
     budget = Budget.parse(settings.budget)
     loaded = load_for_scoring(settings)
-    modular = loaded.modular
-    check_profile_model(profile, modular)
+    check_profile_model(profile, loaded.modular)
     workload = Workload(**settings.workload) if settings.workload else default_workload(profile)
-    space = SearchSpace.build(modular, profile, workload)
+    space = SearchSpace.build(loaded.modular, profile, workload)
     planning.check_feasible(space, budget)
-
-    def phase(name: str):
-        return (lambda done, total, info: on_progress(name, done, total, info)) if on_progress else None
-
     study = open_study(open_storage(storage), study_name, config, settings.study_record())
-    score = pair_scorer(loaded.scorer, space_stacks(modular.config))
-    processes = _start_workers(storage, study_name, workers)
-    search = Search(
-        space,
-        budget,
-        config,
-        study,
-        score,
-        workers=workers + remote_workers,
-        on_progress=phase("search"),
-        check_workers=lambda: _check_workers(processes),
-    )
-    try:
-        result = search.run()
-        rules = planning.rule_points(modular, space)
-        search.include(list(zip(rules["i"], rules["j"], strict=True)), "rules")
-        study.set_user_attr("status", "done")
-    except BaseException:
-        study.set_user_attr("status", "failed")  # the workers stop
-        raise
-    finally:
-        for p in processes:
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
-    result.scored = search.table()
+    with _local_workers(storage, study_name, workers) as processes:
+        search = Search(
+            space,
+            budget,
+            config,
+            study,
+            pair_scorer(loaded.scorer, space_stacks(loaded.modular.config)),
+            workers=workers + remote_workers,
+            on_progress=_phase(on_progress, "search"),
+            check_workers=lambda: _check_workers(processes),
+        )
+        result, rules = _search_with_rules(search, loaded.modular)
     result.proxy = loaded.scorer.stats.to_json()
-    rules = rules.merge(result.scored[["assembly", "proxy_loss"]], on="assembly", how="left")
-
-    # Validation: spread points of the proxy frontier, plus the best in-budget point of each rule.
-    front = result.frontier(config.objectives)
-    picks = planning.pick_spread(front, settings.validate)
-    within = rules[result.scored.set_index("assembly").loc[rules["assembly"], "violation"].to_numpy() <= 0]
-    best_rules = within.groupby("strategy", sort=False).head(1)
-    chosen_texts = list(dict.fromkeys([*picks["assembly"], *best_rules["assembly"]]))
-    pairs = loaded.pairs.take(settings.validate_samples)
     validation = planning.validate_assemblies(
-        modular,
+        loaded.modular,
         loaded.tokenizer,
-        chosen_texts,
-        pairs,
+        _validation_picks(result, config.objectives, rules, settings.validate),
+        loaded.pairs.take(settings.validate_samples),
         profile,
         workload,
         max_new_tokens=settings.max_new_tokens,
-        on_progress=phase("validate"),
+        on_progress=_phase(on_progress, "validate"),
     )
     frontier = planning.frontier_table(result, config.objectives, validation, settings.metric, rules)
     rules = rules.merge(
         validation.rows[["assembly", settings.metric, "measured_latency_ms"]], on="assembly", how="left"
     )
-    chosen = planning.choose(frontier, settings.metric)
     summary = planning.summary_record(
         search=result,
         budget=budget,
@@ -199,7 +167,67 @@ def run_plan(
         workload=workload,
         settings=asdict(settings),
     )
+    chosen = planning.choose(frontier, settings.metric)
     return planning.PlanResult(frontier=frontier, rules=rules, chosen=chosen, summary=summary, scored=result.scored)
+
+
+def _check_worker_counts(storage: str, workers: int, remote_workers: int) -> None:
+    """Refuse worker counts that cannot work: none here, fewer than none elsewhere, or remote workers that could
+    not reach a local file."""
+    if workers < 1 or remote_workers < 0:
+        raise ConfigError(
+            f"workers must be at least 1 and remote_workers at least 0, got {workers}, {remote_workers}",
+            settings=("workers", "remote_workers"),
+        )
+    if remote_workers and "://" not in storage:
+        raise ConfigError(
+            "remote_workers needs a database storage URL that the other machines can reach",
+            settings=("remote_workers", "storage"),
+        )
+
+
+def _phase(on_progress: Progress | None, name: str) -> Callable[[int, int, str], None] | None:
+    """`on_progress` for one phase of the plan: (done, total, info) reported as (name, done, total, info)."""
+    if on_progress is None:
+        return None
+    return lambda done, total, info: on_progress(name, done, total, info)
+
+
+@contextlib.contextmanager
+def _local_workers(storage: str, study_name: str, workers: int) -> Iterator[list[mp.Process]]:
+    """Workers 1 … `workers - 1` as local processes for the `with` block; stopped (joined, else ended) after it."""
+    processes = _start_workers(storage, study_name, workers)
+    try:
+        yield processes
+    finally:
+        for p in processes:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+
+
+def _search_with_rules(search: Search, modular: ModularModel) -> tuple[SearchResult, pd.DataFrame]:
+    """Run the search, then score the rule points too; the study's status (`done` or `failed`) tells the workers to
+    stop. Returns the result (with every scored assembly) and the rule points with their proxy losses."""
+    try:
+        result = search.run()
+        rules = planning.rule_points(modular, search.space)
+        search.include(list(zip(rules["i"], rules["j"], strict=True)), "rules")
+        search.study.set_user_attr("status", "done")
+    except BaseException:
+        search.study.set_user_attr("status", "failed")  # the workers stop
+        raise
+    result.scored = search.table()
+    return result, rules.merge(result.scored[["assembly", "proxy_loss"]], on="assembly", how="left")
+
+
+def _validation_picks(result: SearchResult, objectives: Sequence[str], rules: pd.DataFrame, k: int) -> list[str]:
+    """What validation re-scores with real generation: `k` points spread over the proxy frontier, plus the best
+    in-budget point of each rule."""
+    picks = planning.pick_spread(result.frontier(objectives), k)
+    violation = result.scored.set_index("assembly").loc[rules["assembly"], "violation"].to_numpy()
+    best_rules = rules[violation <= 0].groupby("strategy", sort=False).head(1)
+    return list(dict.fromkeys([*picks["assembly"], *best_rules["assembly"]]))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -18,16 +18,17 @@ name picks up what was scored and continues.
 Several workers: the process that runs the search asks every generation itself (so the sampler sees one sequence of
 events, whatever the worker count: the same seed gives the same frontier with 1 or N workers) and spreads the
 scoring. Assemblies are grouped by encoder stack (so shared bottoms stay shared) and each group is given to a worker
-through the storage (user attr `worker`); a worker writes `proxy_loss` back to the trial, and the search tells the
-trial once every value is in. Local workers are processes started here; on other machines, `modformer plan-worker`
-joins the same study through a database URL.
+through the storage (trial user attr `worker`); a worker writes each loss back as a study user attr (`WORKER_LOSS`),
+and the search tells the trial once every value is in. Local workers are processes started here; on other machines,
+`modformer plan-worker` joins the same study through a database URL. Both sides wait for each other by polling the
+storage with a growing wait (`Backoff`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -60,14 +61,16 @@ class SearchConfig:
         if self.method not in METHODS:
             raise ConfigError(f"unknown search method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.trials is not None and self.trials < 1:
-            raise ConfigError(f"--trials must be at least 1, got {self.trials}")
+            raise ConfigError(f"trials must be at least 1, got {self.trials}", settings="trials")
         if self.population < 2:
             raise ConfigError(f"the population must be at least 2, got {self.population}")
         objectives = tuple(self.objectives)
         unknown = [o for o in objectives if o not in OBJECTIVES]
         if unknown or "quality" not in objectives or len(set(objectives)) != len(objectives) or len(objectives) < 2:
             raise ConfigError(
-                f"--objectives must list quality and at least one of latency, memory (no repeats), got {','.join(objectives)}"
+                "objectives must list quality and at least one of latency, memory (no repeats), "
+                f"got {','.join(objectives)}",
+                settings="objectives",
             )
         self.objectives = objectives
 
@@ -132,7 +135,7 @@ def open_storage(url: str):
         try:
             return optuna.storages.RDBStorage(url)
         except Exception as err:  # optuna raises several kinds for a bad URL or an unreachable server
-            raise ConfigError(f"--storage {url}: {str(err).splitlines()[0]}") from None
+            raise ConfigError(f"storage {url}: {str(err).splitlines()[0]}", settings="storage") from None
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     return JournalStorage(JournalFileBackend(str(url)))
@@ -157,7 +160,8 @@ def open_study(storage, name: str, config: SearchConfig, settings: dict) -> optu
         differs = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
         raise ConfigError(
             f"study {name!r} in this storage was made with other settings ({', '.join(differs)} differ); "
-            "use another --study-name or storage, or --overwrite"
+            "use another study_name or storage, or overwrite",
+            settings=("study_name", "overwrite"),
         )
     return study
 
@@ -362,14 +366,17 @@ class Search:
         mine = [p for p in new if owner[p[0]] == 0]
         results = dict(zip(mine, self._score_local(mine, progress), strict=True)) if mine else {}
         waiting = {first_trial[p].number: p for p in new if owner[p[0]] != 0}
+        wait = Backoff()
         while waiting:
             self._worker_check()
-            for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                if t.number in waiting and "worker_loss" in t.user_attrs:
-                    results[waiting.pop(t.number)] = float(t.user_attrs["worker_loss"])
+            answers = worker_losses(self.study, waiting)
+            for number, loss in answers.items():
+                results[waiting.pop(number)] = loss
             progress(len(results))
-            if waiting:
-                time.sleep(0.05)
+            if answers:
+                wait.reset()
+            elif waiting:
+                wait.sleep()
         return [results[p] for p in new]
 
 
@@ -378,26 +385,63 @@ class Search:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def work(study: optuna.Study, index: int, score: Scorer, *, poll_s: float = 0.05, idle_timeout_s: float = 3600) -> int:
+# A worker's answer is a study user attr, one per trial it scored: optuna's public API can set user attrs only on the
+# study or on a `Trial` the process asked for itself (a worker did not: it finds its trials with `get_trials`, whose
+# `FrozenTrial`s are read-only; writing to them needs the storage's internal trial id).
+WORKER_LOSS = "worker_loss:{number}"
+
+
+def worker_losses(study: optuna.Study, numbers: Iterable[int]) -> dict[int, float]:
+    """The proxy losses workers have written so far for the trials numbered `numbers`."""
+    attrs = study.user_attrs
+    keys = {number: WORKER_LOSS.format(number=number) for number in numbers}
+    return {number: float(attrs[key]) for number, key in keys.items() if key in attrs}
+
+
+class Backoff:
+    """Waits between reads of a study that another process is writing: `first` seconds, growing by `factor` up to
+    `most` while nothing changes; `reset` once something has.
+
+    Optuna's storages offer no way to block until a study changes (no notification, no blocking read), so waiting on
+    another process means polling; the growing wait keeps an idle worker from loading a shared database."""
+
+    def __init__(self, first: float = 0.05, most: float = 1.0, factor: float = 2.0):
+        self.first, self.most, self.factor = first, most, factor
+        self.seconds = first
+
+    def sleep(self) -> None:
+        time.sleep(self.seconds)
+        self.seconds = min(self.seconds * self.factor, self.most)
+
+    def reset(self) -> None:
+        self.seconds = self.first
+
+
+def work(study: optuna.Study, index: int, score: Scorer, *, idle_timeout_s: float = 3600) -> int:
     """Score the trials given to worker `index` until the study says it is done; returns how many were scored."""
-    storage = study._storage
-    done, idle_since = 0, time.monotonic()
-    while True:
-        attrs = study.user_attrs
-        if attrs.get("status") in ("done", "failed"):
-            return done
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        mine = [t for t in running if t.user_attrs.get("worker") == index and "worker_loss" not in t.user_attrs]
+    done, idle_since, wait = 0, time.monotonic(), Backoff()
+    while study.user_attrs.get("status") not in ("done", "failed"):
+        mine = _my_trials(study, index)
         if not mine:
             if time.monotonic() - idle_since > idle_timeout_s:
                 raise ModformerError(f"worker {index}: no work for {idle_timeout_s:.0f} s; is the plan still running?")
-            time.sleep(poll_s)
+            wait.sleep()
             continue
         pairs = [(int(t.params["encoder"]), int(t.params["decoder"])) for t in mine]
         for t, loss in zip(mine, score(pairs, lambda _n: None), strict=True):
-            storage.set_trial_user_attr(t._trial_id, "worker_loss", loss)
+            study.set_user_attr(WORKER_LOSS.format(number=t.number), loss)
         done += len(mine)
         idle_since = time.monotonic()
+        wait.reset()
+    return done
+
+
+def _my_trials(study: optuna.Study, index: int) -> list[optuna.trial.FrozenTrial]:
+    """The running trials given to worker `index` that it has not answered yet."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    given = [t for t in running if t.user_attrs.get("worker") == index]
+    answered = worker_losses(study, [t.number for t in given])
+    return [t for t in given if t.number not in answered]
 
 
 def config_record(config: SearchConfig) -> dict:

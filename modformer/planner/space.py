@@ -2,12 +2,13 @@
 
 An assembly is a pair (encoder stack, decoder stack); the space is the product of each stack's valid block lists
 (`valid_stacks`: teacher layers and modules mixed). The profile's prediction is a sum over blocks plus a fixed
-part (see `profiling.profile`): latency = fixed + sum of block latencies, memory = zero-layer peak + alpha * (block
-parameter and cache bytes). So each stack's share is computed once per stack, and the cost of all pairs is one
-outer sum: 85,264 assemblies of a 12+12 teacher cost two vectors of 292, not 85,264 predictions.
+part (see `profiling.cost_model`): latency = fixed + sum of block latencies, memory = zero-layer peak + alpha *
+(block parameter and cache bytes). So each stack's share is computed once per stack, and the cost of all pairs is
+one outer sum: 85,264 assemblies of a 12+12 teacher cost two vectors of 292, not 85,264 predictions.
 
-A profile made with `--no-memory` has no measured peak: memory is then the blocks' parameter and key/value-cache
-bytes (`memory_source: arithmetic`), which ranks assemblies the same way but is not a peak figure.
+A profile measured without memory (`ProfileConfig(memory=False)`) has no measured peak: memory is then the blocks'
+parameter and key/value-cache bytes (`memory_source: arithmetic`), which ranks assemblies the same way but is not a
+peak figure.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import numpy as np
 from modformer.errors import ConfigError
 from modformer.modular.assembly import STACKS, Assembly, valid_stacks
 from modformer.modular.model import ModularModel
-from modformer.profiling.profile import LatencyProfile, Workload, predict
+from modformer.profiling.cost_model import predict, workload_costs
+from modformer.profiling.profile import LatencyProfile, Workload
 
 Stack = tuple[int, ...]
 
@@ -133,7 +135,7 @@ class SearchSpace:
     def build(cls, modular: ModularModel, profile: LatencyProfile, workload: Workload) -> SearchSpace:
         cfg = modular.config
         stacks = space_stacks(cfg)
-        costs = profile.costs(workload)
+        costs = workload_costs(profile, workload)
         measured_memory = costs.mem_alpha is not None
         # One prediction gives the fixed parts and checks the profile covers this checkpoint's blocks.
         teacher = Assembly.teacher(cfg.encoder_layers, cfg.decoder_layers)

@@ -80,7 +80,8 @@ def check_device(device: str) -> None:
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        # "GPU", not "CUDA device": every whole word `device` in the message is shown as the flag by the CLI.
+        raise ConfigError("device cuda was asked for but torch sees no CUDA GPU; use device cpu", settings="device")
 
 
 def check_statistic(statistic: str) -> None:

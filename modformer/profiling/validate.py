@@ -21,12 +21,14 @@ latency) / (predicted teacher latency / predicted assembly latency).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
 import random
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +39,11 @@ from torch import nn
 from modformer.errors import CheckpointError, ConfigError
 from modformer.modular.assembly import STACKS, Assembly, valid_stacks
 from modformer.modular.model import ModularModel
+from modformer.profiling.cost_model import predict
 from modformer.profiling.hardware import torch_dtype
 from modformer.profiling.measure import generate_fixed, torch_threads
 from modformer.profiling.memory import peak_memory
-from modformer.profiling.profile import LatencyProfile, Workload, predict
+from modformer.profiling.profile import LatencyProfile, Workload
 from modformer.profiling.timer import Case, Timer, Timing
 
 log = logging.getLogger(__name__)
@@ -175,6 +178,46 @@ def paired_ratio(a_ms: Sequence[float], b_ms: Sequence[float]) -> float:
     return float(np.median(np.asarray(a_ms, dtype=float) / np.asarray(b_ms, dtype=float)))
 
 
+@dataclass(frozen=True)
+class _Bench:
+    """How one validation measures: on the profile's device, dtype and thread count, summarising rounds by the
+    profile's statistic, with one seed; `tick` reports each step's start."""
+
+    modular: ModularModel
+    timer: Timer
+    dtype_name: str
+    statistic: str
+    vocab: int
+    seed: int
+    warmup: int
+    repeats: int
+    tick: Callable[[str], None]
+
+    @property
+    def device(self) -> str:
+        return self.timer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.dtype_name)
+
+
+class _Steps:
+    """Counts a validation's steps for `on_progress`: `tick` before each, `finish` at the end."""
+
+    def __init__(self, total: int, on_progress: Progress | None):
+        self.total, self.done, self.on_progress = total, 0, on_progress
+
+    def tick(self, info: str) -> None:
+        if self.on_progress:
+            self.on_progress(self.done, self.total, info)
+        self.done += 1
+
+    def finish(self) -> None:
+        if self.on_progress:
+            self.on_progress(self.total, self.total, "done")
+
+
 def validate(
     profile: LatencyProfile,
     modular: ModularModel,
@@ -192,118 +235,126 @@ def validate(
 
     Runs on the profile's device, dtype and thread count, and summarises the repeats by the profile's statistic
     (its blocks' minimum or median: like with like); both the minimum and the median are kept per row. `memory`
-    (default: when the profile holds memory measurements) adds one fresh process per assembly and workload. The result is also kept in
-    `profile.meta["validation"]`.
+    (default: when the profile holds memory measurements) adds one fresh process per assembly and workload. The
+    result is also kept in `profile.meta["validation"]`.
     """
     check_profile_model(profile, modular)
     settings = profile.meta.get("settings", {})
-    device, dtype_name = settings.get("device", "cpu"), settings.get("dtype", "fp32")
-    dtype = torch_dtype(dtype_name)
     workloads = list(workloads) if workloads else default_workloads(profile)
     memory = bool((profile.table["kind"] == "peak_memory").any()) if memory is None else memory
     c = modular.config
     held_out = choose_assemblies(c.encoder_layers, c.decoder_layers, c.granularities, n, seed=seed)
-    teacher = Assembly.teacher(c.encoder_layers, c.decoder_layers)
-    assemblies = [teacher, *held_out]
-    timer = Timer(device)
-    statistic = profile.statistic
-    vocab = int(modular.teacher.config.vocab_size)
-    steps = len(workloads) * (1 + (len(held_out) if memory else 0)) + (len(workloads) if export_check else 0)
-    done = 0
-
-    def tick(info: str) -> None:
-        nonlocal done
-        if on_progress:
-            on_progress(done, steps, info)
-        done += 1
-
-    records = []
+    assemblies = [Assembly.teacher(c.encoder_layers, c.decoder_layers), *held_out]
+    steps = _Steps(
+        len(workloads) * (1 + (len(held_out) if memory else 0)) + (len(workloads) if export_check else 0),
+        on_progress,
+    )
+    bench = _Bench(
+        modular=modular,
+        timer=Timer(settings.get("device", "cpu")),
+        dtype_name=settings.get("dtype", "fp32"),
+        statistic=profile.statistic,
+        vocab=int(modular.teacher.config.vocab_size),
+        seed=seed,
+        warmup=warmup,
+        repeats=repeats,
+        tick=steps.tick,
+    )
     export: dict = {}
     with torch_threads(settings.get("threads")), tempfile.TemporaryDirectory() as tmp:
-        models = [modular.assemble(a).to(device=device, dtype=dtype) for a in assemblies]
-        for w in workloads:
-            tick(f"end-to-end latency, {w}")
-            timings = time_models(models, w, timer, vocab, seed, warmup, repeats)
-            for a, model, t in zip(assemblies, models, timings, strict=True):
-                p = predict(profile, a, w)
-                records.append(
-                    {
-                        "assembly": a.format(),
-                        "shape": a.shape,
-                        "held_out": a != teacher,
-                        "depth_ratio": depth_ratio(a),
-                        "params": _params(model),
-                        "batch": w.batch,
-                        "src_len": w.src_len,
-                        "gen_len": w.gen_len,
-                        "predicted_ms": p.latency_ms,
-                        "measured_ms": t.value(statistic),
-                        "measured_median_ms": t.median_ms,
-                        "measured_min_ms": t.min_ms,
-                        "predicted_mem_bytes": p.memory_bytes,
-                        "measured_mem_bytes": None,
-                        "extrapolated": p.extrapolated,
-                    }
-                )
+        models = [modular.assemble(a).to(device=bench.device, dtype=bench.dtype) for a in assemblies]
+        rows = _latency_rows(bench, profile, assemblies, models, workloads)
         if memory:
-            saved = {}
-            for i, a in enumerate(held_out, start=1):
-                saved[a] = Path(tmp) / f"a{i}"
-                models[i].save_pretrained(saved[a])
-            for w in workloads:
-                for a in held_out:
-                    tick(f"peak memory {a.shape}, {w}")
-                    peak = peak_memory(
-                        saved[a],
-                        batch=w.batch,
-                        src_len=w.src_len,
-                        gen_len=w.gen_len,
-                        device=device,
-                        dtype=dtype_name,
-                        threads=torch.get_num_threads(),
-                        seed=seed,
-                    )
-                    key = (a.format(), w.batch, w.src_len, w.gen_len)
-                    for r in records:
-                        if (r["assembly"], r["batch"], r["src_len"], r["gen_len"]) == key:
-                            r["measured_mem_bytes"] = peak
+            _measure_peak_memory(bench, rows, dict(zip(held_out, models[1:], strict=True)), workloads, Path(tmp))
         if export_check:
             # Three models only, and a ratio of two of them is the figure: twice the rounds, for a steadier minimum.
-            export = _export_check(
-                modular,
-                held_out[0],
-                models[1],
-                workloads,
-                timer,
-                vocab,
-                seed,
-                warmup,
-                2 * repeats,
-                Path(tmp),
-                device,
-                dtype,
-                tick,
-                statistic,
+            twice = dataclasses.replace(bench, repeats=2 * repeats)
+            export = _export_check(twice, held_out[0], models[1], workloads, Path(tmp))
+    result = _result(pd.DataFrame(rows), bench, workloads, export, held_out=len(held_out))
+    profile.meta["validation"] = result
+    steps.finish()
+    return result
+
+
+def _latency_rows(
+    bench: _Bench,
+    profile: LatencyProfile,
+    assemblies: list[Assembly],
+    models: list[nn.Module],
+    workloads: list[Workload],
+) -> list[dict]:
+    """One row per assembly and workload: predicted and measured latency (the first assembly is the teacher)."""
+    rows = []
+    for w in workloads:
+        bench.tick(f"end-to-end latency, {w}")
+        timings = time_models(models, w, bench.timer, bench.vocab, bench.seed, bench.warmup, bench.repeats)
+        for a, model, t in zip(assemblies, models, timings, strict=True):
+            p = predict(profile, a, w)
+            rows.append(
+                {
+                    "assembly": a.format(),
+                    "shape": a.shape,
+                    "held_out": a != assemblies[0],
+                    "depth_ratio": depth_ratio(a),
+                    "params": _params(model),
+                    "batch": w.batch,
+                    "src_len": w.src_len,
+                    "gen_len": w.gen_len,
+                    "predicted_ms": p.latency_ms,
+                    "measured_ms": t.value(bench.statistic),
+                    "measured_median_ms": t.median_ms,
+                    "measured_min_ms": t.min_ms,
+                    "predicted_mem_bytes": p.memory_bytes,
+                    "measured_mem_bytes": None,
+                    "extrapolated": p.extrapolated,
+                }
             )
-    rows = pd.DataFrame(records)
+    return rows
+
+
+def _measure_peak_memory(
+    bench: _Bench, rows: list[dict], models: dict[Assembly, nn.Module], workloads: list[Workload], tmp: Path
+) -> None:
+    """Fill in `measured_mem_bytes` of `rows`: each model saved under `tmp`, then run in a fresh process."""
+    saved = {}
+    for i, (a, model) in enumerate(models.items(), start=1):
+        saved[a] = tmp / f"a{i}"
+        model.save_pretrained(saved[a])
+    for w in workloads:
+        for a, folder in saved.items():
+            bench.tick(f"peak memory {a.shape}, {w}")
+            peak = peak_memory(
+                folder,
+                batch=w.batch,
+                src_len=w.src_len,
+                gen_len=w.gen_len,
+                device=bench.device,
+                dtype=bench.dtype_name,
+                threads=torch.get_num_threads(),
+                seed=bench.seed,
+            )
+            key = (a.format(), w.batch, w.src_len, w.gen_len)
+            for r in rows:
+                if (r["assembly"], r["batch"], r["src_len"], r["gen_len"]) == key:
+                    r["measured_mem_bytes"] = peak
+
+
+def _result(rows: pd.DataFrame, bench: _Bench, workloads: list[Workload], export: dict, *, held_out: int) -> dict:
+    """The validation record kept in the profile's metadata."""
     if rows["extrapolated"].any():
         log.warning("some validation workloads lie outside the profile's grid: their predictions are extrapolated")
-    result = {
+    return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "n": len(held_out),
-        "seed": seed,
-        "repeats": repeats,
-        "statistic": statistic,
+        "n": held_out,
+        "seed": bench.seed,
+        "repeats": bench.repeats,
+        "statistic": bench.statistic,
         "workloads": [vars(w) for w in workloads],
         "selection": "random valid assemblies, depth ratio spread log-evenly over 1.1x-6x (capped at the largest)",
         "per_batch": summarise(rows),
         "export": export,
         "rows": rows.astype(object).where(rows.notna(), None).to_dict(orient="records"),
     }
-    profile.meta["validation"] = result
-    if on_progress:
-        on_progress(steps, steps, "done")
-    return result
 
 
 def _params(model: nn.Module) -> int:
@@ -311,7 +362,7 @@ def _params(model: nn.Module) -> int:
 
 
 def _export_check(
-    modular, assembly, in_memory, workloads, timer, vocab, seed, warmup, repeats, tmp, device, dtype, tick, statistic
+    bench: _Bench, assembly: Assembly, in_memory: nn.Module, workloads: list[Workload], tmp: Path
 ) -> dict:
     """Export one assembly, reload it with transformers alone, and time it beside the in-memory assembly and a
     model of the same config built directly by transformers."""
@@ -320,43 +371,46 @@ def _export_check(
     from modformer.modular.export import export_assembly
 
     out = tmp / "export"
-    export_assembly(modular, assembly, out)
-    reloaded = AutoModelForSeq2SeqLM.from_pretrained(out, dtype=dtype).to(device).eval()
-    torch.manual_seed(seed)
-    native = reloaded.__class__(reloaded.config).to(device=device, dtype=dtype).eval()
+    export_assembly(bench.modular, assembly, out)
+    reloaded = AutoModelForSeq2SeqLM.from_pretrained(out, dtype=bench.dtype).to(bench.device).eval()
+    torch.manual_seed(bench.seed)
+    native = reloaded.__class__(reloaded.config).to(device=bench.device, dtype=bench.dtype).eval()
     native.generation_config = reloaded.generation_config
     per_workload = []
     for w in workloads:
-        tick(f"export vs native, {w}")
-        ids, mask = fixed_inputs(vocab, w, seed, device)
-        with torch.no_grad():
-            same = bool(
-                torch.equal(
-                    generate_fixed(in_memory, ids, mask, w.gen_len), generate_fixed(reloaded, ids, mask, w.gen_len)
-                )
-            )
-        samples = sample_models([in_memory, reloaded, native], w, timer, vocab, seed, warmup, repeats)
-        ms = [Timing.from_samples(s).value(statistic) for s in samples]
-        per_workload.append(
-            {
-                "batch": w.batch,
-                "src_len": w.src_len,
-                "gen_len": w.gen_len,
-                "assembled_ms": ms[0],
-                "exported_ms": ms[1],
-                "native_ms": ms[2],
-                "export_vs_native_ratio": paired_ratio(samples[1], samples[2]),
-                "export_vs_native_ratio_of_statistic": ms[1] / ms[2],
-                "export_vs_assembled_ratio": paired_ratio(samples[1], samples[0]),
-                "outputs_match": same,
-            }
-        )
+        bench.tick(f"export vs native, {w}")
+        per_workload.append(_export_figures(bench, w, in_memory, reloaded, native))
     worst = max(per_workload, key=lambda r: abs(r["export_vs_native_ratio"] - 1.0))
     return {
         "assembly": assembly.format(),
         "per_workload": per_workload,
         "export_vs_native_ratio": worst["export_vs_native_ratio"],
         "outputs_match": all(r["outputs_match"] for r in per_workload),
+    }
+
+
+def _export_figures(bench: _Bench, w: Workload, in_memory: nn.Module, reloaded: nn.Module, native: nn.Module) -> dict:
+    """One workload of the export check: whether the reloaded export generates the same ids, and the timings."""
+    ids, mask = fixed_inputs(bench.vocab, w, bench.seed, bench.device)
+    with torch.no_grad():
+        same = torch.equal(
+            generate_fixed(in_memory, ids, mask, w.gen_len), generate_fixed(reloaded, ids, mask, w.gen_len)
+        )
+    samples = sample_models(
+        [in_memory, reloaded, native], w, bench.timer, bench.vocab, bench.seed, bench.warmup, bench.repeats
+    )
+    ms = [Timing.from_samples(s).value(bench.statistic) for s in samples]
+    return {
+        "batch": w.batch,
+        "src_len": w.src_len,
+        "gen_len": w.gen_len,
+        "assembled_ms": ms[0],
+        "exported_ms": ms[1],
+        "native_ms": ms[2],
+        "export_vs_native_ratio": paired_ratio(samples[1], samples[2]),
+        "export_vs_native_ratio_of_statistic": ms[1] / ms[2],
+        "export_vs_assembled_ratio": paired_ratio(samples[1], samples[0]),
+        "outputs_match": bool(same),
     }
 
 

@@ -1,0 +1,102 @@
+"""The benchmark's fixed choices, and the settings of one run (the command line's)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from harness import DATASETS, TEACHER
+
+from modformer.profiling.profile import Workload
+
+TASKS = {name: DATASETS[name] for name in ("multi30k", "squad_qg")}
+MULTI30K_TEACHER = TEACHER
+GRANULARITIES = "2,3,4,6"
+GRANULARITY_LIST = tuple(int(g) for g in GRANULARITIES.split(","))
+NAMED = {
+    "12-6": "size-first",
+    "6-6": "size-first",
+    "4-4": "size-first",
+    "12-3": "speed-first",
+    "12-2": "speed-first",
+    "3-3": "size-first",
+    "2-2": "size-first",
+}
+TEACHER_DEPTHS = (12, 12)  # both teachers here are 12+12 (checked when their modules load)
+COMPARED = ("6-6", "12-3")  # the shapes the students and ablations are trained / scored at
+METHODS = ("sft", "kd", "pseudo")
+ABLATIONS = {"no-curriculum": ["--no-curriculum"], "no-attn": ["--w-attn", "0"]}
+
+
+class Variant(NamedTuple):
+    """A modular run with some `modformer train` options changed; seed s > 0 trains with `--seed s` in <name>-s<s>."""
+
+    options: list[str]
+    seeds: int
+    steps_x: int = 1  # a longer budget: --steps times this; its students are trained for the same steps
+
+
+VARIANTS = {
+    "modular-h3": Variant(["--hybrids-per-step", "3"], 2),
+    "modular-h3-no-attn": Variant(["--hybrids-per-step", "3", "--w-attn", "0"], 2),
+    "modular-h3-no-attn-2x-steps": Variant(["--hybrids-per-step", "3", "--w-attn", "0"], 2, steps_x=2),
+}
+PLAN_SIZE_RATIO = 2.0  # plans ask for assemblies at least this much smaller than the teacher (acceptance line 2)
+PLAN_VALIDATE_PAIRS = 500
+RANDOM_ORDERS = 5
+CLOSE_BLEU = 0.5  # margins under this get a second seed
+DROP_TARGET_PCT = 5.0  # the largest relative BLEU drop from the teacher allowed at 2x size (acceptance line 2)
+TIMING = Workload(batch=1, src_len=32, gen_len=32)
+TIMING_REPEATS = 10  # the least of them is a call's cost without interference (see the README's profiling section)
+OPTIONAL_STAGES = ("students", "ablations", "variants", "seeds", "plans", "squad")
+DECODING = "greedy, max 64 new tokens, batch 64"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One run of the benchmark, as the command line gave it."""
+
+    work: Path  # every training run, score and timing is cached here
+    steps: int = 2000  # optimizer steps of every modular run and student
+    batch_size: int = 32
+    spread: int = 24  # assemblies spread over 1.1x-6x depth ratio
+    squad_teacher_steps: int = 3000
+    squad_eval: int = 2000  # SQuAD is scored on the first N valid pairs
+    threads: int = 2
+    stages: frozenset[str] = frozenset(OPTIONAL_STAGES)
+    report_only: bool = False  # train, score and time nothing: report what is cached, listing the rest
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        return cls(
+            work=args.work,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            spread=args.spread,
+            squad_teacher_steps=args.squad_teacher_steps,
+            squad_eval=args.squad_eval,
+            threads=args.threads,
+            stages=frozenset(s.strip() for s in args.stages.split(",") if s.strip()),
+            report_only=args.report_only,
+        )
+
+    def budgets(self) -> list[int]:
+        """Every modular run's steps: --steps and each longer variant's (students are trained at each)."""
+        return sorted({self.steps} | {self.steps * v.steps_x for v in VARIANTS.values()})
+
+    def record(self) -> dict:
+        """The `settings` of the results file."""
+        return {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "granularities": GRANULARITIES,
+            "spread": self.spread,
+            "squad_teacher_steps": self.squad_teacher_steps,
+            "squad_eval_pairs": self.squad_eval,
+            "timing_workload": str(TIMING),
+            "decoding": DECODING,
+            "multi30k_split": TASKS["multi30k"].test,
+            "squad_split": TASKS["squad_qg"].test,
+        }

@@ -1,0 +1,59 @@
+"""The work folder and the run's settings: the context every stage takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import JsonCache
+
+from claims.config import Settings
+
+SCORES_NAME = "scores.json"  # `<task>|<model key>` -> scores
+WALLS_NAME = "walls.json"  # stage -> wall seconds, summed over every run of the benchmark
+
+
+class NotDone(Exception):
+    """--report-only: this result is not in the cache (the report leaves it out and lists it as missing)."""
+
+
+class Work:
+    """The work folder (cached scores, stage wall times, training runs, logs), the settings, and what this run left
+    out: stages not asked for (`skipped`) and, with --report-only, results not in the cache (`missing`)."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.folder: Path = settings.work
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.scores = JsonCache(self.folder / SCORES_NAME)
+        self.walls = JsonCache(self.folder / WALLS_NAME)
+        self.skipped: list[str] = []
+        self.missing: list[str] = []
+
+    @property
+    def report_only(self) -> bool:
+        return self.settings.report_only
+
+    def asked(self, stage: str) -> bool:
+        return stage in self.settings.stages
+
+    def save_scores(self, key: str, scores: dict) -> None:
+        self.scores.data[key] = scores
+        if not self.report_only:  # a report leaves the cache to the run that fills it
+            self.scores.save()
+
+    def add_wall(self, stage: str, seconds: float) -> None:
+        if self.report_only:  # a report's cache look-ups are not a stage's work
+            return
+        self.walls.data[stage] = round(self.walls.data.get(stage, 0.0) + seconds, 1)
+        self.walls.save()
+
+    def wall(self, stage: str, default: float | None = 0.0) -> float | None:
+        return self.walls.data.get(stage, default)
+
+    def not_done(self, what: str) -> None:
+        """Note a result a report found missing."""
+        self.missing.append(what)
+
+    def left_out(self) -> list[str]:
+        """What the results lack: stages not asked for, then results not in the cache."""
+        return [*self.skipped, *self.missing]
