@@ -334,10 +334,18 @@ def export(
     ratio: RatioOpt = None,
     profile: ProfileOpt = None,
     plan: Annotated[Path | None, typer.Option(help="A plan folder (from `plan`): export its chosen assembly.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="Serving target: torch:fp32 (a plain Hugging Face checkpoint; default), torch:bf16, "
+            "ctranslate2:float32, ctranslate2:int8 (a CTranslate2 folder). With --plan: the plan's chosen target."
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Write one assembly as a plain Hugging Face checkpoint (loads with transformers alone)."""
+    """Write one assembly for a serving target: a plain Hugging Face checkpoint, or a CTranslate2 folder."""
     from modformer.planner.choice import export_chosen
+    from modformer.serving.targets import Target
 
     refuse_existing(out, overwrite)
     chosen, info = export_chosen(
@@ -349,10 +357,12 @@ def export(
         profile=_load_profile(profile) if profile else None,
         profile_source=str(profile) if profile else None,
         plan=plan,
+        target=Target.parse(target) if target else None,
         overwrite=overwrite,
     )
     console.print(
-        f"exported [bold]{chosen.format()}[/] to [bold]{escape(str(out))}[/]: {info['parameters']:,} parameters, "
+        f"exported [bold]{chosen.format()}[/] ({info['target']}) to [bold]{escape(str(out))}[/]: "
+        f"{info['parameters']:,} parameters, "
         f"size ratio {info['size_ratio']:.2f}, estimated speed ratio {info['estimated_speed_ratio']:.2f}"
     )
 
@@ -699,7 +709,7 @@ def evaluate(
         split,
         str(scores.n),
         *(f"{getattr(scores, k):.2f}" for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL")),
-        f"{scores.loss:.3f}",
+        _fmt(scores.loss),
     )
     console.print(table)
     if json_out:

@@ -105,6 +105,11 @@ def check_generation_settings(*, batch_size: int, max_new_tokens: int, num_beams
             raise ConfigError(f"{name} must be at least 1, got {value}", settings=name)
 
 
+def score_outputs(hypotheses: list[str], pairs, loss: float = math.nan) -> Scores:
+    """Scores of outputs already generated for `pairs` (an engine with no teacher-forced loss leaves it NaN)."""
+    return Scores(**text_scores([h.strip() for h in hypotheses], list(pairs.targets)), loss=loss, n=len(pairs))
+
+
 def score_model(
     model: nn.Module,
     tokenizer,

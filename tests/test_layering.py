@@ -16,6 +16,7 @@ CORE = ("errors", "io", "data", "checkpoints", "evaluation", "recipe")
 # What each part may NOT import (a prefix of the imported module's name inside the package).
 FORBIDDEN = {
     **{core: ("modular", "profiling", "planner", "cli", "demo", "teacher", "baselines") for core in CORE},
+    "serving": ("modular", "profiling", "planner", "cli", "demo", "teacher", "baselines"),
     "modular": ("profiling", "planner", "cli", "demo"),
     "profiling": ("planner", "cli", "demo"),
     "planner": ("cli", "demo"),

@@ -6,13 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from modformer.checkpoints import load_seq2seq, load_tokenizer
 from modformer.data import DataSpec, load_split
 from modformer.errors import ConfigError
-from modformer.evaluation import Scores, check_generation_settings, score_model
+from modformer.evaluation import Scores, check_generation_settings, score_model, score_outputs
 from modformer.io import write_json
 from modformer.modular.assembly import Assembly
+from modformer.modular.export import export_target
 from modformer.modular.model import ModularModel
+from modformer.serving.ctranslate2_engine import CTranslate2Generator, is_ctranslate2_folder
 
 
 @dataclass
@@ -46,14 +50,26 @@ def evaluate(
 ) -> Evaluation:
     """Generate for the first `limit` pairs of `split` and score them (BLEU, chrF, ROUGE, loss).
 
-    The model is a checkpoint folder (`model`) or an assembly of a modular checkpoint (`modules` + `assembly`).
-    `on_progress(done, total)` is called after each generation batch.
+    The model is a checkpoint folder (`model`: a Hugging Face checkpoint, or a CTranslate2 export, served in the
+    target its `modformer.json` names) or an assembly of a modular checkpoint (`modules` + `assembly`).
+    `on_progress(done, total)` is called after each generation batch. A CTranslate2 model has no teacher-forced
+    loss (NaN); its outputs are scored the same way.
     """
     if (model is None) == (modules is None):
         raise ConfigError("give either model, or modules with assembly", settings=("model", "modules", "assembly"))
     check_generation_settings(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be at least 1, got {limit} (no pairs to score)", settings="limit")
+    if model is not None and is_ctranslate2_folder(model):
+        return _evaluate_ctranslate2(
+            Path(model),
+            load_split(spec, split, limit=limit),
+            split=split,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            on_progress=on_progress,
+        )
     if modules is not None:
         if assembly is None:
             raise ConfigError("modules needs assembly", settings=("modules", "assembly"))
@@ -81,3 +97,20 @@ def evaluate(
         on_batch=on_batch,
     )
     return Evaluation(model=name, split=split, data=pairs.origin, scores=scores)
+
+
+def _evaluate_ctranslate2(folder: Path, pairs, *, split: str, on_progress, **settings) -> Evaluation:
+    target = export_target(folder)
+    generator = CTranslate2Generator(folder, target, threads=torch.get_num_threads())
+    done = 0
+
+    def on_batch(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress:
+            on_progress(done, len(pairs))
+
+    outputs = generator.generate(list(pairs.sources), on_batch=on_batch, **settings)
+    return Evaluation(
+        model=f"{folder} ({target})", split=split, data=pairs.origin, scores=score_outputs(outputs, pairs)
+    )

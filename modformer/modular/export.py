@@ -1,21 +1,27 @@
-"""An exported assembly: a plain Hugging Face checkpoint that loads with `transformers` alone, plus `modformer.json`.
+"""An exported assembly: a plain Hugging Face checkpoint that loads with `transformers` alone, plus `modformer.json`;
+or, for a CTranslate2 target, a folder that serves with `ctranslate2` (and the tokenizer) alone.
 
 `Export` is the artifact (model, tokenizer, the record of what it was cut from); `export_assembly` builds one from
-trained modules and saves it.
+trained modules and saves it for a serving target (`torch:fp32` by default).
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from modformer import __version__
 from modformer.checkpoints import load_seq2seq, load_tokenizer
+from modformer.errors import CheckpointError
 from modformer.io import atomic_dir, read_json, write_json
 from modformer.modular.assembly import Assembly
 from modformer.modular.model import ModularModel
+from modformer.serving.ctranslate2_engine import convert, is_ctranslate2_folder
+from modformer.serving.targets import Target
 
 EXPORT_INFO_NAME = "modformer.json"
 
@@ -43,14 +49,43 @@ class Export:
     @classmethod
     def load(cls, folder: str | Path) -> Export:
         folder = Path(folder)
+        if is_ctranslate2_folder(folder):
+            raise CheckpointError(f"{folder}: a CTranslate2 export; read its record with read_export_info")
         info = read_json(folder / EXPORT_INFO_NAME, "export record")
         return cls(model=load_seq2seq(folder), tokenizer=load_tokenizer(folder), info=info)
 
 
+def read_export_info(folder: str | Path) -> dict:
+    """The `modformer.json` record of an export of any target."""
+    return read_json(Path(folder) / EXPORT_INFO_NAME, "export record")
+
+
+def export_target(folder: str | Path) -> Target:
+    """The serving target an export folder was written for (a plain checkpoint without a record: `torch:fp32`)."""
+    folder = Path(folder)
+    path = folder / EXPORT_INFO_NAME
+    recorded = read_json(path, "export record").get("target") if path.is_file() else None
+    if recorded:
+        return Target.parse(recorded)
+    return Target.parse("ctranslate2:float32" if is_ctranslate2_folder(folder) else "torch:fp32")
+
+
 def export_assembly(
-    model: ModularModel, assembly: Assembly, out_dir: str | Path, *, overwrite: bool = False, extra: dict | None = None
+    model: ModularModel,
+    assembly: Assembly,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    extra: dict | None = None,
+    target: Target | None = None,
 ) -> dict:
-    """Assemble `assembly` from `model` and save it as an `Export` in `out_dir`. Returns the `modformer.json` content."""
+    """Assemble `assembly` from `model` and save it for `target` in `out_dir`, whole or not at all. Returns the
+    `modformer.json` record.
+
+    `torch:*`: a Hugging Face checkpoint (weights in that precision). `ctranslate2:*`: the checkpoint converted by
+    CTranslate2's converter (weights quantized to the compute type), with the tokenizer in `tokenizer/`.
+    """
+    target = target or Target.parse("torch:fp32")
     standalone = model.assemble(assembly)
     standalone.set_attn_implementation("sdpa")  # serving default; eager was only needed for distillation
     cost = model.cost_model()
@@ -64,7 +99,18 @@ def export_assembly(
         "teacher_parameters": cost.params(Assembly.teacher(cost.encoder_layers, cost.decoder_layers)),
         "size_ratio": cost.size_ratio(assembly),
         "estimated_speed_ratio": cost.speed_ratio(assembly),
+        "target": str(target),
         **(extra or {}),
     }
-    Export(standalone, load_tokenizer(model.config.teacher), info).save(out_dir, overwrite=overwrite)
+    tokenizer = load_tokenizer(model.config.teacher)
+    if target.is_torch:
+        dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+        Export(standalone.to(dtypes[target.compute_type]), tokenizer, info).save(out_dir, overwrite=overwrite)
+        return info
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.hf.", dir=out_dir.parent) as hf:
+        Export(standalone, tokenizer, info).save(Path(hf) / "checkpoint")
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            convert(Path(hf) / "checkpoint", tmp, target)
+            write_json(tmp / EXPORT_INFO_NAME, info)
     return info

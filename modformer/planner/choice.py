@@ -20,6 +20,7 @@ from modformer.modular.strategies import STRATEGIES, assembly_for_ratio, strateg
 from modformer.planner.artifact import Plan
 from modformer.profiling.cost_model import speed_ratio_predictor
 from modformer.profiling.profile import LatencyProfile, default_workload
+from modformer.serving.targets import Target
 
 SpeedRatio = Callable[[Assembly], float]
 
@@ -104,12 +105,14 @@ def export_chosen(
     profile: LatencyProfile | None = None,
     profile_source: str | None = None,
     plan: str | Path | None = None,
+    target: Target | None = None,
     overwrite: bool = False,
 ) -> tuple[Assembly, dict]:
     """Export the assembly a plan chose (`plan`; `modules` overrides the plan's own), or the one the other options
     name, as a plain Hugging Face checkpoint in `out`. Returns the assembly and the export record.
 
-    `profile_source` (where `profile` was read from) is recorded beside the predicted speed ratio."""
+    `profile_source` (where `profile` was read from) is recorded beside the predicted speed ratio. `target` is the
+    serving target to write (default: the plan's chosen target, else `torch:fp32`)."""
     if plan is not None:
         if assembly is not None or strategy is not None or ratio is not None:
             raise ConfigError(
@@ -119,6 +122,8 @@ def export_chosen(
         model = ModularModel.from_pretrained(modules or chosen_plan.modules)
         chosen = model.validate(Assembly.parse(chosen_plan.chosen["assembly"]))
         extra = {"plan": str(plan), "plan_chosen": chosen_plan.chosen}
+        if target is None and chosen_plan.chosen.get("target"):
+            target = Target.parse(chosen_plan.chosen["target"])
     else:
         if modules is None:
             raise ConfigError("export needs modules (or plan)", settings=("modules", "plan"))
@@ -126,4 +131,4 @@ def export_chosen(
         speed = profile_speed_ratio(model, profile)
         chosen = choose_assembly(model, assembly=assembly, strategy=strategy, ratio=ratio, speed=speed)
         extra = {"predicted_speed_ratio": speed(chosen), "profile": profile_source} if speed else None
-    return chosen, export_assembly(model, chosen, out, overwrite=overwrite, extra=extra)
+    return chosen, export_assembly(model, chosen, out, overwrite=overwrite, extra=extra, target=target)

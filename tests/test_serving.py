@@ -1,0 +1,140 @@
+"""Serving targets: an assembly exported for CTranslate2 serves with it and greedy-decodes exactly as transformers does;
+`evaluate` scores such a folder; a missing engine is a one-line error naming the extra."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from modformer.checkpoints import load_seq2seq
+from modformer.cli import app
+from modformer.data import load_split
+from modformer.errors import ConfigError
+from modformer.evaluation import lazy_cache
+from modformer.modular.assembly import Assembly
+from modformer.modular.export import EXPORT_INFO_NAME, export_assembly, export_target, read_export_info
+from modformer.modular.model import ModularModel
+from modformer.serving.ctranslate2_engine import CTranslate2Generator, is_ctranslate2_folder
+from modformer.serving.targets import Target, parse_targets, supported_targets
+
+runner = CliRunner()
+NEW_TOKENS = 12
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def perturbed_modules(teacher_dir) -> ModularModel:
+    """Modules that differ from the layers they were copied from, as trained ones do."""
+    model = ModularModel.from_teacher(load_seq2seq(teacher_dir), teacher_dir)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+        bias = getattr(model.teacher, "final_logits_bias", None)
+        if bias is not None:
+            # CTranslate2 never ends an output at its first step; a random tiny BART's greedy choice there is the
+            # end token. Steer it off that (a trained model's first choice is a word), in the teacher both share.
+            bias[0, model.teacher.config.eos_token_id] = -5.0
+    return model
+
+
+def hf_greedy_ids(model, tokenizer, sources) -> list[list[int]]:
+    """transformers' greedy outputs without the start token, stopped at the end token, pads dropped."""
+    enc = tokenizer(sources, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1, **lazy_cache(model))
+    eos, pad = model.generation_config.eos_token_id, model.generation_config.pad_token_id
+    rows = []
+    for row in out[:, 1:].tolist():
+        row = row[: row.index(eos)] if eos in row else row
+        rows.append([t for t in row if t != pad])
+    return rows
+
+
+def test_targets_parse_and_say_what_is_supported():
+    assert str(Target.parse("ctranslate2:int8")) == "ctranslate2:int8"
+    assert Target.parse("torch") == Target("torch", "fp32")
+    assert parse_targets("torch:fp32, ctranslate2:int8,torch:fp32") == (
+        Target("torch", "fp32"),
+        Target("ctranslate2", "int8"),
+    )
+    for bad, phrase in (("onnx:fp32", "unknown engine"), ("torch:int4", "no compute type"), (":", "engine:compute")):
+        with pytest.raises(ConfigError, match=phrase):
+            Target.parse(bad)
+    status = supported_targets("cpu")
+    assert status["torch:fp32"] == "ok" and status["ctranslate2:float32"] == "ok" and status["ctranslate2:int8"] == "ok"
+    assert status["ctranslate2:float16"] != "ok"  # no half-precision kernels on a CPU
+
+
+@pytest.mark.parametrize("spec", ["enc=2,2 dec=2,1,1", "enc=1,1,2 dec=2,2"])
+def test_a_ctranslate2_export_greedy_decodes_as_transformers_does(tmp_path, teacher_dir, tokenizer, spec):
+    model = perturbed_modules(teacher_dir)
+    assembly = Assembly.parse(spec)
+    info = export_assembly(model, assembly, tmp_path / "ct2", target=Target.parse("ctranslate2:float32"))
+    assert is_ctranslate2_folder(tmp_path / "ct2") and info["target"] == "ctranslate2:float32"
+    assert read_export_info(tmp_path / "ct2")["assembly_spec"] == assembly.format()
+    assert export_target(tmp_path / "ct2") == Target.parse("ctranslate2:float32")
+
+    sources = load_split_sources(20)
+    generator = CTranslate2Generator(tmp_path / "ct2", Target.parse("ctranslate2:float32"))
+    ours = generator.generate_ids(generator.source_tokens(sources), max_new_tokens=NEW_TOKENS)
+    expected = hf_greedy_ids(model.assemble(assembly), tokenizer, sources)
+    assert sum(a == b for a, b in zip(ours, expected, strict=True)) == len(sources)
+    assert any(len(row) > 1 for row in expected)  # a real comparison, not of empty outputs
+
+
+def test_an_int8_export_is_smaller_and_generates(tmp_path, t5_teacher_dir):
+    model = perturbed_modules(t5_teacher_dir)
+    assembly = Assembly.parse("enc=2,2 dec=2,2")
+    for compute in ("float32", "int8"):
+        export_assembly(model, assembly, tmp_path / compute, target=Target.parse(f"ctranslate2:{compute}"))
+    sizes = {c: (tmp_path / c / "model.bin").stat().st_size for c in ("float32", "int8")}
+    assert sizes["int8"] < 0.6 * sizes["float32"]
+    outputs = CTranslate2Generator(tmp_path / "int8", Target.parse("ctranslate2:int8")).generate(load_split_sources(4))
+    assert len(outputs) == 4 and all(isinstance(o, str) for o in outputs)
+
+
+def test_export_and_evaluate_a_ctranslate2_target_through_the_cli(tmp_path, t5_teacher_dir, data_dir):
+    modules = tmp_path / "mods"
+    perturbed_modules(t5_teacher_dir).save(modules)
+    out = tmp_path / "served"
+    done = cli(
+        "export", "--modules", modules, "--assembly", "enc=2,2 dec=2,2", "--target", "ctranslate2:int8", "--out", out
+    )
+    assert done.exit_code == 0, done.stderr
+    assert "ctranslate2:int8" in done.stdout and json.loads((out / EXPORT_INFO_NAME).read_text())["target"] == (
+        "ctranslate2:int8"
+    )
+    scores = tmp_path / "scores.json"
+    data = ("--data", data_dir, "--src-ext", "en", "--tgt-ext", "de", "--limit", 8)
+    done = cli("evaluate", "--model", out, *data, "--max-new-tokens", 8, "--json", scores)
+    assert done.exit_code == 0, done.stderr
+    record = json.loads(scores.read_text())
+    assert record["n"] == 8 and record["bleu"] >= 0 and record["loss"] is None and "ctranslate2:int8" in record["model"]
+
+
+def test_a_missing_engine_is_one_line_naming_the_extra(tmp_path, t5_teacher_dir, monkeypatch):
+    modules = tmp_path / "mods"
+    perturbed_modules(t5_teacher_dir).save(modules)
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import ctranslate2 now raises ImportError
+    assert supported_targets("cpu")["ctranslate2:int8"] == "ctranslate2 is not installed"
+    out = tmp_path / "served"
+    done = cli(
+        "export", "--modules", modules, "--assembly", "enc=2,2 dec=2,2", "--target", "ctranslate2:int8", "--out", out
+    )
+    assert done.exit_code == 1
+    line = done.stderr.strip()
+    assert "\n" not in line and "modformer[ctranslate2]" in line and "Traceback" not in done.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".served")]
+
+
+def load_split_sources(n: int) -> list[str]:
+    from modformer.data import default_data_spec
+
+    return load_split(default_data_spec(), "val", limit=n).sources
