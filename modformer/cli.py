@@ -531,9 +531,16 @@ def plan(
         ),
     ] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the NSGA-II sampler.")] = 0,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            help="Serving targets to plan over, e.g. torch:fp32,ctranslate2:int8 (default: every target the profile "
+            "measured; the profile's torch target is always searched)."
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Search assemblies for a budget; validate the frontier on held-out data; write the plan and the chosen one."""
+    """Search assemblies x serving targets for a budget; validate the frontier on held-out data; write the plan."""
     from dataclasses import asdict
 
     from modformer.planner.artifact import Plan, plan_storage
@@ -569,6 +576,7 @@ def plan(
         budget=str(parsed_budget) if budget.strip() else "",
         workload=workload,
         search=config_record(search),
+        targets=list(_csv_tuple(targets)) if targets else None,
     )
     storage = plan_storage(out, storage, study_name, fresh=overwrite)
     started = time.perf_counter()
@@ -599,6 +607,7 @@ def _print_plan(result, out: Path, seconds: float) -> None:
     metric = s["metric"]
     table = Table(
         "assembly",
+        "target",
         "source",
         "size x",
         "speed x",
@@ -613,6 +622,7 @@ def _print_plan(result, out: Path, seconds: float) -> None:
     for r in result.frontier[result.frontier["validated"]].itertuples():
         table.add_row(
             r.assembly,
+            r.target,
             r.source,
             f"{r.size_ratio:.2f}",
             f"{r.speed_ratio:.2f}",
@@ -632,7 +642,8 @@ def _print_plan(result, out: Path, seconds: float) -> None:
     )
     c = result.chosen
     console.print(
-        f"chosen: [bold]{c['assembly']}[/] ({metric} {c[metric]:.2f}, measured {c['measured_latency_ms']:.1f} ms, "
+        f"chosen: [bold]{c['assembly']}[/] in [bold]{c.get('target', 'torch:fp32')}[/] ({metric} {c[metric]:.2f}, "
+        f"measured {c['measured_latency_ms']:.1f} ms, "
         f"{c['memory_mb']:.1f} MB); plan written to [bold]{escape(str(out))}[/] in {seconds:.0f} s"
     )
 
@@ -789,7 +800,14 @@ def profile(
     ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's current setting).")] = None,
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16.")] = "fp32",
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (the torch target measured).")] = "fp32",
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            help="Serving targets to measure besides torch at --dtype, e.g. ctranslate2:float32,ctranslate2:int8. "
+            "Default: every engine target this machine supports (`modformer targets` lists them); 'none': torch only."
+        ),
+    ] = None,
     batch: Annotated[str, typer.Option(help="Batch sizes to measure, e.g. 1,8.")] = "1,8",
     src_len: Annotated[str, typer.Option(help="Source lengths to measure, e.g. 32,64.")] = "32,64",
     gen_len: Annotated[str, typer.Option(help="New tokens per call, e.g. 32.")] = "32",
@@ -812,9 +830,11 @@ def profile(
     if ctx.invoked_subcommand is not None:
         return
     from modformer.modular.model import ModularModel
+    from modformer.profiling.engines import profile_engine_targets
     from modformer.profiling.measure import ProfileConfig, profile_modules
     from modformer.profiling.profile import profile_paths
     from modformer.profiling.validate import validate as validate_profile
+    from modformer.serving.targets import profile_targets
 
     if modules is None or out is None:
         raise ConfigError("profile needs --modules and --out (or `modformer profile show FILE`)")
@@ -834,6 +854,7 @@ def profile(
     )
     for path in profile_paths(out):
         refuse_existing(path, overwrite)
+    engine_targets = profile_targets(targets, dtype, device)
     model = ModularModel.from_pretrained(modules)
     started = time.perf_counter()
     with _progress() as progress:
@@ -850,6 +871,13 @@ def profile(
                 progress.update(check, completed=done, total=total, info=escape(info))
 
             validate_profile(result, model, validate, seed=seed, on_progress=on_validate)
+        if engine_targets:
+            engines = progress.add_task("engines", total=None, info="")
+
+            def on_engines(done: int, total: int, info: str) -> None:
+                progress.update(engines, completed=done, total=total, info=escape(info))
+
+            result.engines = profile_engine_targets(model, config, engine_targets, on_progress=on_engines)
     result.save(out)
     _print_profile(result)
     console.print(
@@ -894,6 +922,8 @@ def _print_profile(result) -> None:
     for stack in ("encoder", "decoder"):
         _print_frame(block_summary(result, stack), f"{stack} blocks (ms each block adds)", index="block")
     _print_frame(fixed_summary(result), "fixed costs (zero-layer generate), calibration and peak memory")
+    if result.engines is not None:
+        _print_frame(result.engines, "engine targets: whole models of the teacher's shape at these depths (ms a call)")
     validation = meta.get("validation")
     if validation:
         per_batch = validation.get("per_batch", {})
@@ -934,6 +964,20 @@ def _print_frame(frame, title: str, index: str | None = None) -> None:
     table = Table(*[str(c) for c in frame.columns], title=title)
     for row in frame.itertuples(index=False):
         table.add_row(*(_fmt(v) for v in row))
+    console.print(table)
+
+
+@app.command()
+@handles_errors
+def targets(
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """List the serving targets (engine:compute_type) and whether this machine can run each, from the engines."""
+    from modformer.serving.targets import supported_targets
+
+    table = Table("target", "here")
+    for name, status in supported_targets(device).items():
+        table.add_row(name, "[green]ok[/]" if status == "ok" else escape(status))
     console.print(table)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # a Figure made directly needs no pyplot backend and no screen
 
@@ -35,6 +36,16 @@ def plot_quality_vs_size(table: pd.DataFrame, metric: str = "bleu") -> Figure:
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+_TARGET_MARKERS = ("o", "D", "^", "v", "P", "X")
+_TARGET_SHORT = {"torch:fp32": "torch", "ctranslate2:float32": "ct2", "ctranslate2:int8": "ct2-int8"}
+
+
+def target_label(target: str) -> str:
+    """A short name for a serving target on a figure: torch, torch-bf16, ct2, ct2-int8, ..."""
+    engine, _, compute = target.partition(":")
+    return _TARGET_SHORT.get(target, f"{'ct2' if engine == 'ctranslate2' else engine}-{compute}")
 
 
 def short_labels(assemblies: pd.Series, shapes: pd.Series | None = None) -> pd.Series:
@@ -157,6 +168,7 @@ def plot_pareto(
     metric: str,
     budget_latency_ms: float | None = None,
     chosen: str | None = None,
+    chosen_target: str | None = None,
 ) -> Figure:
     """Two panels for capacity planning.
 
@@ -203,17 +215,24 @@ def plot_pareto(
 
     label = metric.upper() if metric in ("bleu", "chrf") else metric
     shapes = validated.get("shape")
-    names = short_labels(validated["assembly"], shapes)
-    dots = right.scatter(
-        validated["measured_latency_ms"],
-        validated[metric],
-        c=validated["memory_mb"],
-        cmap="viridis",
-        norm=norm,
-        s=40,
-        zorder=3,
-        label=f"validated ({len(validated)})",
-    )
+    served = validated["target"] if "target" in validated else pd.Series("torch:fp32", index=validated.index)
+    if shapes is None:
+        shapes = validated["assembly"].map(lambda a: Assembly.parse(a).shape)
+    if served.nunique() > 1:  # name the target beside the shape: "6-6 ct2-int8"
+        shapes = shapes.astype(str) + " " + served.map(target_label)
+    names = short_labels(validated["assembly"] + " @ " + served, shapes)
+    for n, (target, group) in enumerate(validated.groupby(served, sort=False)):
+        right.scatter(
+            group["measured_latency_ms"],
+            group[metric],
+            c=group["memory_mb"],
+            cmap="viridis",
+            norm=norm,
+            s=40,
+            marker=_TARGET_MARKERS[n % len(_TARGET_MARKERS)],
+            zorder=3,
+            label=f"{target} ({len(group)})",
+        )
     line = frontier_2d(validated, metric, "measured_latency_ms")
     right.plot(
         line["measured_latency_ms"],
@@ -251,7 +270,10 @@ def plot_pareto(
                 label=f"{strategy} (best in budget)",
             )
     pick = chosen if chosen is not None else _chosen_assembly(validated, metric)
-    best = validated[validated["assembly"] == pick].head(1)
+    best = validated[validated["assembly"] == pick]
+    if chosen_target is not None:
+        best = best[served[best.index] == chosen_target]
+    best = best.head(1)
     if not best.empty:
         right.scatter(
             best["measured_latency_ms"],
@@ -267,7 +289,7 @@ def plot_pareto(
     right.set_xlabel("measured latency (ms)")
     right.set_ylabel(f"validated {label} (higher is better)")
     right.set_title("Validation (real generation, measured latency)")
-    fig.colorbar(dots, ax=right, label="predicted peak memory (MB)")
+    fig.colorbar(ScalarMappable(norm=norm, cmap="viridis"), ax=right, label="predicted peak memory (MB)")
     for ax in (left, right):
         if budget_latency_ms is not None and budget_latency_ms != float("inf"):
             ax.axvline(budget_latency_ms, ls="--", color="C3", lw=1, label=f"budget {budget_latency_ms:g} ms")

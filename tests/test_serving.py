@@ -138,3 +138,40 @@ def load_split_sources(n: int) -> list[str]:
     from modformer.data import default_data_spec
 
     return load_split(default_data_spec(), "val", limit=n).sources
+
+
+def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer, data_dir):
+    from conftest import save_teacher, tiny_t5
+
+    from modformer.planner.artifact import Plan
+    from modformer.profiling.engines import profile_engine_targets
+    from modformer.profiling.measure import ProfileConfig, profile_modules
+    from modformer.profiling.profile import LatencyProfile
+
+    teacher_dir = save_teacher(tiny_t5(layers=4), tokenizer, tmp_path / "teacher")
+    modular = perturbed_modules(teacher_dir)
+    modular.save(tmp_path / "mods")
+    config = ProfileConfig(
+        batch_sizes=(1,), src_lens=(8,), gen_lens=(4,), warmup=1, repeats=2, generate_repeats=1, memory=False, threads=1
+    )
+    profile = profile_modules(modular, config)
+    profile.engines = profile_engine_targets(modular, config, [Target.parse("ctranslate2:int8")])
+    profile.save(tmp_path / "profile.json")
+    assert LatencyProfile.load(tmp_path / "profile.json").targets == ["torch:fp32", "ctranslate2:int8"]
+
+    out = tmp_path / "plan"
+    args = ["plan", "--modules", tmp_path / "mods", "--profile", tmp_path / "profile.json", "--out", out]
+    data = ["--data", data_dir, "--src-ext", "en", "--tgt-ext", "de", "--proxy-samples", 8]
+    validation = ["--validate", 6, "--validate-samples", 8, "--max-new-tokens", 4, "--objectives", "quality,latency"]
+    done = cli(*args, *data, *validation, "--targets", "torch:fp32,ctranslate2:int8")
+    assert done.exit_code == 0, done.stderr + done.stdout
+    plan = Plan.load(out)
+    validated = plan.frontier[plan.frontier["validated"]]
+    assert set(validated["target"]) == {"torch:fp32", "ctranslate2:int8"}
+    assert plan.chosen["target"] in {"torch:fp32", "ctranslate2:int8"}
+    engine = validated[validated["target"] == "ctranslate2:int8"]
+    assert (engine["measured_latency_ms"] > 0).all() and engine["bleu"].notna().all()
+    assert set(plan.scored["target"]) == {"torch:fp32", "ctranslate2:int8"}
+
+    refused = cli(*args[:-1], tmp_path / "other", *data, *validation, "--targets", "torch:fp32,ctranslate2:float32")
+    assert refused.exit_code == 1 and "not ctranslate2:float32" in refused.stderr

@@ -81,6 +81,7 @@ class Plan:
             metric=self.metric,
             budget_latency_ms=self.budget_latency_ms,
             chosen=self.chosen.get("assembly"),
+            chosen_target=self.chosen.get("target"),
         )
         return figure_png(figure)
 

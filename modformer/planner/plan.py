@@ -89,8 +89,18 @@ def pick_spread(frontier: pd.DataFrame, k: int) -> pd.DataFrame:
 
 @dataclass
 class Validation:
-    rows: pd.DataFrame  # assembly, metric columns, measured_latency_ms
+    rows: pd.DataFrame  # assembly, target, metric columns, measured_latency_ms, measured_speed_ratio
     seconds: float
+    teacher_ms: float = float("nan")  # the teacher under torch, timed in the same rounds as the torch points
+
+    def add(self, rows: list[dict], seconds: float) -> None:
+        """Points validated elsewhere (in another engine): their speed-up is over the teacher timed here."""
+        if not rows:
+            return
+        extra = pd.DataFrame(rows)
+        extra["measured_speed_ratio"] = self.teacher_ms / extra["measured_latency_ms"]
+        self.rows = pd.concat([self.rows, extra], ignore_index=True)
+        self.seconds += seconds
 
 
 @torch.no_grad()
@@ -106,6 +116,7 @@ def validate_assemblies(
     max_new_tokens: int = 64,
     warmup: int = 1,
     repeats: int = 5,
+    target: str = "torch:fp32",
     on_progress: Progress | None = None,
 ) -> Validation:
     """Generation quality on `pairs` and measured end-to-end latency of each assembly (see the module docstring)."""
@@ -139,7 +150,9 @@ def validate_assemblies(
         row["measured_speed_ratio"] = measured[-1] / ms
     if on_progress:
         on_progress(total, total, "validated")
-    return Validation(pd.DataFrame(rows), time.perf_counter() - start)
+    columns = ["assembly", *METRICS, "measured_latency_ms", "measured_speed_ratio"]
+    table = pd.DataFrame(rows, columns=columns).assign(target=target)
+    return Validation(table, time.perf_counter() - start, teacher_ms=measured[-1])
 
 
 @dataclass
@@ -157,16 +170,20 @@ def frontier_table(
     search: SearchResult, objectives, validation: Validation, metric: str, rules: pd.DataFrame
 ) -> pd.DataFrame:
     """The proxy frontier (within the budget) joined with validation, with both frontier flags."""
+    key = ["assembly", "target"]
     proxy_front = search.frontier(objectives)
     table = proxy_front.assign(source="search", on_proxy_frontier=True)
-    extra = [a for a in dict.fromkeys(validation.rows["assembly"]) if a not in set(table["assembly"])]
+    on_front = set(map(tuple, table[key].to_numpy()))
+    extra = [k for k in dict.fromkeys(map(tuple, validation.rows[key].to_numpy())) if k not in on_front]
     if extra:
-        add = search.scored.set_index("assembly").loc[extra].reset_index()
+        add = search.scored.set_index(key).loc[extra].reset_index()
         table = pd.concat([table, add.assign(source="rule", on_proxy_frontier=False)], ignore_index=True)
     # Which fixed rule (if any) gives each assembly, e.g. "size-first/speed-first".
     names = rules.groupby("assembly", sort=False)["strategy"].agg("/".join)
     table["rule"] = names.reindex(table["assembly"]).fillna("").to_numpy()
-    table = table.merge(validation.rows, on="assembly", how="left")
+    if "target" in rules and len(rules):  # the rules name assemblies served in the torch target only
+        table.loc[table["target"] != rules["target"].iloc[0], "rule"] = ""
+    table = table.merge(validation.rows, on=key, how="left")
     table["validated"] = table[metric].notna()
     table["within_budget"] = table["violation"] <= 0
     values = {"quality": -table[metric], "latency": table["measured_latency_ms"], "memory": table["memory_mb"]}
@@ -177,6 +194,7 @@ def frontier_table(
     table = table.rename(columns={"latency_ms": "predicted_latency_ms"})
     first = [
         "assembly",
+        "target",
         "source",
         "rule",
         "size_ratio",
@@ -200,6 +218,7 @@ def choose(frontier: pd.DataFrame, metric: str) -> dict:
     best = ok.sort_values([metric, "predicted_latency_ms"], ascending=[False, True]).iloc[0]
     keys = [
         "assembly",
+        "target",
         "source",
         "rule",
         "size_ratio",

@@ -27,6 +27,7 @@ from modformer.planner import plan as planning
 from modformer.planner.proxy import ProxyScorer
 from modformer.planner.search import Search, SearchConfig, SearchResult, open_storage, open_study, work
 from modformer.planner.space import Budget, SearchSpace, space_stacks
+from modformer.planner.targets import engine_rows, plan_targets, validate_engine_points
 from modformer.profiling.profile import LatencyProfile, Workload, default_workload
 from modformer.profiling.validate import check_profile_model
 
@@ -47,6 +48,7 @@ class PlanSettings:
     budget: str = ""
     workload: dict = field(default_factory=dict)  # batch, src_len, gen_len; empty: the profile's default
     search: dict = field(default_factory=dict)  # SearchConfig fields
+    targets: list[str] | None = None  # serving targets to plan over; None: every target the profile measured
 
     def __post_init__(self) -> None:
         for name in ("proxy_samples", "proxy_batch_size", "validate", "validate_samples", "max_new_tokens"):
@@ -124,6 +126,7 @@ def run_plan(
     _check_worker_counts(storage, workers, remote_workers)
     config = SearchConfig(**settings.search)
     budget = Budget.parse(settings.budget)
+    torch_target, engine_targets = plan_targets(profile, settings.targets)
     loaded = load_for_scoring(settings)
     check_profile_model(profile, loaded.modular)
     workload = Workload(**settings.workload) if settings.workload else default_workload(profile)
@@ -143,20 +146,37 @@ def run_plan(
         )
         result, rules = _search_with_rules(search, loaded.modular)
     result.proxy = loaded.scorer.stats.to_json()
+    rules["target"] = result.scored["target"] = torch_target
+    served = engine_rows(result.scored, space, profile, workload, budget, engine_targets)
+    result.scored = pd.concat([result.scored, served], ignore_index=True)
+    picks = _validation_picks(result, config.objectives, rules, settings.validate)
+    pairs = loaded.pairs.take(settings.validate_samples)
     validation = planning.validate_assemblies(
         loaded.modular,
         loaded.tokenizer,
-        _validation_picks(result, config.objectives, rules, settings.validate),
-        loaded.pairs.take(settings.validate_samples),
+        [a for a, t in picks if t == torch_target],
+        pairs,
         profile,
         workload,
         max_new_tokens=settings.max_new_tokens,
+        target=torch_target,
         on_progress=_phase(on_progress, "validate"),
     )
-    frontier = planning.frontier_table(result, config.objectives, validation, settings.metric, rules)
-    rules = rules.merge(
-        validation.rows[["assembly", settings.metric, "measured_latency_ms"]], on="assembly", how="left"
+    started = time.perf_counter()
+    engine_points = validate_engine_points(
+        loaded.modular,
+        [(a, t) for a, t in picks if t != torch_target],
+        pairs,
+        workload,
+        threads=profile.meta.get("settings", {}).get("threads") or torch.get_num_threads(),
+        max_new_tokens=settings.max_new_tokens,
+        statistic=profile.statistic,
+        on_progress=_phase(on_progress, "validate in engines"),
     )
+    validation.add(engine_points, time.perf_counter() - started)
+    frontier = planning.frontier_table(result, config.objectives, validation, settings.metric, rules)
+    in_torch = validation.rows[validation.rows["target"] == torch_target]
+    rules = rules.merge(in_torch[["assembly", settings.metric, "measured_latency_ms"]], on="assembly", how="left")
     summary = planning.summary_record(
         search=result,
         budget=budget,
@@ -221,13 +241,20 @@ def _search_with_rules(search: Search, modular: ModularModel) -> tuple[SearchRes
     return result, rules.merge(result.scored[["assembly", "proxy_loss"]], on="assembly", how="left")
 
 
-def _validation_picks(result: SearchResult, objectives: Sequence[str], rules: pd.DataFrame, k: int) -> list[str]:
-    """What validation re-scores with real generation: `k` points spread over the proxy frontier, plus the best
-    in-budget point of each rule."""
+def _validation_picks(
+    result: SearchResult, objectives: Sequence[str], rules: pd.DataFrame, k: int
+) -> list[tuple[str, str]]:
+    """What validation re-scores with real generation, as (assembly, target): `k` points spread over the proxy
+    frontier (of every target), plus the best in-budget point of each rule (in the torch target)."""
     picks = planning.pick_spread(result.frontier(objectives), k)
-    violation = result.scored.set_index("assembly").loc[rules["assembly"], "violation"].to_numpy()
+    scored = result.scored.set_index(["assembly", "target"])
+    violation = scored.loc[list(zip(rules["assembly"], rules["target"], strict=True)), "violation"].to_numpy()
     best_rules = rules[violation <= 0].groupby("strategy", sort=False).head(1)
-    return list(dict.fromkeys([*picks["assembly"], *best_rules["assembly"]]))
+    keys = [
+        *zip(picks["assembly"], picks["target"], strict=True),
+        *zip(best_rules["assembly"], best_rules["target"], strict=True),
+    ]
+    return list(dict.fromkeys(keys))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from modformer.profiling import hardware
 TABLE_NAME = "profile.csv"
 META_NAME = "profile.json"
 FORMAT = "modformer-latency-profile/1"
+ENGINES_SUFFIX = ".engines.csv"  # beside the table: profile.engines.csv, NAME.engines.csv
 
 # Column -> dtype. Nullable integers where a column does not apply to every kind of row.
 COLUMNS: dict[str, str] = {
@@ -113,9 +114,18 @@ class LatencyProfile:
 
     table: pd.DataFrame
     meta: dict = field(default_factory=dict)
+    # Whole-model costs in engines that run the model natively (`modformer.profiling.engines`); None: torch only.
+    engines: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         self.table = _conform(self.table, "profile table")
+
+    @property
+    def targets(self) -> list[str]:
+        """The serving targets this profile predicts: its torch dtype, then every engine target it measured."""
+        torch_target = f"torch:{self.fingerprint.get('dtype', self.meta.get('settings', {}).get('dtype', 'fp32'))}"
+        engines = [] if self.engines is None else list(dict.fromkeys(self.engines["target"]))
+        return [torch_target, *engines]
 
     # --- grid and blocks ------------------------------------------------------------------------------------------
     @property
@@ -165,6 +175,13 @@ class LatencyProfile:
             "table_rows": len(self.table),
             "table_sha256": hashlib.sha256(text.encode()).hexdigest(),
         }
+        if self.engines is not None and len(self.engines):
+            engines_path = table_path.with_name(table_path.stem + ENGINES_SUFFIX)
+            engines_text = self.engines.to_csv(index=False)
+            with atomic_path(engines_path) as tmp:
+                tmp.write_text(engines_text, encoding="utf-8")
+            meta["engines_table"] = engines_path.name
+            meta["engines_sha256"] = hashlib.sha256(engines_text.encode()).hexdigest()
         write_json(meta_path, meta)
         self.meta = meta
         return table_path, meta_path
@@ -188,10 +205,26 @@ class LatencyProfile:
         except (ValueError, TypeError, pd.errors.ParserError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{table_path}: profile table cannot be read ({first})") from None
-        profile = cls(table, meta)
+        profile = cls(table, meta, _read_engines(meta_path, meta))
         if expect_fingerprint is not None:
             warn_if_mismatch(profile.fingerprint, expect_fingerprint, str(meta_path))
         return profile
+
+
+def _read_engines(meta_path: Path, meta: dict) -> pd.DataFrame | None:
+    name = meta.get("engines_table")
+    if not name:
+        return None
+    path = meta_path.with_name(str(name))
+    if not path.is_file():
+        raise CheckpointError(f"{path}: profile's engine table not found")
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != meta.get("engines_sha256"):
+        raise CheckpointError(f"{path}: engine table is corrupt or does not belong to {meta_path.name}")
+    try:
+        return pd.read_csv(io.BytesIO(raw))
+    except (ValueError, pd.errors.ParserError) as err:
+        raise CheckpointError(f"{path}: engine table cannot be read ({str(err).splitlines()[0]})") from None
 
 
 def profile_paths(path: str | Path, *, reading: bool = False) -> tuple[Path, Path]:

@@ -128,3 +128,28 @@ def default_targets(device: str = "cpu") -> tuple[Target, ...]:
     """The targets worth profiling by default: every supported one except the half-precision-on-CPU stand-ins."""
     usable = [Target.parse(name, device) for name, why in supported_targets(device).items() if why == "ok"]
     return tuple(t for t in usable if t.compute_type != "int8_float32")  # same int8 kernels as int8 on CPU
+
+
+def profile_targets(text: str | None, dtype: str = "fp32", device: str = "cpu") -> tuple[Target, ...]:
+    """The engine targets a profile measures beside torch at `dtype`: those `text` lists (None: every supported
+    engine target; "none": no engine), refusing unsupported ones and torch at another dtype (one torch dtype per
+    profile)."""
+    if text is not None and text.strip().lower() == "none":
+        return ()
+    if text is None:
+        return tuple(t for t in default_targets(device) if not t.is_torch)
+    status = supported_targets(device)
+    chosen = []
+    for target in parse_targets(text, device):
+        if target.is_torch:
+            if target.compute_type != dtype:
+                raise ConfigError(
+                    f"a profile measures torch at one dtype ({dtype}); profile {target} separately with dtype "
+                    f"{target.compute_type}",
+                    settings="dtype",
+                )
+            continue
+        if status.get(str(target)) != "ok":
+            raise ConfigError(f"{target} cannot run here: {status.get(str(target), 'unknown target')}")
+        chosen.append(target)
+    return tuple(chosen)

@@ -1,0 +1,227 @@
+"""Costs of assemblies served in an engine that runs the whole model natively (CTranslate2), and their prediction.
+
+Inside such an engine every block of a stack is one layer of the teacher's shape (a module of size k is one layer
+too), so what an assembly costs depends on its *block counts* (encoder blocks e, decoder blocks d) and the workload
+only, not on which modules it uses. Per target and workload point the profile measures a few depths, with random
+weights in the teacher's shape (the cost does not depend on the values: every call generates exactly `gen_len`
+tokens):
+
+    (1, 1), (E, 1), (1, D), (E, D), (ceil(E/2), ceil(D/2))        E, D: the teacher's depths
+
+and predicts any (e, d) by the least-squares plane  latency = a + b*e + c*d  through them (each layer adds the same
+work: the encoder's once per call, the decoder's once per generated token). Memory is the model's weights as the
+engine stores them at that compute type (the converted file), the same plane in e and d.
+
+Rows of the engine table (`EngineCosts.table`): target, threads, batch, src_len, gen_len, encoder_layers,
+decoder_layers, latency_ms (the rounds' statistic), weight_bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoModelForSeq2SeqLM
+
+from modformer.errors import ConfigError
+from modformer.modular.families import adapter_for
+from modformer.profiling.profile import Workload
+from modformer.profiling.timer import check_statistic
+from modformer.serving.ctranslate2_engine import CTranslate2Generator, convert
+from modformer.serving.targets import Target
+
+Progress = Callable[[int, int, str], None]
+ENGINE_COLUMNS = [
+    "target",
+    "threads",
+    "batch",
+    "src_len",
+    "gen_len",
+    "encoder_layers",
+    "decoder_layers",
+    "latency_ms",
+    "weight_bytes",
+]
+
+
+def depth_grid(encoder_layers: int, decoder_layers: int) -> list[tuple[int, int]]:
+    """The depths measured per target: the corners of the (e, d) rectangle and its middle, each once."""
+    middle = (math.ceil(encoder_layers / 2), math.ceil(decoder_layers / 2))
+    corners = [(1, 1), (encoder_layers, 1), (1, decoder_layers), (encoder_layers, decoder_layers), middle]
+    return list(dict.fromkeys(corners))
+
+
+@dataclass
+class EngineCosts:
+    """Measured engine costs (`table`) and the plane fitted through them per (target, threads, workload)."""
+
+    table: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        missing = [c for c in ENGINE_COLUMNS if c not in self.table.columns]
+        if missing:
+            raise ConfigError(f"engine table lacks the column(s) {', '.join(missing)}")
+        self.table = self.table[ENGINE_COLUMNS].reset_index(drop=True)
+        self._fits: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def targets(self) -> list[str]:
+        return list(dict.fromkeys(self.table["target"]))
+
+    def _fit(self, target: str, w: Workload) -> tuple[np.ndarray, np.ndarray]:
+        key = (target, w.batch, w.src_len, w.gen_len)
+        if key not in self._fits:
+            rows = self.table[
+                (self.table["target"] == target)
+                & (self.table["batch"] == w.batch)
+                & (self.table["src_len"] == w.src_len)
+                & (self.table["gen_len"] == w.gen_len)
+            ]
+            if rows.empty:
+                measured = self.table[self.table["target"] == target]
+                if measured.empty:
+                    raise ConfigError(f"the profile has no measurements for the target {target}")
+                grid = sorted({(r.batch, r.src_len, r.gen_len) for r in measured.itertuples()})
+                raise ConfigError(
+                    f"the profile measured {target} at (batch, src_len, gen_len) {grid}, not at {w}: "
+                    "profile that workload or plan for a measured one"
+                )
+            x = np.column_stack([np.ones(len(rows)), rows["encoder_layers"], rows["decoder_layers"]]).astype(float)
+            latency = np.linalg.lstsq(x, rows["latency_ms"].to_numpy(float), rcond=None)[0]
+            weights = np.linalg.lstsq(x, rows["weight_bytes"].to_numpy(float), rcond=None)[0]
+            self._fits[key] = (latency, weights)
+        return self._fits[key]
+
+    def predict(self, target: str, encoder_blocks, decoder_blocks, w: Workload) -> tuple[np.ndarray, np.ndarray]:
+        """(latency_ms, memory_mb) of assemblies with these block counts (scalars or arrays) served in `target`."""
+        latency, weights = self._fit(target, w)
+        e, d = np.asarray(encoder_blocks, dtype=float), np.asarray(decoder_blocks, dtype=float)
+        return latency[0] + latency[1] * e + latency[2] * d, (weights[0] + weights[1] * e + weights[2] * d) / 2**20
+
+
+def depth_model_folder(teacher: torch.nn.Module, tokenizer, encoder_layers: int, decoder_layers: int, out: Path):
+    """A random-weight model of the teacher's shape with the given depths, saved with the tokenizer in `out`."""
+    config = adapter_for(teacher.config).with_depths(teacher.config, encoder_layers, decoder_layers)
+    torch.manual_seed(0)
+    model = AutoModelForSeq2SeqLM.from_config(config).eval()
+    model.generation_config = teacher.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def fixed_length_tokens(generator: CTranslate2Generator, w: Workload, seed: int) -> list[list[str]]:
+    """`batch` sources of exactly `src_len` tokens (random ordinary tokens, then the end token)."""
+    tok = generator.tokenizer
+    special = set(tok.all_special_ids)
+    ordinary = np.array([i for i in range(len(tok)) if i not in special])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(w.batch):
+        ids = rng.choice(ordinary, size=max(w.src_len - 1, 1)).tolist() + [tok.eos_token_id]
+        rows.append(tok.convert_ids_to_tokens(ids))
+    return rows
+
+
+def time_generator(generator: CTranslate2Generator, w: Workload, *, warmup: int, repeats: int, seed: int = 0):
+    """Timings (ms) of `repeats` calls that generate exactly `gen_len` tokens for `batch` sources of `src_len`."""
+    import time
+
+    tokens = fixed_length_tokens(generator, w, seed)
+
+    def call() -> None:
+        generator.translator.translate_batch(
+            tokens, beam_size=1, min_decoding_length=w.gen_len, max_decoding_length=w.gen_len, max_batch_size=w.batch
+        )
+
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append(1000 * (time.perf_counter() - start))
+    return samples
+
+
+def profile_engines(
+    teacher: torch.nn.Module,
+    tokenizer,
+    targets: Sequence[Target],
+    workloads: Sequence[Workload],
+    *,
+    threads: int = 1,
+    warmup: int = 2,
+    repeats: int = 10,
+    statistic: str = "min",
+    on_progress: Progress | None = None,
+) -> EngineCosts:
+    """Measure every engine target at every depth of `depth_grid` and every workload (see the module docstring)."""
+    check_statistic(statistic)
+    targets = [t for t in targets if not t.is_torch]
+    config = teacher.config
+    adapter = adapter_for(config)
+    depths = depth_grid(adapter.depth(config, "encoder"), adapter.depth(config, "decoder"))
+    total, done = len(targets) * len(depths), 0
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for e, d in depths:
+            hf = depth_model_folder(teacher, tokenizer, e, d, Path(tmp) / f"hf-{e}-{d}")
+            for target in targets:
+                if on_progress:
+                    on_progress(done, total, f"{target} {e}+{d} layers")
+                folder = convert(hf, Path(tmp) / f"{target.compute_type}-{e}-{d}", target)
+                generator = CTranslate2Generator(folder, target, threads=threads)
+                for w in workloads:
+                    samples = time_generator(generator, w, warmup=warmup, repeats=repeats)
+                    rows.append(
+                        {
+                            "target": str(target),
+                            "threads": threads,
+                            "batch": w.batch,
+                            "src_len": w.src_len,
+                            "gen_len": w.gen_len,
+                            "encoder_layers": e,
+                            "decoder_layers": d,
+                            "latency_ms": float(np.min(samples) if statistic == "min" else np.median(samples)),
+                            "weight_bytes": (folder / "model.bin").stat().st_size,
+                        }
+                    )
+                done += 1
+    if on_progress:
+        on_progress(total, total, "engines measured")
+    return EngineCosts(pd.DataFrame(rows, columns=ENGINE_COLUMNS))
+
+
+def profile_engine_targets(modular, config, targets: Sequence[Target], *, on_progress: Progress | None = None):
+    """The engine table for the engine targets among `targets`, on `config`'s grid (every batch size, source length
+    and generation length), threads and statistic; None when `targets` names no engine."""
+    from modformer.checkpoints import load_tokenizer
+    from modformer.profiling.profile import Workload
+
+    engines = [t for t in targets if not t.is_torch]
+    if not engines:
+        return None
+    workloads = [
+        Workload(batch=b, src_len=s, gen_len=g)
+        for b in config.batch_sizes
+        for s in config.src_lens
+        for g in config.gen_lens
+    ]
+    costs = profile_engines(
+        modular.teacher,
+        load_tokenizer(modular.config.teacher),
+        engines,
+        workloads,
+        threads=config.threads or torch.get_num_threads(),
+        repeats=max(3, config.repeats // 2),
+        statistic=config.statistic,
+        on_progress=on_progress,
+    )
+    return costs.table
