@@ -245,8 +245,14 @@ def _validation_picks(
     result: SearchResult, objectives: Sequence[str], rules: pd.DataFrame, k: int
 ) -> list[tuple[str, str]]:
     """What validation re-scores with real generation, as (assembly, target): `k` points spread over the proxy
-    frontier (of every target), plus the best in-budget point of each rule (in the torch target)."""
-    picks = planning.pick_spread(result.frontier(objectives), k)
+    frontier (with several targets, `k` from each target's own frontier: the torch points are those a torch-only plan
+    validates, and a CTranslate2 point costs seconds), plus the best in-budget point of each rule (in torch)."""
+    front = result.frontier(objectives)
+    targets = list(dict.fromkeys(front["target"])) if "target" in front else []
+    if len(targets) > 1:  # each target's frontier is validated as a plan over that target alone would be
+        picks = pd.concat([planning.pick_spread(front[front["target"] == t], k) for t in targets])
+    else:
+        picks = planning.pick_spread(front, k)
     scored = result.scored.set_index(["assembly", "target"])
     violation = scored.loc[list(zip(rules["assembly"], rules["target"], strict=True)), "violation"].to_numpy()
     best_rules = rules[violation <= 0].groupby("strategy", sort=False).head(1)

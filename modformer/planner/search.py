@@ -101,6 +101,11 @@ class SearchResult:
     def frontier(self, objectives: Sequence[str], *, feasible_only: bool = True) -> pd.DataFrame:
         """Scored assemblies no other scored assembly beats on every objective (within the budget by default)."""
         rows = self.scored[self.scored["violation"] <= 0] if feasible_only else self.scored
+        if "target" in rows and rows["target"].nunique() > 1:
+            # One frontier per serving target: the same assembly has the same proxy in every target, so a faster
+            # engine's row would hide the others, though only validation can tell what its precision costs.
+            parts = [g[pareto_mask(objective_values(g, objectives))] for _, g in rows.groupby("target", sort=False)]
+            return pd.concat(parts).sort_values("latency_ms").reset_index(drop=True)
         values = objective_values(rows, objectives)
         return rows[pareto_mask(values)].sort_values("latency_ms").reset_index(drop=True)
 
