@@ -143,7 +143,7 @@ def load_split_sources(n: int) -> list[str]:
 def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer, data_dir):
     from conftest import save_teacher, tiny_t5
 
-    from modformer.planner.artifact import Plan
+    from modformer.planner.artifact import REPORT_HTML, Plan
     from modformer.profiling.engines import profile_engine_targets
     from modformer.profiling.measure import ProfileConfig, profile_modules
     from modformer.profiling.profile import LatencyProfile
@@ -172,6 +172,7 @@ def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer,
     engine = validated[validated["target"] == "ctranslate2:int8"]
     assert (engine["measured_latency_ms"] > 0).all() and engine["bleu"].notna().all()
     assert set(plan.scored["target"]) == {"torch:fp32", "ctranslate2:int8"}
+    assert f"served in <b>{plan.chosen['target']}</b>" in (out / REPORT_HTML).read_text()
 
     refused = cli(*args[:-1], tmp_path / "other", *data, *validation, "--targets", "torch:fp32,ctranslate2:float32")
     assert refused.exit_code == 1 and "not ctranslate2:float32" in refused.stderr

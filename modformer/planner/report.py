@@ -36,7 +36,8 @@ def report_html(*, png: bytes, frontier: pd.DataFrame, rules: pd.DataFrame, chos
         f"({100 * search['scored_fraction']:.1f} %) in {search['seconds']:.1f} s; {summary['validated']} validated in "
         f"{summary['validation_seconds']:.1f} s. Proxy vs validated {html.escape(summary['metric'])} Spearman: "
         f"{_fmt(summary['proxy_vs_validated_spearman'])}.</p>",
-        f"<h2>Chosen</h2><p><code>{html.escape(chosen['assembly'])}</code> &mdash; "
+        f"<h2>Chosen</h2><p><code>{html.escape(chosen['assembly'])}</code> served in "
+        f"<b>{html.escape(str(chosen.get('target', 'torch:fp32')))}</b> &mdash; "
         f"{html.escape(summary['metric'])} {_fmt(chosen[summary['metric']])}, measured "
         f"{_fmt(chosen['measured_latency_ms'])} ms (predicted {_fmt(chosen['predicted_latency_ms'])} ms), "
         f"{_fmt(chosen['memory_mb'])} MB, {_fmt(chosen['size_ratio'])}x smaller, "
