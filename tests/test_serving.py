@@ -176,3 +176,16 @@ def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer,
 
     refused = cli(*args[:-1], tmp_path / "other", *data, *validation, "--targets", "torch:fp32,ctranslate2:float32")
     assert refused.exit_code == 1 and "not ctranslate2:float32" in refused.stderr
+
+
+def test_a_bf16_export_stores_bfloat16_weights_and_records_its_target(tmp_path, t5_teacher_dir):
+    from safetensors.torch import load_file
+
+    model = perturbed_modules(t5_teacher_dir)
+    info = export_assembly(
+        model, Assembly.parse("enc=2,2 dec=2,2"), tmp_path / "bf16", target=Target.parse("torch:bf16")
+    )
+    assert info["target"] == "torch:bf16" and export_target(tmp_path / "bf16") == Target.parse("torch:bf16")
+    weights = load_file(str(tmp_path / "bf16" / "model.safetensors"))
+    assert {w.dtype for w in weights.values()} == {torch.bfloat16}
+    assert not is_ctranslate2_folder(tmp_path / "bf16")
