@@ -12,7 +12,8 @@ Stages, each cached under --work (a rerun skips what is done):
    this machine supports), once per thread count.
 4. held_out: --held-out random valid assemblies (`choose_assemblies`, never the teacher), each measured at batch 1
    and 8 (source 32, 32 new tokens, the profile's statistic) in every target, beside its prediction: torch by the
-   block profile, engines by the depth plane; weight memory of the engine exports against the plane's prediction.
+   block profile, engines by the depth plane; and the engine exports' peak memory (a fresh process loads the export
+   and runs one call) against the plane's prediction, at the first thread count.
 5. plans: `modformer plan` with the 1-thread profile, default settings, once over torch:fp32 only and once over every
    target (timed: `plan_seconds`); the teacher's BLEU on the same validation pairs, generated under torch fp32.
    `joint_vs_torch_only` states each latency budget as a speed-up over the teacher (every plan times its points
@@ -53,7 +54,7 @@ from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import assembly_for_shape
 from modformer.planner.artifact import Plan
 from modformer.profiling.cost_model import predict
-from modformer.profiling.engines import EngineCosts, time_generator
+from modformer.profiling.engines import EngineCosts, engine_peak_memory, time_generator
 from modformer.profiling.profile import LatencyProfile, Workload
 from modformer.profiling.timer import Timer
 from modformer.profiling.validate import choose_assemblies, time_models
@@ -183,10 +184,9 @@ def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCa
                         measured = float(np.min(samples) if profile.statistic == "min" else np.median(samples))
                         latency, memory = engines.predict(name, len(a.encoder), len(a.decoder), w)
                         row = _row(threads, batch, name, a, float(latency), measured)
-                        row |= {
-                            "predicted_mb": float(memory),
-                            "measured_mb": (folder / "model.bin").stat().st_size / 2**20,
-                        }
+                        if threads == min(profiles):  # memory does not depend on the thread count: once
+                            peak = engine_peak_memory(folder, target, w, threads=threads)
+                            row |= {"predicted_mb": float(memory), "measured_mb": peak / 2**20}
                         rows.append(row)
             cache.save()
     return rows
@@ -271,7 +271,9 @@ def per_target(held_out: pd.DataFrame) -> dict:
         entry = {"cells": cells}
         if "predicted_mb" in group and group["predicted_mb"].notna().any():
             entry["memory_mape"] = round(mape(group.dropna(subset=["predicted_mb"]), "predicted_mb", "measured_mb"), 2)
-            entry["memory"] = "weights as the engine stores them (the export's model.bin) against the depth plane"
+            entry["memory"] = (
+                "peak resident memory of a fresh process loading the export and running one call, against the plane"
+            )
         else:
             entry["memory"] = "not measured here (benchmarks/profiler.py measures torch peak memory)"
         entry["met"] = (

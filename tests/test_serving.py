@@ -189,3 +189,43 @@ def test_a_bf16_export_stores_bfloat16_weights_and_records_its_target(tmp_path, 
     weights = load_file(str(tmp_path / "bf16" / "model.safetensors"))
     assert {w.dtype for w in weights.values()} == {torch.bfloat16}
     assert not is_ctranslate2_folder(tmp_path / "bf16")
+
+
+def test_the_depth_plane_predicts_a_linear_cost_exactly_and_names_unmeasured_workloads():
+    import pandas as pd
+
+    from modformer.profiling.engines import EngineCosts, depth_grid
+    from modformer.profiling.profile import Workload
+
+    assert depth_grid(12, 12) == [(1, 1), (12, 1), (1, 12), (12, 12), (6, 6)]
+    assert depth_grid(1, 1) == [(1, 1)]
+    rows = [
+        {"target": "ctranslate2:int8", "threads": 1, "batch": 1, "src_len": 32, "gen_len": 32}
+        | {"encoder_layers": e, "decoder_layers": d, "latency_ms": 2 + 0.5 * e + 1.5 * d}
+        | {"weight_bytes": 1e6 + 2e5 * (e + d), "peak_bytes": 2**20 * (20 + e + 2 * d)}
+        for e, d in depth_grid(12, 12)
+    ]
+    costs = EngineCosts(pd.DataFrame(rows))
+    w = Workload(1, 32, 32)
+    latency, memory = costs.predict("ctranslate2:int8", [3, 6], [2, 4], w)
+    assert latency.tolist() == pytest.approx([2 + 1.5 + 3, 2 + 3 + 6])
+    assert memory.tolist() == pytest.approx([20 + 3 + 4, 20 + 6 + 8])  # peak memory, in MB
+    with pytest.raises(ConfigError, match=r"not at batch 8"):
+        costs.predict("ctranslate2:int8", 3, 2, Workload(8, 32, 32))
+    with pytest.raises(ConfigError, match="no measurements for the target ctranslate2:float32"):
+        costs.predict("ctranslate2:float32", 3, 2, w)
+
+
+def test_engine_peak_memory_is_measured_in_a_fresh_process(tmp_path, t5_teacher_dir):
+    from modformer.profiling.engines import engine_peak_memory
+    from modformer.profiling.profile import Workload
+
+    model = perturbed_modules(t5_teacher_dir)
+    target = Target.parse("ctranslate2:float32")
+    export_assembly(model, Assembly.parse("enc=2,2 dec=2,2"), tmp_path / "small", target=target)
+    export_assembly(model, Assembly.parse("enc=1,1,1,1 dec=1,1,1,1"), tmp_path / "deep", target=target)
+    w = Workload(2, 8, 4)
+    small, deep = (engine_peak_memory(tmp_path / name, target, w) for name in ("small", "deep"))
+    # A tiny model's weights differ by a few hundred KB, within the runtime's own noise: only sanity here
+    # (benchmarks/targets.py checks the prediction against the 12+12 teacher's exports).
+    assert 0 < small < 2**30 and 0 < deep < 2**30

@@ -9,11 +9,12 @@ tokens):
     (1, 1), (E, 1), (1, D), (E, D), (ceil(E/2), ceil(D/2))        E, D: the teacher's depths
 
 and predicts any (e, d) by the least-squares plane  latency = a + b*e + c*d  through them (each layer adds the same
-work: the encoder's once per call, the decoder's once per generated token). Memory is the model's weights as the
-engine stores them at that compute type (the converted file), the same plane in e and d.
+work: the encoder's once per call, the decoder's once per generated token). Peak memory is measured the same way
+(a fresh process loads the model and runs one call, `engine_peak_memory`) and predicted by the same plane; where it
+was not measured, the model's weights as the engine stores them (the converted file) stand in.
 
 Rows of the engine table (`EngineCosts.table`): target, threads, batch, src_len, gen_len, encoder_layers,
-decoder_layers, latency_ms (the rounds' statistic), weight_bytes.
+decoder_layers, latency_ms (the rounds' statistic), weight_bytes, peak_bytes (empty where not measured).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ ENGINE_COLUMNS = [
     "decoder_layers",
     "latency_ms",
     "weight_bytes",
+    "peak_bytes",
 ]
 
 
@@ -64,6 +66,8 @@ class EngineCosts:
     table: pd.DataFrame
 
     def __post_init__(self) -> None:
+        if "peak_bytes" not in self.table.columns:
+            self.table = self.table.assign(peak_bytes=np.nan)
         missing = [c for c in ENGINE_COLUMNS if c not in self.table.columns]
         if missing:
             raise ConfigError(f"engine table lacks the column(s) {', '.join(missing)}")
@@ -94,7 +98,9 @@ class EngineCosts:
                 )
             x = np.column_stack([np.ones(len(rows)), rows["encoder_layers"], rows["decoder_layers"]]).astype(float)
             latency = np.linalg.lstsq(x, rows["latency_ms"].to_numpy(float), rcond=None)[0]
-            weights = np.linalg.lstsq(x, rows["weight_bytes"].to_numpy(float), rcond=None)[0]
+            peak = rows["peak_bytes"].to_numpy(float)
+            memory = peak if np.isfinite(peak).all() else rows["weight_bytes"].to_numpy(float)
+            weights = np.linalg.lstsq(x, memory, rcond=None)[0]
             self._fits[key] = (latency, weights)
         return self._fits[key]
 
@@ -160,6 +166,7 @@ def profile_engines(
     warmup: int = 2,
     repeats: int = 10,
     statistic: str = "min",
+    memory: bool = True,
     on_progress: Progress | None = None,
 ) -> EngineCosts:
     """Measure every engine target at every depth of `depth_grid` and every workload (see the module docstring)."""
@@ -191,6 +198,7 @@ def profile_engines(
                             "decoder_layers": d,
                             "latency_ms": float(np.min(samples) if statistic == "min" else np.median(samples)),
                             "weight_bytes": (folder / "model.bin").stat().st_size,
+                            "peak_bytes": engine_peak_memory(folder, target, w, threads=threads) if memory else None,
                         }
                     )
                 done += 1
@@ -222,6 +230,66 @@ def profile_engine_targets(modular, config, targets: Sequence[Target], *, on_pro
         threads=config.threads or torch.get_num_threads(),
         repeats=max(3, config.repeats // 2),
         statistic=config.statistic,
+        memory=config.memory,
         on_progress=on_progress,
     )
     return costs.table
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Peak memory, in a fresh process
+# --------------------------------------------------------------------------------------------------------------------
+_MARKER = "modformer-engine-peak "
+
+
+def engine_peak_memory(folder: Path, target: Target, w: Workload, *, threads: int = 1, seed: int = 0) -> int:
+    """Peak resident memory (bytes) of loading the CTranslate2 model in `folder` and running one call of `w`, in a
+    fresh process, above the process's resident set after importing the engine (as `profiling.memory` for torch)."""
+    import json
+    import subprocess
+    import sys
+
+    generator = CTranslate2Generator(folder, target, threads=threads)
+    tokens = fixed_length_tokens(generator, w, seed)
+    del generator
+    spec = {"folder": str(folder), "compute_type": target.compute_type, "device": target.device}
+    spec |= {"threads": threads, "tokens": tokens, "gen_len": w.gen_len}
+    done = subprocess.run(
+        [sys.executable, "-m", "modformer.profiling.engines"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(_MARKER)]
+    if done.returncode != 0 or not lines:
+        raise ConfigError(f"measuring the peak memory of {folder} failed: {done.stderr.strip()[-300:]}")
+    return int(lines[-1][len(_MARKER) :])
+
+
+def _child() -> None:
+    import json
+    import sys
+
+    import ctranslate2
+
+    from modformer.profiling.memory import peak_bytes, reset_peak, rss_bytes, trim_heap
+
+    spec = json.loads(sys.stdin.read())
+    trim_heap()
+    reset_peak()
+    before = rss_bytes()
+    translator = ctranslate2.Translator(
+        spec["folder"],
+        device=spec["device"],
+        compute_type=spec["compute_type"],
+        intra_threads=spec["threads"],
+        inter_threads=1,
+    )
+    g = spec["gen_len"]
+    translator.translate_batch(spec["tokens"], beam_size=1, min_decoding_length=g, max_decoding_length=g)
+    print(f"{_MARKER}{peak_bytes() - before}", flush=True)
+
+
+if __name__ == "__main__":
+    _child()

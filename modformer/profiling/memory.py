@@ -32,7 +32,7 @@ from modformer.errors import ModformerError
 _MARKER = "modformer-peak-memory "
 
 
-def _status_bytes(field: str) -> int | None:
+def status_bytes(field: str) -> int | None:
     """A `VmRSS`/`VmHWM` figure of this process from /proc/self/status (Linux), in bytes."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
@@ -44,8 +44,8 @@ def _status_bytes(field: str) -> int | None:
     return None
 
 
-def _rss_bytes() -> int:
-    rss = _status_bytes("VmRSS")
+def rss_bytes() -> int:
+    rss = status_bytes("VmRSS")
     if rss is None:
         import psutil
 
@@ -53,7 +53,7 @@ def _rss_bytes() -> int:
     return rss
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     """Set the peak resident set (VmHWM) back to the current one (Linux >= 4.0); False where that is not possible."""
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
@@ -63,7 +63,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def _trim_heap() -> None:
+def trim_heap() -> None:
     """Hand the allocator's free memory back to the system (glibc `malloc_trim`), so that the baseline holds no slack
     that later allocations would reuse unseen; a no-op where there is no glibc."""
     try:
@@ -74,9 +74,9 @@ def _trim_heap() -> None:
         pass
 
 
-def _peak_bytes() -> int:
+def peak_bytes() -> int:
     """The peak resident set since the last reset (VmHWM), or the lifetime peak (ru_maxrss) where there is none."""
-    hwm = _status_bytes("VmHWM")
+    hwm = status_bytes("VmHWM")
     if hwm is not None:
         return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -178,16 +178,16 @@ def _child(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        _trim_heap()
-        reset = _reset_peak()
-        before = _rss_bytes()
+        trim_heap()
+        reset = reset_peak()
+        before = rss_bytes()
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir, dtype=dtype).to(args.device).eval()
     out = run(model, args.gen_len)
     if args.device == "cuda":
         torch.cuda.synchronize()
         peak, how = torch.cuda.max_memory_allocated() - before, "cuda max_memory_allocated"
     else:
-        peak, how = _peak_bytes() - before, "VmHWM after reset" if reset else "ru_maxrss"
+        peak, how = peak_bytes() - before, "VmHWM after reset" if reset else "ru_maxrss"
     return {"peak_bytes": int(peak), "before_bytes": int(before), "how": how, "new_tokens": int(out.shape[1] - 1)}
 
 
