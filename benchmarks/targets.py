@@ -8,6 +8,8 @@ Stages, each cached under --work (a rerun skips what is done):
 2. parity: the size-first 6-6 assembly exported to torch:fp32, ctranslate2:float32 and ctranslate2:int8; greedy
    outputs for the first --parity-n test_2016_flickr sources (64 new tokens at most): the share of sources whose
    CTranslate2 float32 output equals transformers' token for token (`export_parity`), and BLEU per target.
+2b. serving_table: the teacher and that 6-6 assembly in every target side by side, one thread, batch 1 (32-token
+   source, 32 new tokens; the least of 10 rounds): latency, speed-up over the teacher in torch fp32, BLEU.
 3. profiles: `modformer profile --modules M --threads T --out ...` with the CLI's defaults otherwise (every target
    this machine supports), once per thread count.
 4. held_out: --held-out random valid assemblies (`choose_assemblies`, never the teacher), each measured at batch 1
@@ -49,6 +51,7 @@ from harness import (
 from modformer.checkpoints import load_tokenizer
 from modformer.data import load_split
 from modformer.evaluation import generate, lazy_cache, text_scores
+from modformer.modular.assembly import Assembly
 from modformer.modular.export import export_assembly
 from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import assembly_for_shape
@@ -68,7 +71,15 @@ TARGETS = ("torch:fp32", "ctranslate2:float32", "ctranslate2:int8")
 BATCHES = (1, 8)
 REPEATS = 10  # timed rounds per held-out measurement (the least or the median, as the profile)
 TARGET_MAPE, TARGET_SPEARMAN, TARGET_MEMORY_MAPE, TARGET_PARITY, TARGET_SPEEDUP = 5.0, 0.97, 10.0, 0.95, 25.0
-DERIVED = ("per_target", "joint_vs_torch_only", "speedup_at_1bleu", "targets_met", "int8_bleu_delta", "export_parity")
+DERIVED = (
+    "serving_speedups",
+    "per_target",
+    "joint_vs_torch_only",
+    "speedup_at_1bleu",
+    "targets_met",
+    "int8_bleu_delta",
+    "export_parity",
+)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -136,6 +147,52 @@ def parity_stage(args, modules: Path, cache: JsonCache) -> dict:
     cache.data["parity"] = record
     cache.save()
     return record
+
+
+def serving_table_stage(args, modules: Path, cache: JsonCache) -> list[dict]:
+    """The teacher and the 6-6 assembly in every target, side by side: BLEU on the parity sources, and latency at
+    batch 1 (32-token source, 32 new tokens, one thread, the least of REPEATS rounds)."""
+    if "serving_table" in cache.data:
+        return cache.data["serving_table"]
+    torch.set_num_threads(1)
+    modular = ModularModel.from_pretrained(modules)
+    c = modular.config
+    tokenizer = load_tokenizer(c.teacher)
+    pairs = load_split(DATASETS["multi30k"].spec(), DATASETS["multi30k"].test, limit=args.parity_n)
+    sources, references = list(pairs.sources), list(pairs.targets)
+    shapes = {
+        "12-12 (teacher)": Assembly.teacher(c.encoder_layers, c.decoder_layers),
+        PARITY_SHAPE: assembly_for_shape(PARITY_SHAPE, c.encoder_layers, c.decoder_layers, c.granularities),
+    }
+    w = Workload(batch=1, src_len=32, gen_len=32)
+    models = {name: modular.assemble(a) for name, a in shapes.items()}
+    timings = time_models(list(models.values()), w, Timer("cpu"), int(modular.teacher.config.vocab_size), 0, 2, REPEATS)
+    rows = []
+    for (name, model), timing in zip(models.items(), timings, strict=True):
+        texts = tokenizer.batch_decode(hf_ids(model, tokenizer, sources, 64), skip_special_tokens=True)
+        rows.append(
+            {
+                "model": name,
+                "target": "torch:fp32",
+                "ms": timing.value("min"),
+                "bleu": text_scores(texts, references)["bleu"],
+            }
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, a in shapes.items():
+            for target_name in TARGETS[1:]:
+                target = Target.parse(target_name)
+                folder = Path(tmp) / f"{target.compute_type}-{a.shape}"
+                export_assembly(modular, a, folder, target=target)
+                generator = CTranslate2Generator(folder, target, threads=1)
+                ms = float(np.min(time_generator(generator, w, warmup=3, repeats=REPEATS)))
+                texts = generator.generate(sources, max_new_tokens=64)
+                rows.append(
+                    {"model": name, "target": target_name, "ms": ms, "bleu": text_scores(texts, references)["bleu"]}
+                )
+    cache.data["serving_table"] = rows
+    cache.save()
+    return rows
 
 
 def profile_stage(args, modules: Path) -> dict[int, Path]:
@@ -245,10 +302,17 @@ def measure(args) -> dict:
     cache = JsonCache(args.work / "cache.json")
     modules = modules_stage(args)
     parity = parity_stage(args, modules, cache)
+    serving_table = serving_table_stage(args, modules, cache)
     profiles = profile_stage(args, modules)
     held_out = held_out_stage(args, modules, profiles, cache)
     plans = plans_stage(args, modules, profiles[min(profiles)], cache)
-    return {**provenance(threads=min(args.threads)), "parity": parity, "held_out": held_out, "plans": plans}
+    return {
+        **provenance(threads=min(args.threads)),
+        "parity": parity,
+        "serving_table": serving_table,
+        "held_out": held_out,
+        "plans": plans,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -304,8 +368,13 @@ def report(measured: dict) -> dict:
     holds = all(c["joint_bleu"] is not None and c["joint_bleu"] >= c["torch_only_bleu"] for c in comparison)
     close = [p for p in joint if p["bleu"] >= plans["teacher_bleu"] - 1.0]
     fastest = max(close, key=lambda p: p["measured_speed_ratio"]) if close else None
+    teacher_ms = next(
+        r["ms"] for r in measured["serving_table"] if r["target"] == "torch:fp32" and "teacher" in r["model"]
+    )
+    served = [{**r, "speedup": round(teacher_ms / r["ms"], 2)} for r in measured["serving_table"]]
     result = {
         **{k: v for k, v in measured.items()},
+        "serving_speedups": served,
         "export_parity": round(parity["float32_same_tokens"] / parity["n"], 4),
         "int8_bleu_delta": round(parity["bleu"]["ctranslate2:int8"] - parity["bleu"]["ctranslate2:float32"], 2),
         "per_target": per_target(held_out),
