@@ -30,6 +30,18 @@ BENCHMARKS = {
         ("modular_step_s", "finetune_step_s", "ratio", "ratio_of_pairs_median", "ratio_of_pairs_max", "target"),
     ),
     "loss_weights": (("loss_weights.json",), ()),  # pure measurement: nothing is derived
+    "targets": (
+        ("targets.json",),
+        (
+            "serving_speedups",
+            "per_target",
+            "joint_vs_torch_only",
+            "speedup_at_1bleu",
+            "targets_met",
+            "int8_bleu_delta",
+            "export_parity",
+        ),
+    ),
 }
 
 
