@@ -79,14 +79,7 @@ def evaluate(
     else:
         net, tokenizer, name = load_seq2seq(model), load_tokenizer(model), str(model)
     pairs = load_split(spec, split, limit=limit)
-    done = 0
-
-    def on_batch(n: int) -> None:
-        nonlocal done
-        done += n
-        if on_progress:
-            on_progress(done, len(pairs))
-
+    on_batch = _batches_done(on_progress, len(pairs))
     scores = score_model(
         net,
         tokenizer,
@@ -99,17 +92,23 @@ def evaluate(
     return Evaluation(model=name, split=split, data=pairs.origin, scores=scores)
 
 
-def _evaluate_ctranslate2(folder: Path, pairs, *, split: str, on_progress, **settings) -> Evaluation:
-    target = export_target(folder)
-    generator = CTranslate2Generator(folder, target, threads=torch.get_num_threads())
+def _batches_done(on_progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """A per-batch callback (`n` pairs done) that reports the running count to `on_progress(done, total)`."""
     done = 0
 
     def on_batch(n: int) -> None:
         nonlocal done
         done += n
         if on_progress:
-            on_progress(done, len(pairs))
+            on_progress(done, total)
 
+    return on_batch
+
+
+def _evaluate_ctranslate2(folder: Path, pairs, *, split: str, on_progress, **settings) -> Evaluation:
+    target = export_target(folder)
+    generator = CTranslate2Generator(folder, target, threads=torch.get_num_threads())
+    on_batch = _batches_done(on_progress, len(pairs))
     outputs = generator.generate(list(pairs.sources), on_batch=on_batch, **settings)
     return Evaluation(
         model=f"{folder} ({target})", split=split, data=pairs.origin, scores=score_outputs(outputs, pairs)
