@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -105,7 +106,7 @@ class TrainerCheckpoint:
             raise CheckpointError(f"{path}: cannot resume from it ({err})") from None
 
 
-class Recipe:
+class Recipe(ABC):
     """The skeleton: a subclass sets `config` (steps, batch_size, seed, eval_every, save_every), `train`,
     `optimizer` (and `scheduler`, `rng` where it has them) in its constructor and implements `step`, `evaluate`
     and `save`. `fit` is the loop; `checkpoint` / `resume` carry the trainer state across sessions."""
@@ -119,15 +120,17 @@ class Recipe:
     state: TrainState
 
     # --- what each recipe specialises -----------------------------------------------------------------------------
+    @abstractmethod
     def step(self, batch: dict[str, torch.Tensor]) -> StepResult:
-        raise NotImplementedError
+        """One optimizer step on `batch`."""
 
+    @abstractmethod
     def evaluate(self) -> dict[str, float]:
         """Held-out losses by name."""
-        raise NotImplementedError
 
+    @abstractmethod
     def save(self, out_dir: str | Path) -> None:
-        raise NotImplementedError
+        """Write the recipe's artifact (model, info) into `out_dir`; the trainer checkpoint is written by `fit`."""
 
     @property
     def eval_every(self) -> int:
@@ -144,7 +147,8 @@ class Recipe:
         return True
 
     def wait_for_everyone(self) -> None:
-        """A barrier across processes; nothing to wait for in one process."""
+        """A barrier across processes; nothing to wait for in one process (the modular trainer overrides it)."""
+        return None
 
     # --- the loop -------------------------------------------------------------------------------------------------
     def fit(
