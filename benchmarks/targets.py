@@ -255,6 +255,7 @@ def refresh_predictions(rows: list[dict], profiles: dict[int, Path]) -> None:
     """Predictions are derived from the cached profiles: recompute them, so that a change of the predictor is judged
     on the same measurements (only the measurements are expensive)."""
     loaded = {threads: LatencyProfile.load(path) for threads, path in profiles.items()}
+    engines = {threads: EngineCosts(profile.engines) for threads, profile in loaded.items()}  # fits cached per profile
     for row in rows:
         profile = loaded[row["threads"]]
         w = Workload(batch=row["batch"], src_len=32, gen_len=32)
@@ -262,7 +263,7 @@ def refresh_predictions(rows: list[dict], profiles: dict[int, Path]) -> None:
         if row["target"] == "torch:fp32":
             row["predicted_ms"] = float(predict(profile, a, w).latency_ms)
             continue
-        latency, memory = EngineCosts(profile.engines).predict(row["target"], len(a.encoder), len(a.decoder), w)
+        latency, memory = engines[row["threads"]].predict(row["target"], len(a.encoder), len(a.decoder), w)
         row["predicted_ms"] = float(latency)
         if "predicted_mb" in row:
             row["predicted_mb"] = float(memory)

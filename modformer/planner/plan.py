@@ -37,6 +37,21 @@ from modformer.profiling.timer import Timer
 from modformer.profiling.validate import time_models
 
 METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
+# The frontier table's first columns (then the metric, then the rest); `chosen.json` records them too, but for the
+# measured speed ratio.
+LEADING_COLUMNS = (
+    "assembly",
+    "target",
+    "source",
+    "rule",
+    "size_ratio",
+    "speed_ratio",
+    "measured_speed_ratio",
+    "predicted_latency_ms",
+    "measured_latency_ms",
+    "memory_mb",
+    "proxy_loss",
+)
 Progress = Callable[[int, int, str], None]
 
 
@@ -192,20 +207,7 @@ def frontier_table(
     table["on_validated_frontier"] = False
     table.loc[v.index[np.asarray(front, dtype=bool)], "on_validated_frontier"] = True
     table = table.rename(columns={"latency_ms": "predicted_latency_ms"})
-    first = [
-        "assembly",
-        "target",
-        "source",
-        "rule",
-        "size_ratio",
-        "speed_ratio",
-        "measured_speed_ratio",
-        "predicted_latency_ms",
-        "measured_latency_ms",
-        "memory_mb",
-        "proxy_loss",
-        metric,
-    ]
+    first = [*LEADING_COLUMNS, metric]
     rest = [c for c in table.columns if c not in first and c not in ("i", "j")]
     return table[first + rest].sort_values("predicted_latency_ms").reset_index(drop=True)
 
@@ -216,19 +218,7 @@ def choose(frontier: pd.DataFrame, metric: str) -> dict:
     if ok.empty:
         raise ConfigError("no validated assembly lies within the budget (increase validate)", settings="validate")
     best = ok.sort_values([metric, "predicted_latency_ms"], ascending=[False, True]).iloc[0]
-    keys = [
-        "assembly",
-        "target",
-        "source",
-        "rule",
-        "size_ratio",
-        "speed_ratio",
-        "predicted_latency_ms",
-        "measured_latency_ms",
-        "memory_mb",
-        "proxy_loss",
-        metric,
-    ]
+    keys = [*(c for c in LEADING_COLUMNS if c != "measured_speed_ratio"), metric]
     chosen = {k: (best[k].item() if hasattr(best[k], "item") else best[k]) for k in keys}
     chosen["assembly_json"] = Assembly.parse(chosen["assembly"]).to_json()
     return chosen

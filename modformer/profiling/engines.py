@@ -32,11 +32,12 @@ import pandas as pd
 import torch
 from transformers import AutoModelForSeq2SeqLM
 
+from modformer.checkpoints import load_tokenizer
 from modformer.errors import ConfigError
 from modformer.modular.families import adapter_for
 from modformer.profiling.profile import Workload
 from modformer.profiling.timer import check_statistic
-from modformer.serving.ctranslate2_engine import CTranslate2Generator, convert
+from modformer.serving.ctranslate2_engine import TOKENIZER_DIR, CTranslate2Generator, convert
 from modformer.serving.targets import Target
 
 Progress = Callable[[int, int, str], None]
@@ -131,9 +132,8 @@ def depth_model_folder(teacher: torch.nn.Module, tokenizer, encoder_layers: int,
     return out
 
 
-def fixed_length_tokens(generator: CTranslate2Generator, w: Workload, seed: int) -> list[list[str]]:
-    """`batch` sources of exactly `src_len` tokens (random ordinary tokens, then the end token)."""
-    tok = generator.tokenizer
+def fixed_length_tokens(tok, w: Workload, seed: int) -> list[list[str]]:
+    """`batch` sources of exactly `src_len` tokens of tokenizer `tok` (random ordinary tokens, then the end token)."""
     special = set(tok.all_special_ids)
     ordinary = np.array([i for i in range(len(tok)) if i not in special])
     rng = np.random.default_rng(seed)
@@ -148,7 +148,7 @@ def time_generator(generator: CTranslate2Generator, w: Workload, *, warmup: int,
     """Timings (ms) of `repeats` calls that generate exactly `gen_len` tokens for `batch` sources of `src_len`."""
     import time
 
-    tokens = fixed_length_tokens(generator, w, seed)
+    tokens = fixed_length_tokens(generator.tokenizer, w, seed)
 
     def call() -> None:
         generator.translator.translate_batch(
@@ -219,9 +219,6 @@ def profile_engines(
 def profile_engine_targets(modular, config, targets: Sequence[Target], *, on_progress: Progress | None = None):
     """The engine table for the engine targets among `targets`, on `config`'s grid (every batch size, source length
     and generation length), threads and statistic; None when `targets` names no engine."""
-    from modformer.checkpoints import load_tokenizer
-    from modformer.profiling.profile import Workload
-
     engines = [t for t in targets if not t.is_torch]
     if not engines:
         return None
@@ -258,9 +255,7 @@ def engine_peak_memory(folder: Path, target: Target, w: Workload, *, threads: in
     import subprocess
     import sys
 
-    generator = CTranslate2Generator(folder, target, threads=threads)
-    tokens = fixed_length_tokens(generator, w, seed)
-    del generator
+    tokens = fixed_length_tokens(load_tokenizer(Path(folder) / TOKENIZER_DIR), w, seed)  # the model loads only there
     spec = {"folder": str(folder), "compute_type": target.compute_type, "device": target.device}
     spec |= {"threads": threads, "tokens": tokens, "gen_len": w.gen_len}
     done = subprocess.run(
