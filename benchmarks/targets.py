@@ -13,7 +13,8 @@ Stages, each cached under --work (a rerun skips what is done):
 3. profiles: `modformer profile --modules M --threads T --out ...` with the CLI's defaults otherwise (every target
    this machine supports), once per thread count.
 4. held_out: --held-out random valid assemblies (`choose_assemblies`, never the teacher), each measured at batch 1
-   and 8 (source 32, 32 new tokens, the profile's statistic) in every target, beside its prediction: torch by the
+   and 8 (source 32, 32 new tokens, the profile's statistic; all assemblies round-robin) in every target, beside
+   its prediction: torch by the
    block profile, engines by the depth fit; and the engine exports' peak memory (a fresh process loads the export
    and runs one call) against the fit's prediction, at the first thread count. Predictions are recomputed from the
    cached profiles on every run (only the measurements are cached).
@@ -58,7 +59,7 @@ from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import assembly_for_shape
 from modformer.planner.artifact import Plan
 from modformer.profiling.cost_model import predict
-from modformer.profiling.engines import EngineCosts, engine_peak_memory, time_generator
+from modformer.profiling.engines import EngineCosts, engine_peak_memory, time_generators
 from modformer.profiling.profile import LatencyProfile, Workload
 from modformer.profiling.timer import Timer
 from modformer.profiling.validate import choose_assemblies, time_models
@@ -186,7 +187,7 @@ def serving_table_stage(args, modules: Path, cache: JsonCache) -> list[dict]:
                 folder = Path(tmp) / f"{target.compute_type}-{a.shape}"
                 export_assembly(modular, a, folder, target=target)
                 generator = CTranslate2Generator(folder, target, threads=1)
-                ms = float(np.min(time_generator(generator, w, warmup=3, repeats=REPEATS)))
+                ms = float(np.min(time_generators([generator], w, warmup=3, repeats=REPEATS)[0]))
                 texts = generator.generate(sources, max_new_tokens=64)
                 rows.append(
                     {"model": name, "target": target_name, "ms": ms, "bleu": text_scores(texts, references)["bleu"]}
@@ -233,12 +234,14 @@ def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCa
                     continue
                 target = Target.parse(name)
                 with tempfile.TemporaryDirectory() as tmp:
-                    for n, a in enumerate(assemblies):
-                        folder = Path(tmp) / str(n)
+                    folders = [Path(tmp) / str(n) for n in range(len(assemblies))]
+                    for a, folder in zip(assemblies, folders, strict=True):
                         export_assembly(modular, a, folder, target=target)
-                        samples = time_generator(
-                            CTranslate2Generator(folder, target, threads=threads), w, warmup=3, repeats=REPEATS
-                        )
+                    generators = [CTranslate2Generator(f, target, threads=threads) for f in folders]
+                    # round-robin, as the profile measures its depths: a burst of load hits one round of every model
+                    timings = time_generators(generators, w, warmup=3, repeats=REPEATS)
+                    del generators
+                    for a, folder, samples in zip(assemblies, folders, timings, strict=True):
                         measured = float(np.min(samples) if profile.statistic == "min" else np.median(samples))
                         latency, memory = engines.predict(name, len(a.encoder), len(a.decoder), w)
                         row = _row(threads, batch, name, a, float(latency), measured)

@@ -21,7 +21,14 @@ from modformer.cli import app
 from modformer.errors import AssemblyError, CheckpointError, ConfigError
 from modformer.modular.assembly import Assembly
 from modformer.modular.model import ModularModel
-from modformer.profiling.cost_model import axis_weights, predict, speed_ratio_predictor, workload_costs
+from modformer.profiling.cost_model import (
+    Calls,
+    axis_weights,
+    fit_calibration,
+    predict,
+    speed_ratio_predictor,
+    workload_costs,
+)
 from modformer.profiling.hardware import compare, fingerprint
 from modformer.profiling.measure import ProfileConfig, all_blocks, param_bytes, profile_modules
 from modformer.profiling.profile import (
@@ -144,7 +151,7 @@ def test_table_schema(profile, modular):
         "dec_step": len(dec) * points * len(cache_lens),
         "dec_first_extra": len(dec) * points,
         "fixed_generate": points * 2,  # at 1 and 4 new tokens
-        "calibration_generate": points * 2 * 5,  # see CALIBRATION; at 1 and 4 new tokens
+        "calibration_generate": points * 2 * len(CALIBRATION),  # at 1 and 4 new tokens
     }
     calibration = table[table["kind"] == "calibration_generate"]
     assert sorted(set(calibration["block"])) == sorted(CALIBRATION)
@@ -221,14 +228,14 @@ def test_predict_is_the_sum_of_the_table(profile):
         expected += at("dec_first_extra", k) + c0 + (c0 + c2) / 2 + c2 + c3
     p = predict(profile, a, Workload(B, S, G))
     assert p.breakdown["block_ms"].sum() == pytest.approx(expected, rel=1e-12)  # the blocks as measured
-    costs = workload_costs(profile, Workload(B, S, G))  # then one calibration line per stack
-    scales = costs.scales
+    costs = workload_costs(profile, Workload(B, S, G))  # then one calibration curve per stack
     parts = p.breakdown.set_index("block")
     assert parts.loc["fixed", "latency_ms"] == pytest.approx(
         at("fixed_generate", "fixed", gen_len=G) + sum(costs.offsets.values())
     )
+    sums = {stack: parts.loc[parts["stack"] == stack, "block_ms"].sum() for stack in ("encoder", "decoder")}
     calibrated = parts.loc["fixed", "latency_ms"] + sum(
-        scales[stack] * parts.loc[parts["stack"] == stack, "block_ms"].sum() for stack in ("encoder", "decoder")
+        costs.scales[stack] * x + costs.curvatures[stack] * x**2 for stack, x in sums.items()
     )
     assert p.latency_ms == pytest.approx(calibrated, rel=1e-12)
     assert not p.extrapolated and p.reason == ""
@@ -399,6 +406,61 @@ def test_calibration_scales_each_stack():
     # No calibration rows (an older profile): the blocks as measured.
     old = workload_costs(synthetic_profile(), Workload(1, 16, 1))
     assert old.scales == {"encoder": 1.0, "decoder": 1.0} and old.offsets == {"encoder": 0.0, "decoder": 0.0}
+
+
+def calibration_blocks(costs: list[float]) -> pd.DataFrame:
+    """Teacher layers of both stacks with these measured block costs, as `fit_calibration` reads them."""
+    rows = [
+        {"block": f"{stack}_k1_s{i}", "stack": stack, "start": i, "size": 1, "block_ms": c}
+        for stack in ("encoder", "decoder")
+        for i, c in enumerate(costs)
+    ]
+    return pd.DataFrame(rows).set_index("block")
+
+
+def test_calibration_curve_through_first_half_and_all_layers():
+    blocks = calibration_blocks([3.0, 2.0, 2.0, 2.0, 2.0, 2.0])  # F = 3, H = 7, T = 13
+
+    def added(x: float, o: float, a: float, q: float) -> float:
+        return o + a * x + q * x * x
+
+    # Layers that grow dearer as the stack deepens (caches outgrown): the quadratic is recovered exactly.
+    enc, dec = (0.5, 1.1, 0.01), (2.0, 0.9, 0.02)
+    measured = {
+        "encoder": Calls(first=added(3, *enc), half=added(7, *enc), alls=[added(13, *enc)]),
+        "decoder": Calls(
+            first=added(3, *dec),
+            half=added(7, *dec),
+            alls=[added(13, *dec), added(13, *dec) + added(13, *enc)],  # decoder-only and the whole teacher
+        ),
+    }
+    scales, offsets, curvatures = fit_calibration(blocks, measured)
+    for stack, (o, a, q) in (("encoder", enc), ("decoder", dec)):
+        assert (offsets[stack], scales[stack], curvatures[stack]) == pytest.approx((o, a, q), rel=1e-9)
+    # An older profile without the half-depth call: the line through the first layer and all of them.
+    line = {k: Calls(first=c.first, half=None, alls=c.alls) for k, c in measured.items()}
+    scales, offsets, curvatures = fit_calibration(blocks, line)
+    slope = (added(13, *enc) - added(3, *enc)) / 10
+    assert curvatures == {"encoder": 0.0, "decoder": 0.0}
+    assert scales["encoder"] == pytest.approx(slope) and offsets["encoder"] == pytest.approx(added(3, *enc) - 3 * slope)
+    # A half-depth figure so far off that the curve would fall between F and T (noise): the line serves.
+    noisy = dict(measured, encoder=Calls(first=added(3, *enc), half=added(13, *enc) * 3, alls=[added(13, *enc)]))
+    scales, _, curvatures = fit_calibration(blocks, noisy)
+    assert curvatures["encoder"] == 0.0 and scales["encoder"] == pytest.approx(slope)
+
+
+def test_curvature_makes_a_stack_cost_more_than_its_blocks_one_by_one(profile):
+    # On the real profile, what a block costs in a prediction depends on how many blocks share its stack: its
+    # share is block_ms (a + q X) with X the stack's block sum.
+    w = Workload(1, 10, 4)
+    costs = workload_costs(profile, w)
+    for text in ("enc=2,1,1 dec=1,1,1,1", "enc=2,2 dec=2,1,1"):
+        parts = predict(profile, Assembly.parse(text), w).breakdown
+        for stack in ("encoder", "decoder"):
+            mine = parts[parts["stack"] == stack]
+            x = mine["block_ms"].sum()
+            expected = costs.scales[stack] * x + costs.curvatures[stack] * x * x
+            assert mine["latency_ms"].sum() == pytest.approx(expected, rel=1e-12)
 
 
 def expected_synthetic(B: int, S: int, G: int) -> float:

@@ -155,7 +155,19 @@ def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer,
         batch_sizes=(1,), src_lens=(8,), gen_lens=(4,), warmup=1, repeats=2, generate_repeats=1, memory=False, threads=1
     )
     profile = profile_modules(modular, config)
-    profile.engines = profile_engine_targets(modular, config, [Target.parse("ctranslate2:int8")])
+    steps = []
+    profile.engines = profile_engine_targets(
+        modular, config, [Target.parse("ctranslate2:int8")], on_progress=lambda i, n, what: steps.append((i, n, what))
+    )
+    # every depth of the 3 x 3 grid (one, two and four layers of each stack), timed in one round-robin step
+    assert sorted(zip(profile.engines["encoder_layers"], profile.engines["decoder_layers"])) == [
+        (e, d) for e in (1, 2, 4) for d in (1, 2, 4)
+    ]
+    assert (profile.engines["latency_ms"] > 0).all()
+    assert [what for _, _, what in steps if "round-robin" in what] == [
+        "ctranslate2:int8 B=1 S=8 G=4, 9 depths round-robin"
+    ]
+    assert steps[-1][0] == steps[-1][1] == len(steps) - 1
     profile.save(tmp_path / "profile.json")
     assert LatencyProfile.load(tmp_path / "profile.json").targets == ["torch:fp32", "ctranslate2:int8"]
 
@@ -197,7 +209,8 @@ def test_the_depth_fit_predicts_a_quadratic_decoder_cost_exactly_and_names_unmea
     from modformer.profiling.engines import EngineCosts, depth_grid
     from modformer.profiling.profile import Workload
 
-    assert depth_grid(12, 12) == [(1, 1), (12, 1), (1, 12), (12, 12), (6, 6)]
+    assert depth_grid(12, 12) == [(e, d) for e in (1, 6, 12) for d in (1, 6, 12)]
+    assert depth_grid(2, 3) == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
     assert depth_grid(1, 1) == [(1, 1)]
     rows = [
         {"target": "ctranslate2:int8", "threads": 1, "batch": 1, "src_len": 32, "gen_len": 32}

@@ -21,7 +21,7 @@ from modformer.modular.assembly import Assembly
 from modformer.modular.export import export_assembly
 from modformer.modular.model import ModularModel
 from modformer.planner.space import Budget, SearchSpace
-from modformer.profiling.engines import EngineCosts, time_generator
+from modformer.profiling.engines import EngineCosts, time_generators
 from modformer.profiling.profile import LatencyProfile, Workload
 from modformer.serving.ctranslate2_engine import CTranslate2Generator
 from modformer.serving.targets import Target
@@ -106,7 +106,7 @@ def validate_engine_points(
             export_assembly(modular, Assembly.parse(text), folder, target=target)
             generator = CTranslate2Generator(folder, target, threads=threads)
             hypotheses = generator.generate(list(pairs.sources), max_new_tokens=max_new_tokens)
-            samples = time_generator(generator, workload, warmup=1, repeats=repeats)
+            samples = time_generators([generator], workload, warmup=1, repeats=repeats)[0]
             ms = float(np.min(samples) if statistic == "min" else np.median(samples))
             rows.append(
                 {

@@ -6,14 +6,17 @@ Prediction for a workload (batch B, source length S, G new tokens), from the row
     latency = fixed(B, S, G) + o_enc + a sum_enc c_enc(b, B, S)
               + o_dec + b sum_dec [ first_extra(b, B, S) + sum_{t < G} c_dec(b, B, S, L=t) ]
 
-with a per-stack calibration (offset ``o``, factor ``a`` or ``b``, each at the workload) fitted so that the teacher's own
-block sums match what its layers add to real calls (a calibration call minus the zero-layer one): one layer and all
-of them give the two points of a line (see `_calibration`). Blocks measured one at a time miss what a stack does
-inside ``generate`` once it has any layer at all (the offset: cache set-up, masks) and per layer (the factor: cache
-bookkeeping, the loop's per-layer work); since every block of a stack is a layer of the same shape, one line per
-stack serves all its blocks. The calibration calls are the teacher and partial models that are not valid assemblies,
-so no assembly the validation measures has been fitted on. (A prediction's breakdown has the offsets in its
-``fixed`` row and, in ``block_ms``, each block's cost before the factor.)
+with a per-stack calibration (offset ``o``, factor ``a`` and curvature ``q``, each at the workload) fitted so that the
+teacher's own block sums match what its layers add to real calls (a calibration call minus the zero-layer one): its
+first layer, its first half and all of its layers give three points of a quadratic in the block sum X of the stack,
+``o + a X + q X^2`` (see `fit_calibration`). Blocks measured one at a time miss what a stack does inside ``generate``
+once it has any layer at all (the offset: cache set-up, masks), per layer (the factor: cache bookkeeping, the loop's
+per-layer work) and what a deeper stack adds per layer as its weights outgrow the processor's caches (the curvature:
+without it, the line through one layer and all of them over-predicted half-depth assemblies of the 12+12 teacher by
+7-9 % on a 2-core AMD EPYC). Every block of a stack is a layer of the same shape, so one curve per stack serves all
+its blocks. The calibration calls are the teacher and partial models that are not valid assemblies, so no assembly
+the validation measures has been fitted on. (A prediction's breakdown has the offsets in its ``fixed`` row and, in
+``block_ms``, each block's cost before calibration; each block's ``latency_ms`` is its share ``block_ms (a + q X)``.)
     memory  = peak_zero(B, S, G) + alpha(B, S, G) * sum_b [ param_bytes(b) + B (G kv_self(b) + S kv_cross(b)) ]
 
 with ``alpha`` the teacher's measured peak over the zero-layer model's, per byte of its blocks (about 1 when the
@@ -53,11 +56,12 @@ class Prediction:
 class WorkloadCosts:
     """Everything `predict` needs for one workload, per block (indexed by block key)."""
 
-    blocks: pd.DataFrame  # stack, start, size, position, latency_ms (per call, calibrated), block_ms (as measured), ...
+    blocks: pd.DataFrame  # stack, start, size, position, block_ms (per call, as measured), param_bytes, ...
     fixed_ms: float  # the zero-layer call plus the calibration offsets
     zero_ms: float  # the zero-layer call alone
     scales: dict[str, float]  # per stack: the calibration factor applied to its blocks (1.0 without calibration rows)
     offsets: dict[str, float]  # per stack: what having any layer adds to a call (in fixed_ms; 0.0 without calibration)
+    curvatures: dict[str, float]  # per stack: q in o + a X + q X^2, per ms of block sum (0.0 without half-depth calls)
     mem_zero_bytes: float | None
     mem_alpha: float | None
     reasons: list[str]  # what lies outside the measured grid
@@ -80,8 +84,11 @@ def predict(profile: LatencyProfile, assembly: Assembly, workload: Workload) -> 
                 f"profile the modular checkpoint this assembly comes from"
             )
         keys.append(key)
-    columns = ["stack", "start", "size", "position", "latency_ms", "block_ms", "param_bytes", "cache_bytes"]
+    columns = ["stack", "start", "size", "position", "block_ms", "param_bytes", "cache_bytes"]
     parts = costs.blocks.loc[keys, columns].reset_index()
+    sums = parts.groupby("stack")["block_ms"].transform("sum")
+    factor = parts["stack"].map(costs.scales) + parts["stack"].map(costs.curvatures) * sums
+    parts.insert(parts.columns.get_loc("block_ms"), "latency_ms", parts["block_ms"] * factor)
     alpha = costs.mem_alpha
     parts["memory_bytes"] = (parts["param_bytes"] + parts["cache_bytes"]) * alpha if alpha is not None else np.nan
     fixed = pd.DataFrame(
@@ -257,8 +264,7 @@ def _compute_costs(table: pd.DataFrame, w: Workload) -> WorkloadCosts:
     grid = _Grid.of(table, rows)
     reasons = grid.reasons(w)
     blocks = _block_costs(rows, grid, w)
-    scales, offsets = _calibration_lines(rows, grid, blocks, w)
-    blocks["latency_ms"] = blocks["block_ms"] * blocks["stack"].map(scales)
+    scales, offsets, curvatures = _calibration_curves(rows, grid, blocks, w)
     zero_ms = grid.at_bsg(rows["fixed_generate"], w)
     mem_zero = mem_alpha = None
     if not rows["peak_memory"].empty:
@@ -269,6 +275,7 @@ def _compute_costs(table: pd.DataFrame, w: Workload) -> WorkloadCosts:
         zero_ms=zero_ms,
         scales=scales,
         offsets=offsets,
+        curvatures=curvatures,
         mem_zero_bytes=mem_zero,
         mem_alpha=mem_alpha,
         reasons=reasons,
@@ -276,8 +283,7 @@ def _compute_costs(table: pd.DataFrame, w: Workload) -> WorkloadCosts:
 
 
 def _block_costs(rows: dict[str, pd.DataFrame], grid: _Grid, w: Workload) -> pd.DataFrame:
-    """One row per block: what it adds to one call of `w` as measured (`block_ms`, also in `latency_ms` until
-    calibrated). Encoder blocks: one pass. Decoder blocks: every step's cost at its cache length, plus the first
+    """One row per block: what it adds to one call of `w` as measured (`block_ms`). Encoder blocks: one pass. Decoder blocks: every step's cost at its cache length, plus the first
     step's extra."""
     records = []
     for key, block_rows in rows["enc_forward"].groupby("block", sort=False):
@@ -291,9 +297,7 @@ def _block_costs(rows: dict[str, pd.DataFrame], grid: _Grid, w: Workload) -> pd.
         extra_rows = first[first["block"] == key]
         total += grid.at_bs(extra_rows, w) if not extra_rows.empty else 0.0
         records.append(_block_record(key, block_rows.iloc[0], total, w))
-    blocks = pd.DataFrame(records).set_index("block")
-    blocks["block_ms"] = blocks["latency_ms"]
-    return blocks
+    return pd.DataFrame(records).set_index("block")
 
 
 def _block_record(key: str, m: pd.Series, latency_ms: float, w: Workload) -> dict:
@@ -304,69 +308,96 @@ def _block_record(key: str, m: pd.Series, latency_ms: float, w: Workload) -> dic
         "block": key,
         "stack": m["stack"],
         "position": m["position"],
-        "latency_ms": latency_ms,
+        "block_ms": latency_ms,
         **facts,
         "cache_bytes": _cache_bytes(m, w.batch, w.src_len, w.gen_len),
     }
 
 
-def _calibration_lines(
+def _calibration_curves(
     rows: dict[str, pd.DataFrame], grid: _Grid, blocks: pd.DataFrame, w: Workload
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-stack (factors, offsets) at `w` from the calibration calls; identity without calibration rows."""
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Per-stack (factors, offsets, curvatures) at `w` from the calibration calls; identity without calibration
+    rows."""
     if rows["calibration_generate"].empty:
-        return {"encoder": 1.0, "decoder": 1.0}, {"encoder": 0.0, "decoder": 0.0}
-    # The encoder runs once per call: its line comes from the shortest calls, where it weighs most.
+        return {"encoder": 1.0, "decoder": 1.0}, {"encoder": 0.0, "decoder": 0.0}, {"encoder": 0.0, "decoder": 0.0}
+    # The encoder runs once per call: its curve comes from the shortest calls, where it weighs most.
     short = dataclasses.replace(w, gen_len=grid.gen_len[0])
     measured = {
-        "encoder": (
-            _added_by_layers(rows, grid, "encoder_first", short),
-            [_added_by_layers(rows, grid, "encoder_only", short)],
+        "encoder": Calls(
+            first=_added_by_layers(rows, grid, "encoder_first", short),
+            half=_added_by_layers(rows, grid, "encoder_half", short, required=False),
+            alls=[_added_by_layers(rows, grid, "encoder_only", short)],
         ),
-        "decoder": (
-            _added_by_layers(rows, grid, "decoder_first", w),
-            [_added_by_layers(rows, grid, "decoder_only", w), _added_by_layers(rows, grid, "teacher", w)],
+        "decoder": Calls(
+            first=_added_by_layers(rows, grid, "decoder_first", w),
+            half=_added_by_layers(rows, grid, "decoder_half", w, required=False),
+            alls=[_added_by_layers(rows, grid, "decoder_only", w), _added_by_layers(rows, grid, "teacher", w)],
         ),
     }
-    return _calibration(blocks, measured)
+    return fit_calibration(blocks, measured)
 
 
-def _added_by_layers(rows: dict[str, pd.DataFrame], grid: _Grid, name: str, w: Workload) -> float:
-    """What the layers of calibration call `name` add to the zero-layer call, at `w`."""
+def _added_by_layers(
+    rows: dict[str, pd.DataFrame], grid: _Grid, name: str, w: Workload, *, required: bool = True
+) -> float | None:
+    """What the layers of calibration call `name` add to the zero-layer call, at `w` (None: an optional call that
+    this profile, written by an older version, lacks)."""
     calibration = rows["calibration_generate"]
     calls = calibration[calibration["block"] == name]
     if calls.empty:
+        if not required:
+            return None
         raise CheckpointError(f"the profile lacks the calibration call {name!r}; profile again")
     return grid.at_bsg(calls, w) - grid.at_bsg(rows["fixed_generate"], w)
 
 
-def _calibration(
-    blocks: pd.DataFrame, measured: dict[str, tuple[float, list[float]]]
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-stack (factor, offset) lines through what the teacher's first layer and all its layers add to real calls.
+@dataclass(frozen=True)
+class Calls:
+    """What a stack's layers add to real calls: its first teacher layer alone, its first half (None where not
+    measured), and all of them (one figure per call that says it)."""
 
-    `measured[stack]` = (what the stack's first teacher layer alone adds, [what all its layers add, ...]); for the
-    decoder the whole teacher gives a second figure for all layers, once the encoder's own line is taken off it. With
-    F and T the first layer's and all layers' block sums, the line through (F, first) and (T, mean of all) gives the
-    factor (slope) and offset. Where the blocks are too cheap to tell apart from the noise (T <= F, or a
-    non-positive slope) the blocks stay as measured: factor 1, offset 0.
+    first: float
+    half: float | None
+    alls: list[float]
+
+
+def fit_calibration(
+    blocks: pd.DataFrame, measured: dict[str, Calls]
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Per-stack (factor a, offset o, curvature q): the curve o + a X + q X^2 through what the teacher's first layer,
+    its first half and all its layers add to real calls, X being their block sums.
+
+    For the decoder the whole teacher gives a second figure for all layers, once the encoder's own curve is taken off
+    it; the figures for all layers are averaged. With F, H and T the block sums of the first layer, the first half and
+    all layers, the quadratic goes through the three points. Without a half-depth figure (older profiles, or a stack
+    of two layers, where the half is the first layer) or where the quadratic would not rise from F to T, the line
+    through the first and last point serves (q = 0). Where the blocks are too cheap to tell apart from the noise
+    (T <= F, or a non-positive slope) the blocks stay as measured: factor 1, offset 0.
     """
-    scales, offsets = {}, {}
+    scales, offsets, curvatures = {}, {}, {}
     for stack in ("encoder", "decoder"):
-        layers = blocks[(blocks["size"] == 1) & (blocks["stack"] == stack)]
-        first = float(layers.loc[layers["start"] == 0, "block_ms"].sum())
+        layers = blocks[(blocks["size"] == 1) & (blocks["stack"] == stack)].sort_values("start")
+        calls = measured[stack]
+        first = float(layers["block_ms"].iloc[:1].sum())
+        half = float(layers["block_ms"].iloc[: -(-len(layers) // 2)].sum())
         total = float(layers["block_ms"].sum())
-        one, alls = measured[stack]
-        if stack == "decoder" and len(alls) > 1:  # the whole teacher: take the encoder's line off
-            enc = blocks[(blocks["size"] == 1) & (blocks["stack"] == "encoder")]["block_ms"].sum()
-            alls = [alls[0], alls[1] - (offsets["encoder"] + scales["encoder"] * float(enc))]
+        alls = calls.alls
+        if stack == "decoder" and len(alls) > 1:  # the whole teacher: take the encoder's curve off
+            enc = float(blocks[(blocks["size"] == 1) & (blocks["stack"] == "encoder")]["block_ms"].sum())
+            alls = [alls[0], alls[1] - (offsets["encoder"] + scales["encoder"] * enc + curvatures["encoder"] * enc**2)]
         everything = float(np.mean(alls))
-        slope = (everything - one) / (total - first) if total > first else 0.0
+        o, a, q = 0.0, 1.0, 0.0
+        slope = (everything - calls.first) / (total - first) if total > first else 0.0
         if slope > 0:
-            scales[stack], offsets[stack] = slope, one - slope * first
-        else:
-            scales[stack], offsets[stack] = 1.0, 0.0
-    return scales, offsets
+            o, a = calls.first - slope * first, slope
+            if calls.half is not None and first < half < total:
+                c, b, a2 = np.polyfit([first, half, total], [calls.first, calls.half, everything], 2)[::-1]
+                # rising from F to T (the derivative b + 2 q X is positive at both ends): the quadratic serves
+                if b + 2 * a2 * first > 0 and b + 2 * a2 * total > 0:
+                    o, a, q = float(c), float(b), float(a2)
+        scales[stack], offsets[stack], curvatures[stack] = a, o, q
+    return scales, offsets, curvatures
 
 
 def _memory_terms(memory: pd.DataFrame, blocks: pd.DataFrame, w: Workload, reasons: list[str]) -> tuple[float, float]:

@@ -2,16 +2,18 @@
 
 Inside such an engine every block of a stack is one layer of the teacher's shape (a module of size k is one layer
 too), so what an assembly costs depends on its *block counts* (encoder blocks e, decoder blocks d) and the workload
-only, not on which modules it uses. Per target and workload point the profile measures a few depths, with random
-weights in the teacher's shape (the cost does not depend on the values: every call generates exactly `gen_len`
-tokens):
+only, not on which modules it uses. Per target and workload point the profile measures a 3 x 3 grid of depths, with
+random weights in the teacher's shape (the cost does not depend on the values: every call generates exactly
+`gen_len` tokens):
 
-    (1, 1), (E, 1), (1, D), (E, D), (ceil(E/2), ceil(D/2))        E, D: the teacher's depths
+    e in (1, ceil(E/2), E)  x  d in (1, ceil(D/2), D)        E, D: the teacher's depths
 
-and predicts any (e, d) by the least-squares fit  latency = a + b*e + c*d + q*d^2  through them: each layer adds the
-same work (the encoder's once per call, the decoder's once per generated token), and a decoder step slows down a
-little as the decoder's weights outgrow the caches (measured on the 12+12 teacher in float32: without the d^2 term the
-fit over-predicted mid-depth assemblies by 9 % on average, with it 3 %; `benchmarks/targets.py`). Peak memory is measured the same way
+timed round-robin (one call of every depth per round, `Timer.interleaved_samples`), so that a burst of load from
+another process slows one round of every depth rather than every round of one depth, and predicts any (e, d) by the
+least-squares fit  latency = a + b*e + c*d + q*d^2  through them: each layer adds the same work (the encoder's once
+per call, the decoder's once per generated token), and a decoder step slows down a little as the decoder's weights
+outgrow the caches (measured on the 12+12 teacher in float32: without the d^2 term the fit over-predicted mid-depth
+assemblies by 9 % on average, with it 3 %; `benchmarks/targets.py`). Peak memory is measured the same way
 (a fresh process loads the model and runs one call, `engine_peak_memory`) and predicted by the same fit; where it
 was not measured, the model's weights as the engine stores them (the converted file) stand in.
 
@@ -36,7 +38,7 @@ from modformer.checkpoints import load_tokenizer
 from modformer.errors import ConfigError
 from modformer.modular.families import adapter_for
 from modformer.profiling.profile import Workload
-from modformer.profiling.timer import check_statistic
+from modformer.profiling.timer import Case, Timer, Timing, check_statistic
 from modformer.serving.ctranslate2_engine import TOKENIZER_DIR, CTranslate2Generator, convert
 from modformer.serving.targets import Target
 
@@ -56,10 +58,10 @@ ENGINE_COLUMNS = [
 
 
 def depth_grid(encoder_layers: int, decoder_layers: int) -> list[tuple[int, int]]:
-    """The depths measured per target: the corners of the (e, d) rectangle and its middle, each once."""
-    middle = (math.ceil(encoder_layers / 2), math.ceil(decoder_layers / 2))
-    corners = [(1, 1), (encoder_layers, 1), (1, decoder_layers), (encoder_layers, decoder_layers), middle]
-    return list(dict.fromkeys(corners))
+    """The depths measured per target: one, half and all layers of each stack, crossed, each once."""
+    enc = dict.fromkeys([1, math.ceil(encoder_layers / 2), encoder_layers])
+    dec = dict.fromkeys([1, math.ceil(decoder_layers / 2), decoder_layers])
+    return [(e, d) for e in enc for d in dec]
 
 
 @dataclass
@@ -144,10 +146,8 @@ def fixed_length_tokens(tok, w: Workload, seed: int) -> list[list[str]]:
     return rows
 
 
-def time_generator(generator: CTranslate2Generator, w: Workload, *, warmup: int, repeats: int, seed: int = 0):
-    """Timings (ms) of `repeats` calls that generate exactly `gen_len` tokens for `batch` sources of `src_len`."""
-    import time
-
+def generator_case(generator: CTranslate2Generator, w: Workload, seed: int = 0) -> Case:
+    """One call that generates exactly `gen_len` tokens for `batch` sources of `src_len`, to time."""
     tokens = fixed_length_tokens(generator.tokenizer, w, seed)
 
     def call() -> None:
@@ -155,14 +155,15 @@ def time_generator(generator: CTranslate2Generator, w: Workload, *, warmup: int,
             tokens, beam_size=1, min_decoding_length=w.gen_len, max_decoding_length=w.gen_len, max_batch_size=w.batch
         )
 
-    for _ in range(warmup):
-        call()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append(1000 * (time.perf_counter() - start))
-    return samples
+    return Case(fn=call)
+
+
+def time_generators(
+    generators: Sequence[CTranslate2Generator], w: Workload, *, warmup: int, repeats: int, seed: int = 0
+) -> list[list[float]]:
+    """Timings (ms) of `repeats` rounds of `generator_case` per generator, round-robin (one call of each per round)."""
+    cases = [generator_case(g, w, seed) for g in generators]
+    return Timer("cpu").interleaved_samples(cases, warmup=warmup, repeats=repeats)
 
 
 def profile_engines(
@@ -184,18 +185,30 @@ def profile_engines(
     config = teacher.config
     adapter = adapter_for(config)
     depths = depth_grid(adapter.depth(config, "encoder"), adapter.depth(config, "decoder"))
-    total, done = len(targets) * len(depths), 0
+    steps = len(depths) + len(targets) * len(workloads) * (1 + memory)
+    done = 0
+
+    def tick(what: str) -> None:
+        nonlocal done
+        if on_progress:
+            on_progress(done, steps, what)
+        done += 1
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        folders: dict[tuple[str, int, int], Path] = {}
         for e, d in depths:
+            tick(f"converting {e}+{d} layers")
             hf = depth_model_folder(teacher, tokenizer, e, d, Path(tmp) / f"hf-{e}-{d}")
             for target in targets:
-                if on_progress:
-                    on_progress(done, total, f"{target} {e}+{d} layers")
-                folder = convert(hf, Path(tmp) / f"{target.compute_type}-{e}-{d}", target)
-                generator = CTranslate2Generator(folder, target, threads=threads)
-                for w in workloads:
-                    samples = time_generator(generator, w, warmup=warmup, repeats=repeats)
+                folders[str(target), e, d] = convert(hf, Path(tmp) / f"{target.compute_type}-{e}-{d}", target)
+        for target in targets:
+            generators = [CTranslate2Generator(folders[str(target), e, d], target, threads=threads) for e, d in depths]
+            for w in workloads:
+                tick(f"{target} B={w.batch} S={w.src_len} G={w.gen_len}, {len(depths)} depths round-robin")
+                samples = time_generators(generators, w, warmup=warmup, repeats=repeats)
+                for (e, d), timed in zip(depths, samples, strict=True):
+                    folder = folders[str(target), e, d]
                     rows.append(
                         {
                             "target": str(target),
@@ -205,14 +218,21 @@ def profile_engines(
                             "gen_len": w.gen_len,
                             "encoder_layers": e,
                             "decoder_layers": d,
-                            "latency_ms": float(np.min(samples) if statistic == "min" else np.median(samples)),
+                            "latency_ms": Timing.from_samples(timed).value(statistic),
                             "weight_bytes": (folder / "model.bin").stat().st_size,
-                            "peak_bytes": engine_peak_memory(folder, target, w, threads=threads) if memory else None,
+                            "peak_bytes": None,
                         }
                     )
-                done += 1
+            del generators
+            if memory:  # in a fresh process per model: after the timing, which it would disturb
+                for w in workloads:
+                    tick(f"{target} B={w.batch} S={w.src_len} G={w.gen_len}, peak memory")
+                    for row in rows[-len(depths) * len(workloads) :]:
+                        if (row["batch"], row["src_len"], row["gen_len"]) == (w.batch, w.src_len, w.gen_len):
+                            folder = folders[str(target), row["encoder_layers"], row["decoder_layers"]]
+                            row["peak_bytes"] = engine_peak_memory(folder, target, w, threads=threads)
     if on_progress:
-        on_progress(total, total, "engines measured")
+        on_progress(steps, steps, "engines measured")
     return EngineCosts(pd.DataFrame(rows, columns=ENGINE_COLUMNS))
 
 

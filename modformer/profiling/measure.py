@@ -34,7 +34,7 @@ from modformer.evaluation import lazy_cache
 from modformer.modular.model import ModularModel, module_key
 from modformer.profiling.hardware import fingerprint, torch_dtype
 from modformer.profiling.memory import peak_memory
-from modformer.profiling.profile import CALIBRATION, COLUMNS, LatencyProfile, new_meta
+from modformer.profiling.profile import CALIBRATION, COLUMNS, LatencyProfile, kept_layers, new_meta
 from modformer.profiling.timer import Case, Timer, Timing, check_device, check_statistic
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being measured)
@@ -225,12 +225,15 @@ class Bench:
             fn=lambda: self.decode(p, p.token, holder["cache"]), setup=fresh, context=self.swapped("decoder", layout)
         )
 
-    def generate_case(self, p: _Point, gen_len: int, keep: dict[str, int | None] | None = None) -> Case:
+    def generate_case(self, p: _Point, gen_len: int, keep: dict[str, int | str | None] | None = None) -> Case:
         """A real `generate` of exactly `gen_len` new tokens by the teacher keeping `keep[stack]` of its layers in each
-        stack (None: all): with none kept (the default), the fixed costs; otherwise a calibration call (see
+        stack (see `kept_layers`): with none kept (the default), the fixed costs; otherwise a calibration call (see
         `CALIBRATION`)."""
         keep = keep if keep is not None else {"encoder": 0, "decoder": 0}
-        layouts = {s: list(self.adapter.layers(self.teacher, s))[:n] for s, n in keep.items() if n is not None}
+        layouts = {}
+        for s, n in keep.items():
+            layers = list(self.adapter.layers(self.teacher, s))
+            layouts[s] = layers[: kept_layers(n, len(layers))]
         context = functools.partial(self.adapter.swapped_layers, self.teacher, layouts)
         return Case(fn=lambda: generate_fixed(self.teacher, p.ids, p.mask, gen_len), context=context)
 

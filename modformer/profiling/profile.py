@@ -24,7 +24,8 @@ any other block is measured above the teacher's first layer, against that layer 
 
 - ``calibration_generate``: a real ``generate`` of ``gen_len`` new tokens by the teacher with some of its layers taken
   out (``block`` names which, see ``CALIBRATION``): all its encoder layers and no decoder layer, only its first
-  encoder layer, the same two for the decoder, and the whole teacher; timed in the same rounds as ``fixed_generate``.
+  encoder layer, its first half, the same three for the decoder, and the whole teacher; timed in the same rounds as
+  ``fixed_generate``.
 """
 
 from __future__ import annotations
@@ -74,14 +75,26 @@ COLUMNS: dict[str, str] = {
 }
 KINDS = ("enc_forward", "dec_step", "dec_first_extra", "fixed_generate", "calibration_generate", "peak_memory")
 # Calibration calls (``calibration_generate`` rows): a real `generate` by the teacher keeping this many layers of each
-# stack (None: all of them).
-CALIBRATION: dict[str, dict[str, int | None]] = {
+# stack (None: all of them; HALF: the first ceil(n/2)). Profiles written before the half calls existed lack them.
+HALF = "half"
+CALIBRATION: dict[str, dict[str, int | str | None]] = {
     "encoder_only": {"encoder": None, "decoder": 0},
     "encoder_first": {"encoder": 1, "decoder": 0},
+    "encoder_half": {"encoder": HALF, "decoder": 0},
     "decoder_only": {"encoder": 0, "decoder": None},
     "decoder_first": {"encoder": 0, "decoder": 1},
+    "decoder_half": {"encoder": 0, "decoder": HALF},
     "teacher": {"encoder": None, "decoder": None},
 }
+
+
+def kept_layers(keep: int | str | None, depth: int) -> int:
+    """How many of a stack's `depth` layers a `CALIBRATION` entry keeps."""
+    if keep is None:
+        return depth
+    if keep == HALF:
+        return -(-depth // 2)
+    return int(keep)
 
 
 class ProfileMismatchWarning(UserWarning):

@@ -54,6 +54,7 @@ def fixed_summary(profile: LatencyProfile) -> pd.DataFrame:
         for stack in ("encoder", "decoder"):
             fixed[f"{stack}_factor"] = [c.scales[stack] for c in costs]
             fixed[f"{stack}_offset_ms"] = [c.offsets[stack] for c in costs]
+            fixed[f"{stack}_curvature"] = [c.curvatures[stack] for c in costs]
     memory = t[t["kind"] == "peak_memory"]
     if not memory.empty:
         wide = memory.pivot_table(index=["batch", "src_len", "gen_len"], columns="block", values="mem_bytes")
