@@ -8,8 +8,9 @@ random weights in the teacher's shape (the cost does not depend on the values: e
 
     e in (1, ceil(E/2), E)  x  d in (1, ceil(D/2), D)        E, D: the teacher's depths
 
-timed round-robin (one call of every depth per round, `Timer.interleaved_samples`), so that a burst of load from
-another process slows one round of every depth rather than every round of one depth, and predicts any (e, d) by the
+timed round-robin (one warm call of every depth per round, `Timer.interleaved_samples` and `generator_case`), so
+that a burst of load from another process slows one round of every depth rather than every round of one depth, and
+predicts any (e, d) by the
 least-squares fit  latency = a + b*e + c*d + q*d^2  through them: each layer adds the same work (the encoder's once
 per call, the decoder's once per generated token), and a decoder step slows down a little as the decoder's weights
 outgrow the caches (measured on the 12+12 teacher in float32: without the d^2 term the fit over-predicted mid-depth
@@ -147,7 +148,11 @@ def fixed_length_tokens(tok, w: Workload, seed: int) -> list[list[str]]:
 
 
 def generator_case(generator: CTranslate2Generator, w: Workload, seed: int = 0) -> Case:
-    """One call that generates exactly `gen_len` tokens for `batch` sources of `src_len`, to time."""
+    """One call that generates exactly `gen_len` tokens for `batch` sources of `src_len`, to time, after the same
+    call untimed: a served model answers call after call with its weights warm in the processor's caches, and so is
+    each model timed round-robin among others (without it, a call after another model's paid to fetch its weights
+    back from memory: 10-15 % more for depths of the 12+12 teacher in float32 on a 2-core AMD EPYC, while a warm
+    call in the round takes what the model alone does)."""
     tokens = fixed_length_tokens(generator.tokenizer, w, seed)
 
     def call() -> None:
@@ -155,7 +160,7 @@ def generator_case(generator: CTranslate2Generator, w: Workload, seed: int = 0) 
             tokens, beam_size=1, min_decoding_length=w.gen_len, max_decoding_length=w.gen_len, max_batch_size=w.batch
         )
 
-    return Case(fn=call)
+    return Case(fn=call, setup=call)
 
 
 def time_generators(
