@@ -18,15 +18,44 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from modformer.errors import ConfigError, ModformerError, with_flags
 from modformer.io import refuse_existing
 
+
+class _Commands(TyperGroup):
+    """Usage errors (a missing or unknown option, a value of the wrong type) in the same one-line `error:` style
+    as every other input error, exit code 2; `modformer` alone prints the help."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as err:  # click's exceptions, as typer ships them
+            if type(err).__name__ == "NoArgsIsHelpError":  # `modformer` or `modformer profile` alone: the help
+                print(err.format_message())
+                sys.exit(0)
+            ctx = getattr(err, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            message = err.format_message().rstrip(".")
+            err_console.print(f"[bold red]error:[/] {escape(message)}{escape(where)}", highlight=False, soft_wrap=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            err_console.print("[bold red]error:[/] interrupted", highlight=False)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
-    help="Compress a seq2seq Transformer once into modular layers; assemble many model sizes from that one run.",
+    cls=_Commands,
+    help="Compress a seq2seq Transformer once into modular layers; assemble many model sizes from that one run, "
+    "and plan which to deploy in which engine and precision.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: flags shown as flags, examples kept as written
 )
 # Tables are wide; when output goes to a file or a pipe, do not squeeze them into 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -36,8 +65,21 @@ _state = {"debug": False}
 FLAGS = {"json_out": "--json", "pseudo_labels_file": "--pseudo-labels"}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from modformer import __version__
+
+        console.print(f"modformer {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors.")] = False) -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
     _state["debug"] = debug
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     import transformers
@@ -87,7 +129,23 @@ TgtExtOpt = Annotated[str | None, typer.Option(help="Target file extension for l
 SrcColOpt = Annotated[str, typer.Option(help="Source column of JSONL/CSV/TSV/datasets input.")]
 TgtColOpt = Annotated[str, typer.Option(help="Target column of JSONL/CSV/TSV/datasets input.")]
 PrefixOpt = Annotated[str, typer.Option(help="Task prefix put before every source, e.g. 'translate: '.")]
-OverwriteOpt = Annotated[bool, typer.Option(help="Replace an existing output folder.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="CPU threads for torch (default: torch's own choice, every core). Next to other jobs on a small "
+        "machine give 1: threads that spin-wait for a busy core made training 10x slower on 2 cores.",
+        min=1,
+    ),
+]
+
+
+def _use_threads(threads: int | None) -> None:
+    """Fix torch's thread count for this command (None: leave torch's default)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix):
@@ -101,8 +159,51 @@ def _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix):
     )
 
 
+LOG_EVERY_S = 30.0  # without a terminal, one progress line per task at most this often
+
+
+class _LoggedProgress(Progress):
+    """Rich's progress bars on a terminal. Anywhere else (a log file, CI, nohup, a cluster job) the bars would show
+    only at the end, so each task also prints one plain line at most every `LOG_EVERY_S` seconds and when it ends."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._logged_at: dict[int, float] = {}
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        if self.disable or self.console.is_terminal:
+            return
+        task = next(t for t in self.tasks if t.id == task_id)
+        now = time.monotonic()
+        ended = task.total is not None and task.completed >= task.total
+        if now - self._logged_at.get(task_id, -LOG_EVERY_S) < LOG_EVERY_S and not ended:
+            return
+        if ended and self._logged_at.get(task_id) == float("inf"):
+            return  # its last line is out
+        self._logged_at[task_id] = float("inf") if ended else now
+        self.console.print(_progress_line(task), highlight=False, markup=False, soft_wrap=True)
+
+
+def _progress_line(task) -> str:
+    """'teacher 1,200/5,000 (24 %), 6 min 1 s so far, about 19 min left; loss 3.210'"""
+    done = f"{task.completed:,.0f}"
+    if task.total:
+        done += f"/{task.total:,.0f} ({100 * task.completed / task.total:.0f} %)"
+    parts = [f"{task.description} {done}", f"{_duration(task.elapsed or 0.0)} so far"]
+    if task.time_remaining is not None and task.completed < (task.total or 0):
+        parts.append(f"about {_duration(task.time_remaining)} left")
+    info = task.fields.get("info", "")
+    return ", ".join(parts) + (f"; {info}" if info else "")
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
 def _progress(*, disable: bool = False) -> Progress:
-    return Progress(
+    return _LoggedProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -113,6 +214,18 @@ def _progress(*, disable: bool = False) -> Progress:
         transient=False,
         disable=disable,
     )
+
+
+def _phase_tasks(progress: Progress):
+    """An `on_progress(phase, done, total, info)` that shows one task per phase."""
+    tasks: dict[str, int] = {}
+
+    def on_progress(phase: str, done: int, total: int | None, info: str = "") -> None:
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(phase, total=None, info="")
+        progress.update(tasks[phase], completed=done, total=total, info=escape(info))
+
+    return on_progress
 
 
 # --- teacher ------------------------------------------------------------------------------------------------------
@@ -135,10 +248,18 @@ def teacher(
     batch_size: Annotated[int, typer.Option(help="Sentence pairs per step.")] = 32,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     save_every: Annotated[int, typer.Option(help="Checkpoint (the whole folder) every N steps.")] = 500,
-    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
     overwrite: OverwriteOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
-    """Train a T5-style teacher from scratch (tokenizer included), for those without a fine-tuned checkpoint."""
+    """Train a T5-style teacher from scratch (tokenizer included), for those without a fine-tuned checkpoint.
+
+    Example:
+
+        \b
+        modformer teacher --data data/ --src-ext en --tgt-ext de --preset small --out runs/teacher
+    """
+    _use_threads(threads)
     from modformer.teacher import TeacherConfig, run_teacher
 
     config = TeacherConfig(preset=preset, steps=steps, batch_size=batch_size, seed=seed, save_every=save_every)
@@ -165,8 +286,9 @@ def teacher(
             on_step=on_step,
         )
     console.print(
-        f"teacher written to [bold]{escape(str(out))}[/]: {summary['parameters']:,} parameters, "
-        f"held-out loss {summary['val_loss']:.3f}, {summary['seconds']:.0f} s"
+        f"teacher written to [bold]{escape(str(out))}[/]: {summary['parameters']:,} parameters, trained on "
+        f"{summary['train_pairs']:,} pairs ({escape(summary['data'])}), held-out loss {summary['val_loss']:.3f}, "
+        f"{summary['seconds']:.0f} s"
     )
 
 
@@ -201,10 +323,19 @@ def train(
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
     overwrite: OverwriteOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
-    """Train modules that each replace k consecutive teacher layers (multi-grained module replacing)."""
+    """Train modules that each replace k consecutive teacher layers (multi-grained module replacing).
+
+    Example:
+
+        \b
+        modformer train --teacher path/to/t5-checkpoint --data data/ --src-ext en --tgt-ext de \\
+            --out runs/mods --granularities 2,3,4,6 --steps 2000 --threads 1
+    """
+    _use_threads(threads)
     from modformer.modular.trainer import TrainConfig, is_main_process, run_modular
 
     config = TrainConfig(
@@ -298,7 +429,15 @@ def assemble(
     profile: ProfileOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON.")] = None,
 ) -> None:
-    """Show assemblies with their size: one (--assembly), one by ratio, or a strategy's whole sequence."""
+    """Show assemblies with their size: one (--assembly), one by ratio, or a strategy's whole sequence.
+
+    Examples:
+
+        \b
+        modformer assemble --modules runs/mods
+        modformer assemble --modules runs/mods --strategy size-first --ratio 2
+        modformer assemble --modules runs/mods --strategy speed-first --profile runs/profile.json
+    """
     from modformer.modular.model import ModularModel
     from modformer.planner.choice import assembly_table, save_assembly_table
 
@@ -343,7 +482,16 @@ def export(
     ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Write one assembly for a serving target: a plain Hugging Face checkpoint, or a CTranslate2 folder."""
+    """Write one assembly for a serving target: a plain Hugging Face checkpoint, or a CTranslate2 folder.
+
+    Examples:
+
+        \b
+        modformer export --plan runs/plan --out runs/chosen
+        modformer export --modules runs/mods --assembly "enc=1,1,2,2,3,3 dec=6,6" --out runs/small
+        modformer export --modules runs/mods --assembly "enc=2,2,2,2,2,2 dec=2,2,2,2,2,2" \\
+            --target ctranslate2:int8 --out runs/int8
+    """
     from modformer.planner.choice import export_chosen
     from modformer.serving.targets import Target
 
@@ -399,10 +547,19 @@ def baseline(
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the run saved in --out.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run saved in --out.")] = False,
     overwrite: OverwriteOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
-    """Train a fixed-shape student to compare with the modular run: sft, kd or pseudo-labelling."""
+    """Train a fixed-shape student to compare with the modular run: sft, kd or pseudo-labelling.
+
+    Example:
+
+        \b
+        modformer baseline kd --teacher path/to/t5-checkpoint --shape 6-6 --data data/ --src-ext en \\
+            --tgt-ext de --out runs/student-6-6 --steps 2000
+    """
+    _use_threads(threads)
     from modformer.baselines import BaselineConfig, run_baseline
 
     config = BaselineConfig(
@@ -488,7 +645,8 @@ def plan(
     budget: Annotated[
         str,
         typer.Option(
-            help="Limits on predicted cost and size, e.g. 'latency_ms<=40,memory_mb<=80,params_m<=30' (empty: none)."
+            help="Limits on predicted cost and size, e.g. 'latency_ms<=40,memory_mb<=80,params_m<=30', or a speed-up "
+            "over the teacher in torch fp32, 'speedup>=2' (empty: none)."
         ),
     ] = "",
     objectives: Annotated[str, typer.Option(help="Objectives: quality and latency and/or memory.")] = (
@@ -540,7 +698,16 @@ def plan(
     ] = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Search assemblies x serving targets for a budget; validate the frontier on held-out data; write the plan."""
+    """Search assemblies x serving targets for a budget; validate the frontier on held-out data; write the plan.
+
+    Examples:
+
+        \b
+        modformer plan --modules runs/mods --profile runs/profile.json --data data/ --src-ext en --tgt-ext de \\
+            --budget "speedup>=2" --out runs/plan
+        modformer plan --modules runs/mods --profile runs/profile.json --data data/ --src-ext en --tgt-ext de \\
+            --budget "latency_ms<=150,memory_mb<=40" --targets torch:fp32,ctranslate2:int8 --out runs/plan
+    """
     from dataclasses import asdict
 
     from modformer.planner.artifact import Plan, plan_storage
@@ -581,13 +748,6 @@ def plan(
     storage = plan_storage(out, storage, study_name, fresh=overwrite)
     started = time.perf_counter()
     with _progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def on_progress(phase: str, done: int, total: int, info: str) -> None:
-            if phase not in tasks:
-                tasks[phase] = progress.add_task(phase, total=None, info="")
-            progress.update(tasks[phase], completed=done, total=total, info=escape(info))
-
         result = run_plan(
             settings,
             loaded_profile,
@@ -595,7 +755,7 @@ def plan(
             study_name=study_name or out.name,
             workers=workers,
             remote_workers=remote_workers,
-            on_progress=on_progress,
+            on_progress=_phase_tasks(progress),
         )
     Plan.from_result(result).save(out, overwrite=overwrite)
     _print_plan(result, out, time.perf_counter() - started)
@@ -651,7 +811,9 @@ def _print_plan(result, out: Path, seconds: float) -> None:
 @app.command("plan-worker")
 @handles_errors
 def plan_worker(
-    storage: Annotated[str, typer.Option(help="The plan's optuna storage (a database URL reachable from here).")],
+    storage: Annotated[
+        str, typer.Option(help="The plan's optuna storage: the database URL it was given (--storage), reachable here.")
+    ],
     study_name: Annotated[str, typer.Option(help="The plan's study name.")],
     index: Annotated[
         int, typer.Option(help="This worker's number: from --workers to --workers + --remote-workers - 1 of the plan.")
@@ -659,7 +821,18 @@ def plan_worker(
     threads: Annotated[int | None, typer.Option(help="torch threads for this worker.")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the plan to create its study.")] = 600,
 ) -> None:
-    """Join a running plan from another machine and score its share (started with `plan --workers N`)."""
+    """Join a running plan from another machine and score its share of the assemblies.
+
+    The plan must keep its study in a database both machines reach (`plan --storage
+    postgresql://...`) and wait for this worker (`plan --remote-workers M`); this worker's --index runs from the
+    plan's --workers to --workers + --remote-workers - 1.
+
+    Example (on the plan's machine, then on another):
+
+        \b
+        modformer plan ... --storage postgresql://user@db/plans --workers 1 --remote-workers 1 --out runs/plan
+        modformer plan-worker --storage postgresql://user@db/plans --study-name plan --index 1
+    """
     from modformer.planner.run import worker_main
 
     _quiet_optuna()
@@ -688,8 +861,18 @@ def evaluate(
     max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 64,
     num_beams: Annotated[int, typer.Option(help="Beam size (1 = greedy).")] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the scores as JSON.")] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
-    """Score a model: BLEU and chrF (sacrebleu), ROUGE-1/2/L, teacher-forced loss."""
+    """Score a model: BLEU and chrF (sacrebleu), ROUGE-1/2/L, teacher-forced loss.
+
+    Examples:
+
+        \b
+        modformer evaluate --model runs/small --data data/ --src-ext en --tgt-ext de --split test --json s.json
+        modformer evaluate --model runs/int8 --data data/ --src-ext en --tgt-ext de --split test
+        modformer evaluate --modules runs/mods --assembly "enc=6,6 dec=6,6" --data data/ --src-ext en --tgt-ext de
+    """
+    _use_threads(threads)
     from modformer.modular.evaluate import evaluate as evaluate_model
 
     spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
@@ -731,51 +914,79 @@ def evaluate(
 @app.command()
 @handles_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="Working folder (teacher, modules, table, plot).")] = Path("runs/demo"),
-    fast: Annotated[bool, typer.Option(help="A smoke run: tiny teacher, few steps (under 3 minutes).")] = False,
-    overwrite: OverwriteOpt = False,
+    out: Annotated[Path, typer.Option(help="Working folder: every stage's output, cached.")] = Path("runs/demo"),
+    fast: Annotated[
+        bool, typer.Option("--fast", help="A smoke run of every stage: tiny teacher, few steps (under 3 minutes).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start afresh: clear the demo's folder (a rerun without it resumes).")
+    ] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads for every stage.", min=1)] = 1,
 ) -> None:
-    """The whole path on the bundled Multi30k sample: teacher, modules, both strategies, scores and a plot."""
-    from modformer.demo import DemoConfig, run_demo
+    """The product's whole job on bundled Multi30k data: teacher, modules, profile, plan, export, score.
 
-    config = DemoConfig.fast() if fast else DemoConfig()
-    refuse_existing(out, overwrite)
+    Each stage's output is kept in --out, so a rerun resumes where it stopped; --overwrite starts afresh.
+
+    Examples:
+
+        \b
+        modformer demo
+        modformer demo --fast --out runs/demo-fast
+    """
+    from dataclasses import replace
+
+    from modformer.demo import DemoConfig, prepare_folder, run_demo
+
+    config = replace(DemoConfig.fast() if fast else DemoConfig(), threads=threads)
+    prepare_folder(out, config, overwrite=overwrite)
     started = time.perf_counter()
     with _progress() as progress:
-        tasks: dict[str, int] = {}
-
-        def report(stage: str, done: int, total: int, info: str = "") -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total, info="")
-            progress.update(tasks[stage], completed=done, total=total, info=info)
-
-        result = run_demo(config, out, report=report)
-    table = Table("strategy", "assembly", "shape", "params", "size ratio", "est. speed", "BLEU", "chrF", "loss")
-    for row in result.table.itertuples():
-        table.add_row(
-            row.strategy,
-            row.assembly,
-            row.shape,
-            f"{row.parameters:,}",
-            f"{row.size_ratio:.2f}",
-            f"{row.est_speed_ratio:.2f}",
-            f"{row.bleu:.2f}",
-            f"{row.chrf:.2f}",
-            f"{row.loss:.3f}",
-        )
-    console.print(table)
+        result = run_demo(config, out, report=_phase_tasks(progress))
     paths = result.save(out)
-    console.print(
-        f"table: {escape(str(paths['csv']))}; plot: {escape(str(paths['figure']))}; "
-        f"{time.perf_counter() - started:.0f} s in all"
+    _print_demo(result, paths, time.perf_counter() - started)
+
+
+def _print_demo(result, paths: dict[str, Path], seconds: float) -> None:
+    """One screen: what to deploy and how it compares with the teacher, then where everything is."""
+    d = result.deployment
+    w = d["workload"]
+    metric = d["metric"].upper() if d["metric"] == "bleu" else d["metric"]
+    speed = (
+        f"{d['measured_speedup']:.1f}x the teacher in torch fp32 ({d['measured_latency_ms']:.1f} ms against "
+        f"{d['teacher_latency_ms']:.1f} ms"
+        if d.get("teacher_latency_ms")
+        else f"{d['measured_speedup']:.1f}x the teacher in torch fp32 ({d['measured_latency_ms']:.1f} ms"
     )
+    lines = [
+        f"[bold]Deploy[/] {escape(d['assembly'])} ({d['shape']} layers) served in [bold]{escape(d['target'])}[/]",
+        f"  speed    {speed}; batch {w.get('batch')}, {w.get('src_len')}-token sources, {w.get('gen_len')} new "
+        f"tokens, {d['threads']} thread(s), measured by the plan)",
+        f"  quality  {metric} {d['quality']:.2f} against the teacher's {d['teacher_quality']:.2f} "
+        f"({d['test_split']}, {d['test_pairs']:,} pairs, greedy; {d['quality'] - d['teacher_quality']:+.2f})",
+        f"  size     {d['size_mb']:.1f} MB of weights against the teacher's {d['teacher_size_mb']:.1f} MB "
+        f"({d['teacher_size_mb'] / d['size_mb']:.1f}x smaller)"
+        + (f"; peak memory {d['memory_mb']:.0f} MB (predicted)" if d.get("memory_mb") is not None else ""),
+        f"  budget   {escape(d['budget'])} (the plan chose the most accurate validated point within it)",
+        "",
+        f"report   {escape(result.paths['report'])}",
+        f"figures  {escape(result.paths['pareto'])}, {escape(str(paths['figure']))}",
+        f"model    {escape(result.paths['export'])} (serve it with {escape(d['target'].split(':')[0])})",
+        f"done in {_duration(seconds)}; stage times in {escape(str(paths['json']))}",
+    ]
+    console.print("\n".join(lines), highlight=False)
 
 
 # --- profile ------------------------------------------------------------------------------------------------------
 profile_app = typer.Typer(
-    help="Measure every teacher layer and module on this machine; `profile show FILE` prints a saved profile.",
+    help="Measure every teacher layer and module on this machine (and every serving target it supports); "
+    "`profile show FILE` prints a saved profile.\n\nExamples:\n\n\b\n"
+    "    modformer profile --modules runs/mods --out runs/profile.json --threads 1 --validate 20\n"
+    "    modformer profile --modules runs/mods --out runs/profile.json --targets ctranslate2:int8 --batch 1\n"
+    "    modformer profile show runs/profile.json",
     no_args_is_help=True,
     invoke_without_command=True,
+    subcommand_metavar="[show FILE]",  # measuring needs no subcommand
+    options_metavar="--modules DIR --out FILE [OPTIONS]",
 )
 app.add_typer(profile_app, name="profile")
 
@@ -826,14 +1037,21 @@ def profile(
     seed: Annotated[int, typer.Option(help="Random seed (inputs, held-out assemblies).")] = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Measure every teacher layer and module (latency per block, fixed costs, memory); optionally validate."""
+    """Measure every teacher layer and module (latency per block, fixed costs, memory); optionally validate.
+
+    Examples:
+
+        \b
+        modformer profile --modules runs/mods --out runs/profile.json --threads 1 --validate 20
+        modformer profile --modules runs/mods --out runs/profile.json --targets ctranslate2:int8 --batch 1
+        modformer profile show runs/profile.json
+    """
     if ctx.invoked_subcommand is not None:
         return
     from modformer.modular.model import ModularModel
-    from modformer.profiling.engines import profile_engine_targets
-    from modformer.profiling.measure import ProfileConfig, profile_modules
+    from modformer.profiling.measure import ProfileConfig
     from modformer.profiling.profile import profile_paths
-    from modformer.profiling.validate import validate as validate_profile
+    from modformer.profiling.run import run_profile
     from modformer.serving.targets import profile_targets
 
     if modules is None or out is None:
@@ -858,26 +1076,9 @@ def profile(
     model = ModularModel.from_pretrained(modules)
     started = time.perf_counter()
     with _progress() as progress:
-        task = progress.add_task("profile", total=None, info="")
-
-        def on_profile(done: int, total: int, info: str) -> None:
-            progress.update(task, completed=done, total=total, info=escape(info))
-
-        result = profile_modules(model, config, on_progress=on_profile)
-        if validate:
-            check = progress.add_task("validate", total=None, info="")
-
-            def on_validate(done: int, total: int, info: str) -> None:
-                progress.update(check, completed=done, total=total, info=escape(info))
-
-            validate_profile(result, model, validate, seed=seed, on_progress=on_validate)
-        if engine_targets:
-            engines = progress.add_task("engines", total=None, info="")
-
-            def on_engines(done: int, total: int, info: str) -> None:
-                progress.update(engines, completed=done, total=total, info=escape(info))
-
-            result.engines = profile_engine_targets(model, config, engine_targets, on_progress=on_engines)
+        result = run_profile(
+            model, config, engine_targets, validate=validate, seed=seed, on_progress=_phase_tasks(progress)
+        )
     result.save(out)
     _print_profile(result)
     console.print(
@@ -891,7 +1092,13 @@ def profile(
 def profile_show(
     file: Annotated[Path, typer.Argument(help="A saved profile: its .json, its .csv or its folder.")],
 ) -> None:
-    """Print a saved profile: where it was measured, block costs, fixed costs and the validation figures."""
+    """Print a saved profile: where it was measured, block costs, fixed costs and the validation figures.
+
+    Example:
+
+        \b
+        modformer profile show runs/profile.json
+    """
     _print_profile(_load_profile(file))
 
 
@@ -972,7 +1179,13 @@ def _print_frame(frame, title: str, index: str | None = None) -> None:
 def targets(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
-    """List the serving targets (engine:compute_type) and whether this machine can run each, from the engines."""
+    """List the serving targets (engine:compute_type) and whether this machine can run each, from the engines.
+
+    Example:
+
+        \b
+        modformer targets
+    """
     from modformer.serving.targets import supported_targets
 
     table = Table("target", "here")

@@ -9,7 +9,8 @@ What `DataSpec.path` may be, tried in this order:
   src_ext/tgt_ext (line-aligned files ``data/train.en`` and ``data/train.de``);
 * a folder saved by ``datasets`` (``save_to_disk``): a DatasetDict with the split, or a single Dataset;
 * a folder of line-aligned files ``{split}.{src_ext}`` / ``{split}.{tgt_ext}`` (without extensions given:
-  ``{split}.src``/``.tgt`` or ``{split}.source``/``.target``), else a table ``{split}.jsonl``, ``.csv`` or ``.tsv``;
+  ``{split}.src``/``.tgt`` or ``{split}.source``/``.target``), each plain or gzip-compressed (``train.en.gz``), else a
+  table ``{split}.jsonl``, ``.csv`` or ``.tsv``;
 * a single ``.jsonl``, ``.csv`` or ``.tsv`` file: it has no splits, so every split name reads the whole file
   (``available_splits`` names it by its stem). The same holds for a folder holding a single saved Dataset;
 * anything else that does not exist locally: a Hugging Face hub name, ``name`` or ``name:config`` (``wmt14:de-en``).
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import csv
 import glob
+import gzip
 import io
 import json
 import logging
 import math
 import re
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +44,11 @@ from modformer.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "resources" / "multi30k_sample"
+FULL_DIR = Path(__file__).resolve().parent / "resources" / "multi30k"
 TABLE_SUFFIXES = (".jsonl", ".csv", ".tsv")
 AUTO_EXTENSIONS = (("src", "tgt"), ("source", "target"))  # tried in order when src_ext/tgt_ext are not given
 SPLIT_FIELD = "{split}"
+GZIP_SUFFIX = ".gz"  # line files may come compressed: train.en.gz
 TRANSLATION_COLUMN = "translation"  # the WMT layout: one column of {language: text} dicts
 LABEL_PAD_ID = -100  # ignored by the cross-entropy loss of Hugging Face seq2seq models
 BUCKET_BATCHES = 50  # batches per length-sorted chunk: enough to group similar lengths, few enough to stay random
@@ -98,6 +103,12 @@ class DataSpec:
 def default_data_spec() -> DataSpec:
     """The Multi30k En→De sample bundled with modformer: 3,000 training pairs, 300 for val and for test."""
     return DataSpec(path=str(SAMPLE_DIR), src_ext="en", tgt_ext="de")
+
+
+def full_data_spec() -> DataSpec:
+    """The whole Multi30k En→De set bundled with modformer (gzip-compressed): splits train (29,000 pairs), val
+    (1,014) and test_2016_flickr (1,000)."""
+    return DataSpec(path=str(FULL_DIR), src_ext="en", tgt_ext="de")
 
 
 # --- pairs of texts -----------------------------------------------------------------------------------------------
@@ -367,15 +378,22 @@ def _read_folder(folder: Path, spec: DataSpec, split: str) -> _Raw:
     )
 
 
+def data_file(folder: Path, name: str) -> Path:
+    """`folder / name`, or its gzip-compressed `name.gz` where only that exists."""
+    plain = folder / name
+    packed = folder / f"{name}{GZIP_SUFFIX}"
+    return packed if not plain.is_file() and packed.is_file() else plain
+
+
 def _line_pair(folder: Path, spec: DataSpec, split: str) -> tuple[Path, Path] | None:
-    """The split's source and target files, or None where the folder has neither."""
+    """The split's source and target files (plain or gzip-compressed), or None where the folder has neither."""
     if spec.src_ext is None or spec.tgt_ext is None:
         for src_ext, tgt_ext in AUTO_EXTENSIONS:
-            source, target = folder / f"{split}.{src_ext}", folder / f"{split}.{tgt_ext}"
+            source, target = data_file(folder, f"{split}.{src_ext}"), data_file(folder, f"{split}.{tgt_ext}")
             if source.is_file() and target.is_file():
                 return source, target
         return None
-    source, target = folder / f"{split}.{spec.src_ext}", folder / f"{split}.{spec.tgt_ext}"
+    source, target = data_file(folder, f"{split}.{spec.src_ext}"), data_file(folder, f"{split}.{spec.tgt_ext}")
     if source.is_file() != target.is_file():
         missing, present = (target, source) if source.is_file() else (source, target)
         raise DataError(f"{missing} not found, though {present.name} is there: every source file needs a target file")
@@ -395,8 +413,9 @@ def _folder_splits(folder: Path, spec: DataSpec) -> list[str]:
 def _suffixes_by_stem(folder: Path) -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
     for path in folder.iterdir():
-        if path.is_file() and path.suffix and not path.name.startswith((".", "README")):  # notes, not data
-            found.setdefault(path.stem, set()).add(path.suffix)
+        name = Path(path.name.removesuffix(GZIP_SUFFIX))  # train.en.gz holds train.en
+        if path.is_file() and name.suffix and not path.name.startswith((".", "README")):  # notes, not data
+            found.setdefault(name.stem, set()).add(name.suffix)
     return found
 
 
@@ -431,11 +450,19 @@ def read_lines(path: Path) -> list[str]:
 
 
 def _read_text(path: Path) -> str:
-    """The file as UTF-8 text; a DataError naming the line of the first undecodable byte, or an empty file."""
+    """The file (gzip-compressed where its name ends in .gz) as UTF-8 text; a DataError naming the line of the first
+    undecodable byte, or an empty or broken file."""
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise DataError(f"{path}: cannot read it ({err.strerror})") from err
+    if path.name.endswith(GZIP_SUFFIX):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(
+                f"{path}: not a complete gzip file ({err}); compress it again or give it uncompressed"
+            ) from err
     if not raw.strip():
         raise DataError(f"{path} is empty")
     try:

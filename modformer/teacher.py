@@ -124,6 +124,8 @@ class TeacherRun:
     wall_s: float = 0.0  # training wall time, over all sessions
     val_loss: float | None = None  # held-out loss, written at the end of the run (None at intermediate checkpoints)
     modformer_version: str = __version__
+    data: str = ""  # where the training pairs came from (files or data set, and split)
+    train_pairs: int | None = None  # how many
 
     def save(self, out_dir: str | Path) -> None:
         write_json(
@@ -134,6 +136,8 @@ class TeacherRun:
                 "completed_steps": self.completed_steps,
                 "wall_s": round(self.wall_s, 1),
                 "val_loss": self.val_loss,
+                "data": self.data,
+                "train_pairs": self.train_pairs,
             },
         )
 
@@ -148,6 +152,8 @@ class TeacherRun:
                 wall_s=float(info.get("wall_s") or 0.0),
                 val_loss=None if info.get("val_loss") is None else float(info["val_loss"]),
                 modformer_version=str(info.get("modformer_version", "")),
+                data=str(info.get("data") or ""),
+                train_pairs=None if info.get("train_pairs") is None else int(info["train_pairs"]),
             )
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: teacher info is malformed ({err})") from None
@@ -161,6 +167,7 @@ class TeacherTrainer(Recipe):
         self.optimizer = _optimizer(model)
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=config.label_smoothing)
         self.state = TrainState()
+        self.origin = ""  # where the training pairs came from (recorded in teacher.json)
         model.generation_config = GenerationConfig(
             decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, max_new_tokens=config.max_target_len
         )
@@ -228,7 +235,14 @@ class TeacherTrainer(Recipe):
 
     def save(self, out_dir: str | Path) -> None:
         """The whole folder, written aside and renamed: model, tokenizer, `teacher.json` and the trainer state."""
-        run = TeacherRun(self.config, self.state.step, self.state.seconds, self.val_loss())
+        run = TeacherRun(
+            self.config,
+            self.state.step,
+            self.state.seconds,
+            self.val_loss(),
+            data=self.origin,
+            train_pairs=len(self.train),
+        )
         training = self.model.training
         self.model.eval()
         with atomic_dir(out_dir, overwrite=True) as tmp:
@@ -249,6 +263,7 @@ class TeacherTrainer(Recipe):
             "val_loss": val_loss,
             "seconds": self.state.seconds,
             "train_pairs": len(self.train),
+            "data": self.origin,
         }
 
 

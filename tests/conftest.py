@@ -6,10 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
     BartConfig,
     BartForConditionalGeneration,
     GenerationConfig,
+    PreTrainedTokenizerFast,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -82,6 +86,101 @@ def tiny_bart(vocab: int = VOCAB, layers: int = 4, seed: int = 0) -> BartForCond
     model = BartForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(decoder_start_token_id=1, eos_token_id=1, pad_token_id=0)
     return model
+
+
+# Each family's real checkpoints at toy sizes: the activation, feed-forward kind, embedding scale, tying and start
+# token of Helsinki-NLP/opus-mt-en-de, facebook/mbart-large-50, facebook/nllb-200-distilled-600M (m2m_100),
+# google/pegasus-large, google/mt5-small, google/umt5-small, facebook/blenderbot-400M-distill,
+# facebook/blenderbot_small-90M and uclanlp/plbart-base. Token ids are the tokenizer's; "start" is the decoder start
+# token. Weights are drawn wider than the real initialisation (`init_std` 0.3 instead of 0.02; T5's factor 5) so that
+# a random model's greedy output depends on its input and comparing two engines' outputs means something.
+BART_LIKE_SIZES = {
+    "d_model": 32,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "max_position_embeddings": 160,
+    "init_std": 0.3,
+}
+T5_LIKE_SIZES = {"d_model": 32, "d_ff": 64, "d_kv": 8, "num_heads": 4, "initializer_factor": 5.0}
+FAMILY_SETTINGS = {
+    "marian": {"activation_function": "swish", "scale_embedding": True, "start": "pad"},
+    "mbart": {"activation_function": "gelu", "scale_embedding": True, "start": "eos"},
+    "m2m_100": {"activation_function": "relu", "scale_embedding": True, "start": "eos"},
+    "pegasus": {"activation_function": "relu", "scale_embedding": True, "start": "pad"},
+    "blenderbot": {"activation_function": "gelu", "scale_embedding": True, "start": "eos"},
+    "blenderbot-small": {"activation_function": "gelu", "scale_embedding": True, "start": "eos"},
+    "plbart": {"activation_function": "gelu", "scale_embedding": True, "start": "eos"},
+    "umt5": {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "start": "pad"},
+    "mt5": {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "start": "pad"},
+}
+NEW_FAMILIES = ("marian", "mbart", "m2m_100", "pegasus", "umt5", "blenderbot", "blenderbot-small", "plbart")
+T5_LIKE = ("umt5", "mt5")
+
+
+def tiny_family(model_type: str, tokenizer=None, layers: int = 4, seed: int = 0):
+    """A random model of `model_type` with the structure of its real checkpoints (`FAMILY_SETTINGS`), tiny, with the
+    vocabulary and special-token ids of `tokenizer` (without one: VOCAB tokens, pad 0, eos 1)."""
+    vocab = len(tokenizer) if tokenizer is not None else VOCAB
+    pad = tokenizer.pad_token_id if tokenizer is not None else 0
+    eos = tokenizer.eos_token_id if tokenizer is not None else 1
+    bos = tokenizer.bos_token_id if tokenizer is not None and tokenizer.bos_token_id is not None else eos
+    settings = dict(FAMILY_SETTINGS[model_type])
+    start = pad if settings.pop("start") == "pad" else eos
+    if model_type in T5_LIKE:
+        sizes = {**T5_LIKE_SIZES, "num_layers": layers, "num_decoder_layers": layers}
+    else:
+        sizes = {**BART_LIKE_SIZES, "encoder_layers": layers, "decoder_layers": layers, "bos_token_id": bos}
+    if model_type == "marian":
+        sizes["decoder_vocab_size"] = vocab
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        decoder_start_token_id=start,
+        forced_eos_token_id=None,
+        **sizes,
+        **settings,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForSeq2SeqLM.from_config(config).eval()
+    generation = {"decoder_start_token_id": start, "eos_token_id": eos, "pad_token_id": pad}
+    if model_type == "marian":
+        generation["bad_words_ids"] = [[pad]]  # as opus-mt's generation config: the pad row never wins
+    model.generation_config = GenerationConfig(**generation)
+    return model
+
+
+# Special tokens in the order of each family's real vocabulary where the model depends on it: M2M-100's sinusoidal
+# positions count from pad id + 1 (NLLB: pad 1), and Marian's converters expect the pad token last (added after
+# training). Other families use the shared test tokenizer's order (pad 0, eos 1, unk 2).
+SPECIAL_LAYOUTS = {
+    "marian": {"specials": ["</s>", "<unk>"], "pad_last": True},
+    "m2m_100": {"specials": ["<s>", "<pad>", "</s>", "<unk>"], "pad_last": False},
+}
+
+
+def family_tokenizer(model_type: str, texts: list[str], vocab_size: int = VOCAB) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer (appends </s>) with `model_type`'s special-token layout (`SPECIAL_LAYOUTS`) and `vocab_size`
+    tokens in all."""
+    layout = SPECIAL_LAYOUTS.get(model_type, {"specials": ["<pad>", "</s>", "<unk>"], "pad_last": False})
+    specials = layout["specials"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trained = vocab_size - 1 if layout["pad_last"] else vocab_size
+    tok.train_from_iterator(
+        texts, trainer=trainers.BpeTrainer(vocab_size=trained, special_tokens=specials, show_progress=False)
+    )
+    eos = specials.index("</s>")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", eos)])
+    named = {"eos_token": "</s>", "unk_token": "<unk>", **({"bos_token": "<s>"} if "<s>" in specials else {})}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=512, **named)
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})  # already in the vocabulary unless `pad_last`
+    return tokenizer
 
 
 def save_teacher(model, tokenizer, path: Path) -> Path:

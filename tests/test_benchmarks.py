@@ -30,6 +30,7 @@ BENCHMARKS = {
         ("modular_step_s", "finetune_step_s", "ratio", "ratio_of_pairs_median", "ratio_of_pairs_max", "target"),
     ),
     "loss_weights": (("loss_weights.json",), ()),  # pure measurement: nothing is derived
+    "demo_teacher": (("demo_teacher.json",), ()),
     "targets": (
         ("targets.json",),
         (

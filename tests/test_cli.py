@@ -5,6 +5,7 @@ One tiny T5 modular run (6 steps) is trained once per module and shared; tests t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ METRICS = {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "loss", "n"}
 
 
 def invoke(*args) -> Result:
-    return runner.invoke(app, [str(a) for a in args])
+    return runner.invoke(app, [str(a) for a in args], prog_name="modformer")
 
 
 def ok(*args) -> Result:
@@ -211,12 +212,67 @@ def test_teacher_writes_a_checkpoint_transformers_loads(tmp_path, data_dir):
     assert tokenizer("a dog runs").input_ids[-1] == tokenizer.eos_token_id
 
 
+# --- the command line's face ------------------------------------------------------------------------------------
+COMMANDS = [
+    ["teacher"],
+    ["train"],
+    ["assemble"],
+    ["export"],
+    ["baseline"],
+    ["plan"],
+    ["plan-worker"],
+    ["evaluate"],
+    ["demo"],
+    ["targets"],
+    ["profile"],
+    ["profile", "show"],
+]
+
+
+def test_version_prints_the_package_version():
+    from modformer import __version__
+
+    assert ok("--version").stdout.strip() == f"modformer {__version__}"
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_help_has_an_example_and_shows_flags_as_flags(command):
+    text = ok(*command, "--help").stdout
+    examples = text[text.index("Example") : text.index("Options:")]
+    assert re.search(r"^ +modformer " + " ".join(command) + r"\b", examples, re.M), text
+    assert "<bool>" not in text
+    for line in text.splitlines():  # the examples are kept as written, one command a line
+        if line.strip().startswith("modformer "):
+            assert len(line) <= 120 and "  --" not in line.strip()
+
+
+def test_a_missing_or_malformed_option_is_one_error_line():
+    missing = invoke("train", "--out", "x")
+    assert missing.exit_code == 2
+    assert missing.stderr.strip() == "error: Missing option '--teacher' (see `modformer train --help`)"
+    malformed = invoke("assemble", "--modules", "m", "--ratio", "half")
+    assert malformed.exit_code == 2 and malformed.stderr.count("\n") == 1
+    assert malformed.stderr.startswith("error: Invalid value for '--ratio'")
+    unknown = invoke("plan", "--nosuch")
+    assert unknown.exit_code == 2 and unknown.stderr.startswith("error: No such option: --nosuch")
+    assert "Usage:" not in missing.stderr + malformed.stderr + unknown.stderr
+
+
+def test_profile_usage_needs_no_subcommand_and_plan_worker_names_its_database():
+    assert "Usage: modformer profile [OPTIONS] [show FILE]" in ok("profile", "--help").stdout
+    worker = " ".join(ok("plan-worker", "--help").stdout.split())
+    assert "--remote-workers" in worker and "database" in worker and "--storage" in worker
+    assert ok().stdout.startswith("Usage: modformer")  # alone: the help, exit 0
+
+
 # --- demo ---------------------------------------------------------------------------------------------------------
-def test_demo_runs_the_whole_path(tmp_path, monkeypatch, data_dir):
-    """`demo --fast` takes minutes on the bundled sample; the same path on 8 pairs and two steps per stage, seconds."""
+def test_demo_runs_every_stage_and_a_rerun_resumes(tmp_path, monkeypatch, data_dir):
+    """`demo --fast` takes minutes on the bundled sample; the same path on 8 pairs and two steps per stage, seconds:
+    teacher, modules, profile, plan, export, evaluate, the figure; then a rerun resumes and --overwrite restarts."""
     import modformer.demo
     from modformer.data import DataSpec
-    from modformer.demo import DemoConfig
+    from modformer.demo import DEMO_RECORD, DemoConfig
+    from modformer.planner.artifact import Plan
 
     small = tmp_path / "data"
     small.mkdir()
@@ -225,18 +281,60 @@ def test_demo_runs_the_whole_path(tmp_path, monkeypatch, data_dir):
         for split in ("train", "val", "test"):
             (small / f"{split}.{ext}").write_text("".join(lines), encoding="utf-8")
     tiny = DemoConfig(
-        teacher_preset="tiny", teacher_steps=2, module_steps=2, batch_size=4, eval_pairs=4, max_new_tokens=4
+        teacher="tiny",
+        teacher_steps=2,
+        data="sample",
+        test_split="test",
+        module_steps=2,
+        batch_size=4,
+        profile={"batch_sizes": (1,), "src_lens": (6,), "gen_lens": (4,), "repeats": 2, "warmup": 1, "memory": False},
+        validate=3,
+        validate_samples=4,
+        eval_pairs=4,
+        strategy_pairs=4,
+        max_new_tokens=4,
+        budget="speedup>=1.01",
     )
     monkeypatch.setattr(DemoConfig, "fast", classmethod(lambda cls: tiny))
     monkeypatch.setattr(modformer.demo, "default_data_spec", lambda: DataSpec(str(small), "en", "de"))
     out = tmp_path / "demo[v2]"
     result = ok("demo", "--fast", "--out", out)
-    assert {"results.json", "results.csv", "quality_vs_size.png", "teacher", "modules"} <= {
+    assert {"teacher", "modules", "profile", "plan", "deploy", "scores.json", "quality_vs_size.png"} <= {
         p.name for p in out.iterdir()
     }
-    rows = read_json(out / "results.json")["rows"]
-    assert {row["strategy"] for row in rows} == {"size-first", "speed-first"}
-    assert str(out / "results.csv") in result.stdout
+    record = read_json(out / "results.json")
+    d = record["deployment"]
+    plan = Plan.load(out / "plan")
+    assert (d["assembly"], d["target"]) == (plan.chosen["assembly"], plan.chosen["target"])
+    assert d["measured_speedup"] > 0 and d["test_pairs"] == 4 and d["size_mb"] > 0
+    assert {row["strategy"] for row in record["rows"]} == {"size-first", "speed-first"}
+    assert read_json(out / "deploy" / "modformer.json")["target"] == d["target"]
+    assert set(read_json(out / "scores.json")) == {"teacher", "deploy"}
+    seconds = read_json(out / DEMO_RECORD)["stage_seconds"]
+    assert set(seconds) == {"teacher", "modules", "profile", "plan", "export", "evaluate", "strategies"}
+    text = " ".join(result.stdout.split())  # the answer, in one screen
+    assert f"Deploy {d['assembly']}" in text and f"served in {d['target']}" in text
+    assert str(out / "plan" / "report.html") in text and "budget speedup>=1.01" in text
+
+    # A rerun resumes: every stage's output is there, so nothing is trained, profiled or planned again.
+    modules_state = (out / "modules" / "modules.safetensors").stat().st_mtime_ns
+    again = ok("demo", "--fast", "--out", out)
+    assert read_json(out / DEMO_RECORD)["stage_seconds"] == seconds
+    assert (out / "modules" / "modules.safetensors").stat().st_mtime_ns == modules_state
+    assert f"Deploy {d['assembly']}" in " ".join(again.stdout.split())
+    # Other settings in the same folder: refused, naming --overwrite; --overwrite starts afresh.
+    monkeypatch.setattr(DemoConfig, "fast", classmethod(lambda cls: dataclasses.replace(tiny, module_steps=3)))
+    refused = invoke("demo", "--fast", "--out", out)
+    assert refused.exit_code == 1 and "--overwrite" in refused.stderr
+    ok("demo", "--fast", "--out", out, "--overwrite")
+    assert read_json(out / "modules" / "modular_config.json")["training"]["completed_steps"] == 3
+    # A folder holding anything else is never cleared.
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    refused = invoke("demo", "--fast", "--out", foreign, "--overwrite")
+    assert refused.exit_code == 1 and "not a demo's" in refused.stderr
+    assert (foreign / "notes.txt").read_text() == "keep me"
 
 
 # --- bad input: one line, non-zero exit, nothing on disk touched -------------------------------------------------
@@ -325,10 +423,11 @@ def _gpt2(c: Ctx) -> Path:
     return c.tmp / "gpt2"
 
 
-def _marian(c: Ctx) -> Path:
-    from transformers import MarianConfig, MarianMTModel
+def _led(c: Ctx) -> Path:
+    """An encoder-decoder family modformer has no entry for (Longformer-Encoder-Decoder's windowed attention)."""
+    from transformers import LEDConfig, LEDForConditionalGeneration
 
-    config = MarianConfig(
+    config = LEDConfig(
         vocab_size=400,
         d_model=32,
         encoder_layers=2,
@@ -337,12 +436,14 @@ def _marian(c: Ctx) -> Path:
         decoder_attention_heads=2,
         encoder_ffn_dim=64,
         decoder_ffn_dim=64,
-        max_position_embeddings=64,
+        max_encoder_position_embeddings=64,
+        max_decoder_position_embeddings=64,
+        attention_window=[4, 4],
         pad_token_id=0,
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    return save_teacher(MarianMTModel(config), c.tokenizer, c.tmp / "marian")
+    return save_teacher(LEDForConditionalGeneration(config), c.tokenizer, c.tmp / "led")
 
 
 def _truncate(mods: Path) -> None:
@@ -453,7 +554,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
     # teachers
     "teacher-not-a-checkpoint": (lambda c: c.train(teacher=_empty_dir(c, "teacher")), "not a Hugging Face checkpoint"),
     "teacher-decoder-only": (lambda c: c.train(teacher=_gpt2(c)), "not an encoder-decoder"),
-    "teacher-unsupported-family": (lambda c: c.train(teacher=_marian(c)), "model type 'marian' is not supported"),
+    "teacher-unsupported-family": (lambda c: c.train(teacher=_led(c)), "model type 'led' is not supported"),
     # data
     "data-missing": (lambda c: c.train(data=c.tmp / "nosuch"), "nosuch not found: give a folder"),
     "split-missing": (
@@ -494,7 +595,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
         lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.modules, "--preset", "tiny"],
         "already exists; pass --overwrite",
     ),
-    "demo-out-exists": (lambda c: ["demo", "--fast", "--out", c.modules], "already exists; pass --overwrite"),
+    "demo-out-foreign": (lambda c: ["demo", "--fast", "--out", c.modules], "are not a demo's"),
     "markup-in-message": (lambda c: c.train(data=c.tmp / "runs[/v2]"), "runs[/v2] not found"),
     "evaluate-negative-limit": (lambda c: c.evaluate_model("--limit", -1), "--limit must be at least 1"),
     "evaluate-zero-limit": (lambda c: c.evaluate_model("--limit", 0), "no pairs"),

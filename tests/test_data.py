@@ -114,6 +114,22 @@ def test_line_files_with_detected_extensions(tmp_path: Path, src_ext: str, tgt_e
     assert available_splits(spec) == ["train"]
 
 
+def test_gzip_compressed_line_files_read_like_plain_ones(tmp_path: Path) -> None:
+    import gzip
+
+    write_pairs(tmp_path, "val", "en", "de", n=2)
+    for side, texts in (("en", SOURCES), ("de", TARGETS)):
+        (tmp_path / f"train.{side}.gz").write_bytes(gzip.compress(("\n".join(texts) + "\n").encode()))
+    spec = DataSpec(str(tmp_path), src_ext="en", tgt_ext="de")
+    data = load_split(spec, "train")
+    assert data.sources == SOURCES and data.targets == TARGETS and "train.en.gz" in data.origin
+    assert available_splits(spec) == ["train", "val"]
+    # cut short: one line naming the file, not a traceback from gzip
+    (tmp_path / "train.de.gz").write_bytes(gzip.compress(b"ein hund\n" * 50)[:20])
+    with pytest.raises(DataError, match=r"train.de.gz: not a complete gzip file"):
+        load_split(spec, "train")
+
+
 def test_line_files_keep_inner_whitespace_and_drop_line_ends(tmp_path: Path) -> None:
     (tmp_path / "train.src").write_bytes(b"\xef\xbb\xbfa  dog\t runs \r\nlast line without newline")
     (tmp_path / "train.tgt").write_bytes(b"ein  hund\r\nzwei\n")

@@ -158,12 +158,33 @@ def test_budget_parsing_and_edges(small):
         ("latency_ms<=x", "not a number"),
         ("latency_ms<=-1", ">= 0"),
         ("latency_ms<=1,latency_ms<=2", "given twice"),
+        ("speedup<=2", "write it speedup>=2"),
+        ("latency_ms>=2", "write it latency_ms<=2"),
+        ("speedup>=0", "finite number > 0"),
+        ("speedup>=inf", "finite number > 0"),
     ]:
         with pytest.raises(ConfigError, match=phrase):
             Budget.parse(text)
     with pytest.raises(InfeasibleBudgetError, match=r"no assembly meets the budget latency_ms<=0; nearest: enc="):
         check_feasible(space, Budget.parse("latency_ms<=0"))
     assert check_feasible(space, Budget(latency_ms=exact)) == int(within.sum())
+
+
+def test_a_speedup_budget_is_a_latency_limit_relative_to_the_teacher(small):
+    _, _, space, _ = small
+    teacher = float(space.latency_ms(*space.teacher))
+    b = Budget.parse("speedup>=1.5")
+    assert b.speedup == 1.5 and b.latency_ms is None and str(b) == "speedup>=1.5"
+    resolved = b.resolved(teacher)
+    assert resolved.latency_ms == pytest.approx(teacher / 1.5) and resolved.speedup == 1.5
+    assert str(resolved) == f"latency_ms<={teacher / 1.5:g},speedup>=1.5"
+    i, j = space.all_pairs()
+    within = space.violation(resolved, i, j) <= 0
+    assert within.any() and (space.speed_ratio(i, j)[within] >= 1.5 - 1e-9).all()
+    assert space.violation(resolved, *space.teacher) > 0  # the teacher itself is 1x: outside
+    # the tighter of a latency limit and a speed-up
+    assert Budget.parse(f"latency_ms<={teacher / 3},speedup>=1.5").resolved(teacher).latency_ms == teacher / 3
+    assert Budget.parse("latency_ms<=5").resolved(teacher) == Budget(latency_ms=5)
 
 
 def test_a_parameter_budget_limits_the_size(small):
@@ -416,7 +437,7 @@ def test_plan_writes_every_output(plan_dir):
 
 def test_plan_names_the_points_on_the_figure(plan_dir):
     from modformer.planner.frontier import frontier_2d
-    from modformer.plots import plot_pareto, short_labels
+    from modformer.plots import is_teacher_assembly, plot_pareto, short_labels
 
     plan = Plan.load(plan_dir)
     frontier = plan.frontier
@@ -426,7 +447,9 @@ def test_plan_names_the_points_on_the_figure(plan_dir):
     texts = {t.get_text() for ax in fig.axes for t in ax.texts}
     validated = frontier[frontier["validated"]]
     labels = dict(zip(validated["assembly"], short_labels(validated["assembly"]), strict=True))
-    assert labels[plan.chosen["assembly"]] in texts  # the chosen point is always named
+    labels |= {a: "teacher" for a in labels if is_teacher_assembly(a)}
+    labels[plan.chosen["assembly"]] = f"chosen: {labels[plan.chosen['assembly']]}"
+    assert labels[plan.chosen["assembly"]] in texts  # the chosen point is always named, as such
     on_line = frontier_2d(validated, "bleu", "measured_latency_ms")["assembly"]
     assert any(labels[a] in texts for a in on_line)
     assert not any("enc=" in t for t in texts)

@@ -142,8 +142,10 @@ def load_split_sources(n: int) -> list[str]:
 
 def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer, data_dir):
     from conftest import save_teacher, tiny_t5
+    from test_report import read_report
 
     from modformer.planner.artifact import REPORT_HTML, Plan
+    from modformer.planner.report import target_name
     from modformer.profiling.engines import profile_engine_targets
     from modformer.profiling.measure import ProfileConfig, profile_modules
     from modformer.profiling.profile import LatencyProfile
@@ -160,7 +162,7 @@ def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer,
         modular, config, [Target.parse("ctranslate2:int8")], on_progress=lambda i, n, what: steps.append((i, n, what))
     )
     # every depth of the 3 x 3 grid (one, two and four layers of each stack), timed in one round-robin step
-    assert sorted(zip(profile.engines["encoder_layers"], profile.engines["decoder_layers"])) == [
+    assert sorted(zip(profile.engines["encoder_layers"], profile.engines["decoder_layers"], strict=True)) == [
         (e, d) for e in (1, 2, 4) for d in (1, 2, 4)
     ]
     assert (profile.engines["latency_ms"] > 0).all()
@@ -184,7 +186,10 @@ def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer,
     engine = validated[validated["target"] == "ctranslate2:int8"]
     assert (engine["measured_latency_ms"] > 0).all() and engine["bleu"].notna().all()
     assert set(plan.scored["target"]) == {"torch:fp32", "ctranslate2:int8"}
-    assert f"served in <b>{plan.chosen['target']}</b>" in (out / REPORT_HTML).read_text()
+    page = read_report(out / REPORT_HTML)  # the answer names the chosen target, in words too
+    assert f"served as {plan.chosen['target']}" in page.section_text["answer"]
+    assert page.h1.endswith(f" in {target_name(plan.chosen['target'])}")
+    assert set(page.table("served as")["served as"]) == {"torch:fp32", "ctranslate2:int8"}
 
     refused = cli(*args[:-1], tmp_path / "other", *data, *validation, "--targets", "torch:fp32,ctranslate2:float32")
     assert refused.exit_code == 1 and "not ctranslate2:float32" in refused.stderr

@@ -254,6 +254,7 @@ def summary_record(
         "search": search.summary(),
         "validated": int(len(v)),
         "validation_seconds": round(validation.seconds, 2),
+        "teacher_measured_latency_ms": None if np.isnan(validation.teacher_ms) else float(validation.teacher_ms),
         # The proxy is a loss (lower is better), the metric a score: a good proxy correlates negatively.
         "proxy_vs_validated_spearman": spearman(-v["proxy_loss"], v[metric]),
         "settings": settings,

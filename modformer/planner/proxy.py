@@ -30,6 +30,7 @@ from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
 from modformer.modular.assembly import Assembly
+from modformer.modular.families import adapter_for
 from modformer.modular.model import ModularModel
 
 Stack = tuple[int, ...]  # block sizes bottom-up, e.g. (1, 1, 2, 4, 4)
@@ -181,9 +182,9 @@ def _spans(blocks: Stack) -> list[tuple[int, int]]:
 
 
 def _decoder_inputs(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    """The decoder's input ids for teacher forcing: the model's own right shift of the labels (every family
-    `modular.families` supports, T5, mT5 and BART, has this public method)."""
-    return model.prepare_decoder_input_ids_from_labels(labels=labels)
+    """The decoder's input ids for teacher forcing, made as the model's own forward makes them (per family:
+    `FamilyAdapter.decoder_input_ids`)."""
+    return adapter_for(model.config).decoder_input_ids(model, labels)
 
 
 @contextlib.contextmanager

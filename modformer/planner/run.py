@@ -131,6 +131,7 @@ def run_plan(
     check_profile_model(profile, loaded.modular)
     workload = Workload(**settings.workload) if settings.workload else default_workload(profile)
     space = SearchSpace.build(loaded.modular, profile, workload)
+    budget = budget.resolved(float(space.latency_ms(*space.teacher)))
     planning.check_feasible(space, budget)
     study = open_study(open_storage(storage), study_name, config, settings.study_record())
     with _local_workers(storage, study_name, workers) as processes:

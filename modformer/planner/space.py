@@ -13,6 +13,7 @@ peak figure.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ BUDGET_KEYS = {
     "memory_mb": "predicted peak memory (MB)",
     "params_m": "parameters (millions, exact count)",
 }
+# A lower limit: `speedup>=2` asks for at least twice the speed of the teacher served in torch fp32 (its predicted
+# latency on the plan's workload), and becomes a latency limit once the search space is built (`Budget.resolved`).
+SPEEDUP_KEY = "speedup"
 MB = 1e6
 
 
@@ -42,22 +46,30 @@ class Budget:
     latency_ms: float | None = None
     memory_mb: float | None = None
     params_m: float | None = None  # a size limit: teacher parameters / 2 / 1e6 asks for at least 2x smaller
+    speedup: float | None = None  # at least this many times faster than the teacher in torch fp32 (see SPEEDUP_KEY)
 
     @classmethod
     def parse(cls, text: str | None) -> Budget:
-        """`"latency_ms<=40,memory_mb<=80,params_m<=30"`; any part may be left out; `inf` is allowed."""
+        """`"latency_ms<=40,memory_mb<=80,params_m<=30"` and/or `"speedup>=2"`; any part may be left out; `inf` is
+        allowed for the upper limits."""
         if text is None or not text.strip():
             return cls()
         limits: dict[str, float] = {}
         for part in text.split(","):
-            match = re.fullmatch(r"\s*([a-z_]+)\s*<=\s*([^\s]+)\s*", part)
+            match = re.fullmatch(r"\s*([a-z_]+)\s*(<=|>=)\s*([^\s]+)\s*", part)
             if not match:
                 raise ConfigError(
-                    f"budget part {part.strip()!r} is not KEY<=NUMBER (e.g. latency_ms<=40,memory_mb<=80)"
+                    f"budget part {part.strip()!r} is not KEY<=NUMBER or speedup>=NUMBER "
+                    "(e.g. latency_ms<=40,memory_mb<=80 or speedup>=2)"
                 )
-            key, value = match.groups()
-            if key not in BUDGET_KEYS:
-                raise ConfigError(f"unknown budget key {key!r}; known: {', '.join(BUDGET_KEYS)}")
+            key, op, value = match.groups()
+            if key not in (*BUDGET_KEYS, SPEEDUP_KEY):
+                raise ConfigError(f"unknown budget key {key!r}; known: {', '.join([*BUDGET_KEYS, SPEEDUP_KEY])}")
+            if (op == ">=") != (key == SPEEDUP_KEY):
+                right = f"{SPEEDUP_KEY}>=" if key == SPEEDUP_KEY else f"{key}<="
+                raise ConfigError(
+                    f"budget {part.strip()!r}: write it {right}{value} ({key} is a {'lower' if key == SPEEDUP_KEY else 'upper'} limit)"
+                )
             if key in limits:
                 raise ConfigError(f"budget key {key!r} given twice")
             try:
@@ -66,11 +78,24 @@ class Budget:
                 raise ConfigError(f"budget {key}: {value!r} is not a number") from None
             if math.isnan(number) or number < 0:
                 raise ConfigError(f"budget {key} must be a number >= 0 (or inf), got {value}")
+            if key == SPEEDUP_KEY and not (0 < number < math.inf):
+                raise ConfigError(f"budget {SPEEDUP_KEY} must be a finite number > 0, got {value}")
             limits[key] = number
         return cls(**limits)
 
+    def resolved(self, teacher_latency_ms: float) -> Budget:
+        """The speed-up limit as a latency limit, given the teacher's predicted latency (the tighter of the two
+        where both are given); the speed-up is kept for display."""
+        if self.speedup is None:
+            return self
+        limit = teacher_latency_ms / self.speedup
+        latency = limit if self.latency_ms is None else min(self.latency_ms, limit)
+        return dataclasses.replace(self, latency_ms=latency)
+
     def __str__(self) -> str:
         parts = [f"{k}<={_num(getattr(self, k))}" for k in BUDGET_KEYS if getattr(self, k) is not None]
+        if self.speedup is not None:
+            parts.append(f"{SPEEDUP_KEY}>={_num(self.speedup)}")
         return ",".join(parts) or "none"
 
     def violation(self, latency_ms: np.ndarray, memory_mb: np.ndarray, params_m: np.ndarray) -> np.ndarray:
@@ -87,7 +112,7 @@ class Budget:
         return total
 
     def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in BUDGET_KEYS}
+        return {k: getattr(self, k) for k in (*BUDGET_KEYS, SPEEDUP_KEY)}
 
 
 def _num(x: float) -> str:

@@ -17,9 +17,11 @@ from pathlib import Path
 
 from modformer.checkpoints import load_tokenizer
 from modformer.errors import CheckpointError
+from modformer.io import read_json, write_json
 from modformer.serving.targets import Target, require_engine
 
 MODEL_BIN = "model.bin"
+CT2_CONFIG = "config.json"  # the converter's own; it names the special tokens
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -29,28 +31,52 @@ def is_ctranslate2_folder(folder: str | Path) -> bool:
 
 
 def _converter(ct2, hf_folder: Path):
-    """CTranslate2's `TransformersConverter`, with two fix-ups through its public `load_model` / `load_tokenizer`
-    hooks: its BART loader reads `config.normalize_before`, which transformers 5's `BartConfig` no longer has (BART is
-    post-norm); and it records the tokenizer's bos/eos/unk tokens, which a tokenizer trained from scratch may leave
-    unnamed where the model config gives their ids."""
+    """CTranslate2's `TransformersConverter` with fix-ups through its public `load_model` / `load_tokenizer` hooks,
+    and the ids it saw (special tokens, and the token `generate` starts decoding with, for
+    `_start_where_generate_does`).
+
+    - Its loader for the BART kin (BART, mBART, Pegasus; Marian's and M2M-100's set their own) reads
+      `config.normalize_before` and `config.normalize_embedding`, which transformers 5's configs no longer have: they
+      are read off the model as that loader reads the norms themselves (a pre-norm stack ends with `layer_norm`; an
+      embedding norm is `layernorm_embedding`).
+    - It records the tokenizer's bos/eos/unk tokens, which a tokenizer trained from scratch may leave unnamed where
+      the model config gives their ids.
+    """
     ids: dict[str, int | None] = {}
 
     class Converter(ct2.converters.TransformersConverter):
         def load_model(self, model_class, model_name_or_path, **kwargs):
             model = super().load_model(model_class, model_name_or_path, **kwargs)
-            if model.config.model_type == "bart" and not hasattr(model.config, "normalize_before"):
-                model.config.normalize_before = False
+            encoder = model.get_encoder()
+            if hasattr(encoder, "layers"):  # the BART kin's layout, the one CTranslate2's BART loader walks
+                if not hasattr(model.config, "normalize_before"):
+                    model.config.normalize_before = hasattr(encoder, "layer_norm")
+                if not hasattr(model.config, "normalize_embedding"):
+                    model.config.normalize_embedding = hasattr(encoder, "layernorm_embedding")
             ids.update({k: getattr(model.config, f"{k}_token_id", None) for k in ("bos", "eos", "unk", "pad")})
+            start = getattr(model.generation_config, "decoder_start_token_id", None)
+            ids["decoder_start"] = start if start is not None else model.config.decoder_start_token_id
             return model
 
         def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
             tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
-            for kind, token_id in ids.items():
+            for kind in ("bos", "eos", "unk", "pad"):
+                token_id = ids[kind]
                 if getattr(tokenizer, f"{kind}_token") is None and token_id is not None:
                     setattr(tokenizer, f"{kind}_token", tokenizer.convert_ids_to_tokens(token_id))
             return tokenizer
 
-    return Converter(str(hf_folder), load_as_float16=False)
+    return Converter(str(hf_folder), load_as_float16=False), ids
+
+
+def _start_where_generate_does(out: Path, hf_folder: Path, start_id: int | None) -> None:
+    """Give a converted model the decoder start token `generate` uses where CTranslate2 left it to a target prefix:
+    its mBART loader does so unless the config names an mBART-50 tokenizer (mBART-25 starts with a language code)."""
+    path = out / CT2_CONFIG
+    config = read_json(path, "CTranslate2 config")
+    if config.get("decoder_start_token") is None and start_id is not None:
+        config["decoder_start_token"] = load_tokenizer(hf_folder).convert_ids_to_tokens(start_id)
+        write_json(path, config)
 
 
 def convert(hf_folder: str | Path, out: str | Path, target: Target) -> Path:
@@ -60,10 +86,11 @@ def convert(hf_folder: str | Path, out: str | Path, target: Target) -> Path:
     hf_folder, out = Path(hf_folder), Path(out)
     quantization = None if target.compute_type == "float32" else target.compute_type
     try:
-        converter = _converter(ct2, hf_folder)
+        converter, ids = _converter(ct2, hf_folder)
         converter.convert(str(out), quantization=quantization, force=True)
     except (ValueError, NotImplementedError, RuntimeError) as err:  # an architecture the converter does not know
         raise CheckpointError(f"{hf_folder}: CTranslate2 cannot convert it ({str(err).splitlines()[0]})") from None
+    _start_where_generate_does(out, hf_folder, ids.get("decoder_start"))
     load_tokenizer(hf_folder).save_pretrained(out / TOKENIZER_DIR)
     return out
 
