@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.text import Text
 
 from modformer.planner.frontier import frontier_2d, pareto_mask
-from modformer.plots import plot_pareto, short_labels
+from modformer.plots import plot_pareto, plot_quality_vs_size, short_labels
 
 BUDGET_MS = 18.0
 
@@ -133,9 +133,9 @@ def test_plot_pareto_labels_are_short_and_do_not_overlap(tables):
     assert not [t for t in texts if "enc=" in t or "dec=" in t]
     right = _right_panel(fig)
     labels = {t.get_text(): t for t in right.texts}
-    assert "6-6" in labels and labels["6-6"].get_fontweight() == "bold"  # the chosen point is named
-    assert set(labels) <= {"2-2", "4-2a", "4-2b", "3-4", "6-2", "6-6", "3-6", "12-12"}
-    assert {"2-2", "4-2a", "4-2b", "6-2", "12-12"} <= set(labels)  # the 2-D frontier is named
+    assert labels["chosen: 6-6"].get_fontweight() == "bold"  # the chosen point is named as such
+    assert set(labels) <= {"2-2", "4-2a", "4-2b", "3-4", "6-2", "chosen: 6-6", "3-6", "teacher"}
+    assert {"2-2", "4-2a", "4-2b", "6-2", "teacher"} <= set(labels)  # the 2-D frontier is named, the teacher as such
     renderer = FigureCanvasAgg(fig).get_renderer()
     boxes = [t.get_window_extent(renderer) for t in right.texts]
     for n, a in enumerate(boxes):
@@ -150,3 +150,73 @@ def test_plot_pareto_without_budget_or_validated_points(tables):
     fig = plot_pareto(scored, frontier, rules, metric="bleu", budget_latency_ms=float("inf"), chosen=MEMORY_ONLY)
     legend = [t.get_text() for t in _right_panel(fig).get_legend().get_texts()]
     assert "chosen: 3-4" in legend and not [t for t in legend if t.startswith("budget")]
+
+
+def _collection(ax, prefix: str):
+    (found,) = [c for c in ax.collections if c.get_label().startswith(prefix)]
+    return found
+
+
+def test_plot_pareto_marks_the_teacher_the_budget_and_the_choice_on_axes_from_zero(tables):
+    scored, frontier, rules = tables
+    fig = plot_pareto(scored, frontier, rules, metric="bleu", budget_latency_ms=BUDGET_MS)
+    left, right = fig.axes[0], _right_panel(fig)
+    # the teacher (12-12, validated here): a cross at its measured latency and score
+    teacher = _collection(right, "teacher 12-12: BLEU 24.00 at 20 ms")
+    assert np.allclose(teacher.get_offsets(), [[20.0, 24.0]])
+    assert not [ln for ln in right.get_lines() if ln.get_label().startswith("teacher")]  # the cross is enough
+    # the budget: a vertical line at 18 ms on both panels
+    for ax in (left, right):
+        (budget,) = [ln for ln in ax.get_lines() if ln.get_label() == "budget 18 ms"]
+        assert np.allclose(budget.get_xdata(), BUDGET_MS)
+    # the choice: a star, and its name beside it
+    assert np.allclose(_collection(right, "chosen: 6-6").get_offsets(), [[14.0, 21.0]])
+    (label,) = [t for t in right.texts if t.get_text() == "chosen: 6-6"]
+    assert label.xy == (14.0, 21.0)
+    # latency from 0 on both panels, the score from 0 (less a sliver, so that a point at 0 shows whole)
+    assert left.get_xlim()[0] == 0 and right.get_xlim()[0] == 0
+    bottom, top = right.get_ylim()
+    assert -0.05 * top < bottom <= 0 and top > 24.0
+    # a second latency axis, in multiples of the teacher's
+    (multiple,) = right.child_axes
+    assert multiple.get_xlabel() == "latency as a multiple of the teacher's (20 ms)"
+
+
+def test_plot_pareto_draws_the_teachers_latency_where_it_was_not_validated(tables):
+    scored, frontier, rules = tables
+    teacher = VALIDATED[-1][0]
+    frontier = frontier[frontier["assembly"] != teacher].assign(
+        measured_speed_ratio=lambda f: 20.0 / f["measured_latency_ms"],
+        speed_ratio=lambda f: 19.0 / f["predicted_latency_ms"],
+    )
+    fig = plot_pareto(scored, frontier, rules, metric="bleu")
+    left, right = fig.axes[0], _right_panel(fig)
+    (measured,) = [ln for ln in right.get_lines() if ln.get_label() == "teacher 12-12 (torch:fp32, 20 ms)"]
+    (predicted,) = [ln for ln in left.get_lines() if ln.get_label() == "teacher 12-12 (torch:fp32, 19 ms)"]
+    assert np.allclose(measured.get_xdata(), 20.0) and np.allclose(predicted.get_xdata(), 19.0)
+    assert not [c for c in right.collections if c.get_label().startswith("teacher")]  # no score to mark
+    assert right.get_xlim()[1] > 20.0 and left.get_xlim()[1] > 19.0
+
+
+def test_plot_quality_vs_size_falls_from_the_teacher_on_axes_from_zero():
+    rows = [  # strategy, assembly, shape, size ratio, BLEU: the teacher first in each strategy, as the demo's table
+        ("size-first", "enc=1,1,1,1 dec=1,1,1,1", "4-4", 1.0, 7.2),
+        ("size-first", "enc=2,2 dec=1,1,1,1", "2-4", 1.3, 6.9),
+        ("size-first", "enc=2,2 dec=2,2", "2-2", 2.0, 6.2),
+        ("speed-first", "enc=1,1,1,1 dec=1,1,1,1", "4-4", 1.0, 7.2),
+        ("speed-first", "enc=2,2 dec=2,2", "2-2", 2.0, 6.2),
+    ]
+    table = pd.DataFrame(rows, columns=["strategy", "assembly", "shape", "size_ratio", "bleu"])
+    fig = plot_quality_vs_size(table)
+    (ax,) = fig.axes
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines["size-first"].get_ydata()) == [7.2, 6.9, 6.2]  # falling as the size ratio grows
+    assert np.allclose(lines["teacher 4-4: BLEU 7.20"].get_ydata(), 7.2)
+    (star,) = ax.collections
+    assert np.allclose(star.get_offsets(), [[1.0, 7.2]])
+    bottom, top = ax.get_ylim()
+    assert -0.05 * top < bottom <= 0 and top > 7.2
+    assert 0.8 < ax.get_xlim()[0] < 1.0
+    assert ax.xaxis.get_major_formatter()(2.0, 0) == "2x"
+    labels = {t.get_text(): t for t in ax.texts}
+    assert set(labels) == {"teacher", "2-4", "2-2"} and labels["teacher"].get_fontweight() == "bold"
