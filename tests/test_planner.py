@@ -433,6 +433,9 @@ def test_plan_writes_every_output(plan_dir):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = plan.summary
     assert summary["search"]["scored"] == 169 and summary["search"]["method"] == "exhaustive"
+    # the teacher, scored on the same held-out pairs and timed in the same rounds: what every point is read against
+    assert summary["teacher"]["target"] == "torch:fp32" and 0 <= summary["teacher"]["bleu"] <= 100
+    assert summary["teacher_measured_latency_ms"] > 0 and summary["memory_source"] in ("measured", "arithmetic")
 
 
 def test_plan_names_the_points_on_the_figure(plan_dir):

@@ -293,6 +293,9 @@ def test_quality_is_set_against_the_teacher_where_the_plan_validated_it():
     answer = " ".join(page.section_text["answer"].split())
     assert "the teacher's own score was not measured by this plan" in answer
     assert "1.43x faster than the teacher (20.0 ms)" in answer  # its latency still comes from the speed-ups
+    # a plan that scored the teacher on the same pairs (summary["teacher"]) reads the point against that score
+    scored = _page(frontier, chosen, {**summary, "teacher": {"bleu": 36.5, "target": "torch:fp32"}})
+    assert "1.50 below the teacher's 36.50" in " ".join(scored.section_text["answer"].split())
     candidates = page.table("held-out loss (proxy)")  # the teacher, not validated
     assert candidates["assembly"].tolist() == ["enc=1,1,1,1,1,1 dec=1,1,1,1,1,1"]
     assert candidates["latency (ms, predicted)"].item() == "21.0"

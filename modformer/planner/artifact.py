@@ -9,7 +9,7 @@ A plan folder (written whole or not at all) holds
 | `scored.csv` | every assembly the search scored with the proxy |
 | `chosen.json` | the assembly to ship, with its figures (what `export --plan` reads) |
 | `pareto.png` | the figure (drawn from the tables when the plan is saved) |
-| `report.html` | one self-contained page: summary, chosen, figure, tables |
+| `report.html` | one self-contained page: what to deploy and why, the budget in words, the figure, readable tables |
 
 `Plan.save(folder)` writes them; `Plan.load(folder)` reads them back into the same tables.
 """

@@ -107,6 +107,7 @@ class Validation:
     rows: pd.DataFrame  # assembly, target, metric columns, measured_latency_ms, measured_speed_ratio
     seconds: float
     teacher_ms: float = float("nan")  # the teacher under torch, timed in the same rounds as the torch points
+    teacher_scores: dict = field(default_factory=dict)  # the teacher's metrics under torch, on the same pairs
 
     def add(self, rows: list[dict], seconds: float) -> None:
         """Points validated elsewhere (in another engine): their speed-up is over the teacher timed here."""
@@ -146,15 +147,24 @@ def validate_assemblies(
         model = models[text] = modular.assemble(Assembly.parse(text))
         hypotheses = generate(model, tokenizer, batches, max_new_tokens=max_new_tokens)
         rows.append({"assembly": text, **text_scores(hypotheses, list(pairs.targets))})
+    # The teacher is scored on the same pairs (what every point's quality is read against) and timed in the same
+    # rounds (the measured speed-up over it is immune to the machine's drift).
+    c = modular.config
+    teacher_text = str(Assembly.teacher(c.encoder_layers, c.decoder_layers))
+    teacher = models.get(teacher_text) or modular.assemble(Assembly.teacher(c.encoder_layers, c.decoder_layers))
+    scored = {row["assembly"]: row for row in rows}
+    if teacher_text in scored:
+        teacher_scores = {m: scored[teacher_text][m] for m in METRICS}
+    else:
+        if on_progress:
+            on_progress(len(assemblies), total, "generating with the teacher")
+        teacher_scores = text_scores(
+            generate(teacher, tokenizer, batches, max_new_tokens=max_new_tokens), list(pairs.targets)
+        )
     if on_progress:
         on_progress(len(assemblies), total, "timing end to end")
     settings = profile.meta.get("settings", {})
     vocab = int(modular.teacher.config.vocab_size)
-    # The teacher is timed in the same rounds: the measured speed-up over it is immune to the machine's drift.
-    c = modular.config
-    teacher = models.get(str(Assembly.teacher(c.encoder_layers, c.decoder_layers))) or modular.assemble(
-        Assembly.teacher(c.encoder_layers, c.decoder_layers)
-    )
     with torch_threads(settings.get("threads")):  # time as the profile was measured
         timings = time_models(
             [*models.values(), teacher], workload, Timer(settings.get("device", "cpu")), vocab, 0, warmup, repeats
@@ -167,7 +177,8 @@ def validate_assemblies(
         on_progress(total, total, "validated")
     columns = ["assembly", *METRICS, "measured_latency_ms", "measured_speed_ratio"]
     table = pd.DataFrame(rows, columns=columns).assign(target=target)
-    return Validation(table, time.perf_counter() - start, teacher_ms=measured[-1])
+    teacher_scores = {m: float(teacher_scores[m]) for m in METRICS}
+    return Validation(table, time.perf_counter() - start, teacher_ms=measured[-1], teacher_scores=teacher_scores)
 
 
 @dataclass
@@ -243,6 +254,7 @@ def summary_record(
     frontier: pd.DataFrame,
     workload,
     settings: dict,
+    memory_source: str = "measured",
 ) -> dict:
     v = frontier[frontier["validated"]]
     return {
@@ -254,7 +266,10 @@ def summary_record(
         "search": search.summary(),
         "validated": int(len(v)),
         "validation_seconds": round(validation.seconds, 2),
+        "memory_source": memory_source,  # measured peaks, or "arithmetic": parameter and cache bytes (no peaks profiled)
         "teacher_measured_latency_ms": None if np.isnan(validation.teacher_ms) else float(validation.teacher_ms),
+        # the teacher under torch on the same held-out pairs: what each point's quality is read against
+        "teacher": {**validation.teacher_scores, "target": "torch:fp32"} if validation.teacher_scores else None,
         # The proxy is a loss (lower is better), the metric a score: a good proxy correlates negatively.
         "proxy_vs_validated_spearman": spearman(-v["proxy_loss"], v[metric]),
         "settings": settings,

@@ -68,6 +68,9 @@ def report_html(*, png: bytes, frontier: pd.DataFrame, rules: pd.DataFrame, chos
     teacher = teacher_reference(frontier, metric)
     if teacher is not None and summary.get("teacher_measured_latency_ms") is not None:  # timed with the points
         teacher = dataclasses.replace(teacher, latency_ms=float(summary["teacher_measured_latency_ms"]))
+    scored = (summary.get("teacher") or {}).get(metric)
+    if teacher is not None and teacher.score is None and scored is not None:  # scored on the same pairs
+        teacher = dataclasses.replace(teacher, score=float(scored))
     row = chosen_row(frontier, chosen)
     has_budget = bool(budget_limits(summary.get("budget")))
     picture = base64.b64encode(png).decode("ascii")
@@ -113,7 +116,7 @@ def answer_section(
         ("Speed", speed_words(chosen, row, teacher)),
         (label, quality_words(chosen, teacher, metric, summary)),
         ("Size", size_words(chosen, row, teacher)),
-        ("Memory", (_value(_get(chosen, "memory_mb"), _sig, " MB"), "predicted peak, from the profile")),
+        ("Memory", (_value(_get(chosen, "memory_mb"), _sig, " MB"), memory_words(summary))),
     ]
     cards = "".join(
         f"<div><dt>{_e(name)}</dt><dd><strong>{_e(big)}</strong><br>{_e(small)}</dd></div>"
@@ -251,6 +254,14 @@ def workload_words(workload: dict | None) -> str:
 
 
 # --- the tables ----------------------------------------------------------------------------------------------------
+
+
+def memory_words(summary: dict) -> str:
+    """What the memory figure is: a peak predicted from measured peaks, or (a profile made without memory) an
+    estimate from parameter and cache bytes."""
+    if summary.get("memory_source") == "arithmetic":
+        return "estimated from parameter and cache bytes (the profile measured no peaks)"
+    return "predicted peak, from the profile"
 
 
 def validated_caption(teacher: TeacherReference | None, metric: str) -> str:

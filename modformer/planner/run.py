@@ -187,6 +187,7 @@ def run_plan(
         frontier=frontier,
         workload=workload,
         settings=asdict(settings),
+        memory_source=space.memory_source,
     )
     chosen = planning.choose(frontier, settings.metric)
     return planning.PlanResult(frontier=frontier, rules=rules, chosen=chosen, summary=summary, scored=result.scored)

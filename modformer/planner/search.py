@@ -96,7 +96,10 @@ class SearchResult:
 
     @property
     def scored_count(self) -> int:
-        return len(self.scored)
+        """Distinct assemblies the proxy scored (engine targets' rows repeat assemblies scored once)."""
+        if self.scored.empty or "assembly" not in self.scored.columns:
+            return len(self.scored)
+        return int(self.scored["assembly"].nunique())
 
     def frontier(self, objectives: Sequence[str], *, feasible_only: bool = True) -> pd.DataFrame:
         """Scored assemblies no other scored assembly beats on every objective (within the budget by default)."""
