@@ -13,15 +13,17 @@ kept, so 12 -> 6 copies layers 0, 2, 4, 7, 9, 11 and 12 -> 3 copies 0, 6, 11), t
 The output folder is a plain Hugging Face checkpoint (model, tokenizer, generation config) with ``modformer.json``
 (`StudentRun`: method, shape, copied layers, steps, wall time) and ``trainer_state.pt`` (`recipe.TrainerCheckpoint`:
 optimizer, scheduler, random states, step, held-out history) for resuming. Every checkpoint rewrites the folder
-whole (write aside, rename). The loop is the shared recipe skeleton (`modformer.recipe`); `StudentTrainer` adds only
-its losses and what it saves. `run_baseline` is the whole of `modformer baseline`.
+whole and switches it in at once (`Recipe.save_checkpoint`, with its manifest ``checkpoint.json``). The loop is the
+shared recipe skeleton (`modformer.recipe`); `StudentTrainer` adds only its losses and what it saves. `run_baseline`
+is the whole of `modformer baseline`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,10 +32,18 @@ from torch import nn
 
 from modformer import __version__
 from modformer.checkpoints import load_seq2seq, load_tokenizer
-from modformer.data import DataSpec, Seq2SeqData, TokenizedData, load_split, read_lines
+from modformer.data import (
+    DataSpec,
+    Seq2SeqData,
+    TokenizedData,
+    data_report,
+    load_split,
+    read_lines,
+    same_data_warning,
+)
 from modformer.errors import CheckpointError, ConfigError
 from modformer.evaluation import teacher_forced_loss
-from modformer.io import atomic_dir, atomic_path, read_json, write_json
+from modformer.io import atomic_path, read_json, write_json
 from modformer.modular.families import STACKS, adapter_for
 from modformer.modular.losses import HiddenStateLoss, LogitLoss
 from modformer.modular.model import standalone
@@ -51,7 +61,8 @@ from modformer.recipe import (
 METHODS = ("sft", "kd", "pseudo")
 INFO_NAME = "modformer.json"
 PSEUDO_NAME = "pseudo_labels.txt"
-RESUME_KEYS = ("method", "shape", "batch_size", "seed")  # settings a resumed run must share with the saved one
+# Settings a resumed run must share with the saved one (they decide its batches and shapes).
+RESUME_KEYS = ("method", "shape", "batch_size", "seed", "max_source_len", "max_target_len")
 
 
 def spread_layers(depth: int, count: int) -> list[int]:
@@ -96,13 +107,15 @@ class BaselineConfig:
     save_every: int = 200
     eval_pairs: int = 256
     max_new_tokens: int = 64  # pseudo-labels
+    max_source_len: int = 128  # tokens; longer texts are cut (and a warning says how many)
+    max_target_len: int = 128
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown baseline {self.method!r}; choose from {', '.join(METHODS)}")
         parse_shape(self.shape)
-        for name in ("steps", "batch_size", "lr", "temperature", "max_new_tokens"):
+        for name in ("steps", "batch_size", "lr", "temperature", "max_new_tokens", "max_source_len", "max_target_len"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("w_logit", "w_hidden", "warmup_steps", "eval_every", "save_every"):
@@ -121,6 +134,7 @@ class StudentRun:
     completed_steps: int = 0
     wall_s: float = 0.0  # training wall time, over all sessions
     history: list[dict] = field(default_factory=list)  # periodic held-out losses: {"step": n, "loss": x}
+    data_report: dict = field(default_factory=dict)  # pairs left out and cut, warnings (`data.data_report`)
     modformer_version: str = __version__
 
     def save(self, out_dir: str | Path) -> None:
@@ -134,6 +148,7 @@ class StudentRun:
                 "completed_steps": self.completed_steps,
                 "wall_s": round(self.wall_s, 1),
                 "history": self.history,
+                "data_report": self.data_report,
             },
         )
 
@@ -149,6 +164,7 @@ class StudentRun:
                 completed_steps=int(info.get("completed_steps", 0)),
                 wall_s=float(info.get("wall_s") or 0.0),
                 history=list(info.get("history", [])),
+                data_report=dict(info.get("data_report") or {}),
                 modformer_version=str(info.get("modformer_version", "")),
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -157,6 +173,8 @@ class StudentRun:
 
 class StudentTrainer(Recipe):
     """Trains one fixed-shape student (see the module docstring); the loop and checkpoints are the shared recipe's."""
+
+    data_report: dict | None = None  # what reading and tokenizing the pairs did (`data.data_report`), saved too
 
     def __init__(
         self, teacher: nn.Module, tokenizer, config: BaselineConfig, train: TokenizedData, heldout: TokenizedData
@@ -251,22 +269,22 @@ class StudentTrainer(Recipe):
             completed_steps=self.state.step,
             wall_s=self.state.seconds,
             history=list(self.state.history),
+            data_report=self.data_report or {},
         )
 
-    def save(self, out_dir: str | Path) -> None:
-        """The whole folder, written aside and renamed: the student, tokenizer, info and trainer checkpoint (and the
-        pseudo-labels already there)."""
-        pseudo = Path(out_dir) / PSEUDO_NAME
-        keep = pseudo.read_text(encoding="utf-8") if pseudo.is_file() else None
+    kept_files = (PSEUDO_NAME,)  # generated (or copied) into the folder before the first checkpoint
+
+    def save(self, folder: Path) -> None:
+        """The student, tokenizer and info into the checkpoint being written (`Recipe.save_checkpoint`, which keeps
+        the pseudo-labels)."""
         self.student.eval()
-        with atomic_dir(out_dir, overwrite=True) as tmp:
-            self.student.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            self.run().save(tmp)
-            self.checkpoint().save(tmp)
-            if keep is not None:
-                (tmp / PSEUDO_NAME).write_text(keep, encoding="utf-8")
+        self.student.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        self.run().save(folder)
         self.student.train()
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.student.named_parameters()
 
     def resume(self, out_dir: str | Path) -> None:
         """Continue the run saved in `out_dir`: its student weights, optimizer, scheduler, random states and step."""
@@ -307,9 +325,16 @@ def student_pairs(
         if report:
             report(0)
         targets = pseudo_labels(
-            teacher, tokenizer, train.sources, Path(out_dir), max_new_tokens=config.max_new_tokens, on_batch=report
+            teacher,
+            tokenizer,
+            train.sources,
+            Path(out_dir),
+            max_new_tokens=config.max_new_tokens,
+            max_source_len=config.max_source_len,
+            on_batch=report,
         )
-    return Seq2SeqData(train.sources, targets, f"{train.origin}, teacher's outputs")
+    # The reading's record (pairs left out, warnings) stays; the references are the teacher's outputs now.
+    return dataclasses.replace(train, targets=targets, origin=f"{train.origin}, teacher's outputs", references=None)
 
 
 def _check_pseudo_option(config: BaselineConfig, pseudo_labels_file: str | Path | None) -> None:
@@ -344,13 +369,17 @@ def run_baseline(
     check_output(out_dir, resume=resume, overwrite=overwrite, marker=STATE_NAME, what="baseline run")
     train = load_split(data, train_split)
     heldout = load_split(data, val_split, limit=config.eval_pairs)
+    same = same_data_warning(train, heldout, val_split=val_split)
     teacher_model = load_seq2seq(teacher, eager=config.method == "kd")
     tokenizer = load_tokenizer(teacher)
     train = student_pairs(
         config, teacher_model, tokenizer, train, out_dir, pseudo_labels_file=pseudo_labels_file, on_labels=on_labels
     )
-    trainer = StudentTrainer(teacher_model, tokenizer, config, train.tokenize(tokenizer), heldout.tokenize(tokenizer))
+    lengths = (config.max_source_len, config.max_target_len)
+    train_ids, heldout_ids = train.tokenize(tokenizer, *lengths), heldout.tokenize(tokenizer, *lengths)
+    trainer = StudentTrainer(teacher_model, tokenizer, config, train_ids, heldout_ids)
     trainer.origin = train.origin
+    trainer.data_report = data_report({"train": (train, train_ids), "heldout": (heldout, heldout_ids)}, [same])
     if resume:
         trainer.resume(out_dir)
     if on_start:
@@ -381,9 +410,11 @@ def pseudo_labels(
     *,
     batch_size: int = 64,
     max_new_tokens: int = 64,
+    max_source_len: int = 128,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """The teacher's greedy outputs for `sources`, cached in `out_dir/pseudo_labels.txt` (one per line)."""
+    """The teacher's greedy outputs for `sources` (cut to `max_source_len` tokens), cached in
+    `out_dir/pseudo_labels.txt` (one per line)."""
     from modformer.evaluation import generate
 
     path = Path(out_dir) / PSEUDO_NAME
@@ -391,7 +422,7 @@ def pseudo_labels(
         lines = path.read_text(encoding="utf-8").split("\n")[: len(sources)]
         if len(lines) == len(sources):
             return lines
-    data = Seq2SeqData(sources, [""] * len(sources), "pseudo-label sources").tokenize(tokenizer)
+    data = Seq2SeqData(sources, [""] * len(sources), "pseudo-label sources").tokenize(tokenizer, max_source_len)
     outputs = generate(
         teacher, tokenizer, data.batches(batch_size, shuffle=False), max_new_tokens=max_new_tokens, on_batch=on_batch
     )

@@ -6,9 +6,13 @@ the traceback instead.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import functools
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -32,7 +36,10 @@ class _Commands(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _interrupts_end_the_command():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except KeyboardInterrupt:  # outside the command and typer's own handling of it (which returns 130)
+            code = 130
         except typer.TyperException as err:  # click's exceptions, as typer ships them
             if type(err).__name__ == "NoArgsIsHelpError":  # `modformer` or `modformer profile` alone: the help
                 print(err.format_message())
@@ -43,9 +50,62 @@ class _Commands(TyperGroup):
             err_console.print(f"[bold red]error:[/] {escape(message)}{escape(where)}", highlight=False, soft_wrap=True)
             sys.exit(err.exit_code)
         except typer.Abort:
+            code = 130
+        if _interrupt["received"]:  # Ctrl-C ends the command with 130, wherever it landed
+            code = 130
+        if code == 130 and not _interrupt["reported"]:
             err_console.print("[bold red]error:[/] interrupted", highlight=False)
-            sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+# --- Ctrl-C -------------------------------------------------------------------------------------------------------
+# Python raises KeyboardInterrupt wherever the main thread is when SIGINT arrives. If that is a finalizer (a
+# `__del__`, a weakref callback: the heavy imports and the garbage collector run many), Python prints "Exception
+# ignored" and carries on, and the command ran to its end with exit 0. `_interrupts_end_the_command` notes every
+# SIGINT and delivers one that a finalizer swallowed again, from outside it; the command then ends with 130.
+_interrupt = {"received": False, "reported": False}
+
+
+def _on_interrupt(signum, frame) -> None:
+    _interrupt["received"] = True
+    raise KeyboardInterrupt
+
+
+def _deliver_again(installed: list[bool]) -> None:
+    """From another thread, once the finalizer is left: SIGINT to the main thread, while the CLI's handler holds."""
+    time.sleep(0.01)
+    if not installed[0]:
+        return
+    if hasattr(signal, "pthread_kill"):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # also wakes a blocking call
+    else:
+        _thread.interrupt_main()
+
+
+@contextlib.contextmanager
+def _interrupts_end_the_command():
+    """For one CLI invocation: SIGINT raises KeyboardInterrupt as usual, is noted, and is delivered again if a
+    finalizer swallowed it. Handler and hook are restored afterwards (tests run many invocations in one process)."""
+    _interrupt.update(received=False, reported=False)
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # signals reach the main thread only; a handler installed outside Python is left alone
+        return
+    installed = [True]
+    previous_handler, previous_hook = signal.signal(signal.SIGINT, _on_interrupt), sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if issubclass(unraisable.exc_type, KeyboardInterrupt):
+            _thread.start_new_thread(_deliver_again, (installed,))
+        else:
+            previous_hook(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        installed[0] = False
+        sys.unraisablehook = previous_hook
+        signal.signal(signal.SIGINT, previous_handler)
 
 
 app = typer.Typer(
@@ -62,7 +122,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 _state = {"debug": False}
 # Settings whose flag is not `--` + the setting's name with dashes (see `modformer.errors.with_flags`).
-FLAGS = {"json_out": "--json", "pseudo_labels_file": "--pseudo-labels"}
+FLAGS = {"json_out": "--json", "pseudo_labels_file": "--pseudo-labels", "path": "--data"}
 
 
 def _print_version(value: bool) -> None:
@@ -82,10 +142,31 @@ def _main(
 ) -> None:
     _state["debug"] = debug
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _show_library_warnings()
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+class _Warnings(logging.Handler):
+    """The library's warnings (`modformer.*` loggers) as `warning: ...` lines on stderr, the settings a record names
+    (`extra={"settings": (...)}`) written as flags, as errors are."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = ModformerError(record.getMessage(), settings=getattr(record, "settings", ()))
+        err_console.print(
+            f"[bold yellow]warning:[/] {escape(with_flags(message, FLAGS))}", highlight=False, soft_wrap=True
+        )
+
+
+def _show_library_warnings() -> None:
+    """Route `modformer` warnings through `_Warnings` (once per process), and not also through the root logger's
+    plain format."""
+    library = logging.getLogger("modformer")
+    if not any(isinstance(handler, _Warnings) for handler in library.handlers):
+        library.addHandler(_Warnings(level=logging.WARNING))
+        library.propagate = False
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -94,7 +175,8 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def handles_errors(fn):
-    """Turn the library's errors into one-line messages and exit code 1 (or a traceback under --debug)."""
+    """Turn the library's errors into one-line messages and exit code 1 (or a traceback under --debug); Ctrl-C into
+    `error: interrupted` and exit code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -110,6 +192,7 @@ def handles_errors(fn):
             where = err.filename2 or err.filename  # os.replace(tmp, path): name the user's path, not the temporary
             raise _fail(f"{where}: {err.strerror}" if where and err.strerror else str(err)) from None
         except KeyboardInterrupt:
+            _interrupt["reported"] = True
             raise _fail("interrupted", 130) from None
 
     return wrapper
@@ -120,15 +203,57 @@ DataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="Folder of line-aligned {split}.{ext} files, {split}.jsonl/.csv/.tsv, a path template with {split}, "
-        "a `datasets` save_to_disk folder, or a hub name. Default: the bundled Multi30k En-De sample.",
+        help="Folder of line-aligned {split}.{ext} files or {split}.jsonl/.csv/.tsv, a file, a path template with "
+        "{split} and/or {side} (e.g. 'data/{side}-{split}.txt'), a `datasets` save_to_disk folder, or a hub name; "
+        "docs/data.md has a recipe per layout. Default: the bundled Multi30k En-De sample.",
     ),
 ]
-SrcExtOpt = Annotated[str | None, typer.Option(help="Source file extension for line-aligned files, e.g. en.")]
-TgtExtOpt = Annotated[str | None, typer.Option(help="Target file extension for line-aligned files, e.g. de.")]
+SrcExtOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Source side's name: the extension of line files (train.en), what {side} stands for in --data "
+        "(src-train.txt), or the source language of a `translation` column. E.g. en."
+    ),
+]
+TgtExtOpt = Annotated[str | None, typer.Option(help="Target side's name, as --src-ext. E.g. de.")]
 SrcColOpt = Annotated[str, typer.Option(help="Source column of JSONL/CSV/TSV/datasets input.")]
 TgtColOpt = Annotated[str, typer.Option(help="Target column of JSONL/CSV/TSV/datasets input.")]
 PrefixOpt = Annotated[str, typer.Option(help="Task prefix put before every source, e.g. 'translate: '.")]
+LineFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="One pair per line, placed as this pattern says: 'IN: {source} OUT: {target}', '{source}\\t{target}' "
+        "(\\t: a tab), '{source} ||| {target}'. Reads a file, a {split} template, or DIR/{split}.txt."
+    ),
+]
+ListRuleOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="What a list value (JSONL, CSV, datasets) becomes: join (its items joined by spaces), first (its first "
+        "item), or one rule per side, SOURCE,TARGET, where TARGET may be references (each item a reference: "
+        "training uses the first, BLEU/chrF/ROUGE/exact match all). E.g. join,references."
+    ),
+]
+OnBadLineOpt = Annotated[
+    str,
+    typer.Option(
+        help="error: stop at the first bad pair (empty, not text, a line that does not parse); skip: leave bad pairs "
+        "out, with a warning naming the first few (recorded in the JSON written too)."
+    ),
+]
+UnescapeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unescape-entities",
+        help="Turn entities left by tokenizers (&apos; &quot; &amp; &lt; &#124; ...) back into characters.",
+    ),
+]
+MaxSourceLenOpt = Annotated[
+    int, typer.Option(help="Longest source, in tokens: longer ones are cut, and a warning says how many.")
+]
+MaxTargetLenOpt = Annotated[
+    int, typer.Option(help="Longest target, in tokens: longer ones are cut, and a warning says how many.")
+]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
 ThreadsOpt = Annotated[
     int | None,
@@ -148,14 +273,22 @@ def _use_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix):
+def _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix, line_format, list_rule, on_bad_line, unescape):
+    """The `DataSpec` of a command's data options (without --data: the bundled sample, read the same way)."""
     from modformer.data import DataSpec, default_data_spec
 
+    reading = {
+        "prefix": prefix,
+        "line_format": line_format,
+        "list_rule": list_rule,
+        "on_bad_line": on_bad_line,
+        "unescape_entities": unescape,
+    }
     if data is None:
         base = default_data_spec()
-        return DataSpec(path=base.path, src_ext=base.src_ext, tgt_ext=base.tgt_ext, prefix=prefix)
+        return DataSpec(path=base.path, src_ext=base.src_ext, tgt_ext=base.tgt_ext, **reading)
     return DataSpec(
-        path=data, src_ext=src_ext, tgt_ext=tgt_ext, src_column=src_column, tgt_column=tgt_column, prefix=prefix
+        path=data, src_ext=src_ext, tgt_ext=tgt_ext, src_column=src_column, tgt_column=tgt_column, **reading
     )
 
 
@@ -186,11 +319,13 @@ class _LoggedProgress(Progress):
 
 
 def _progress_line(task) -> str:
-    """'teacher 1,200/5,000 (24 %), 6 min 1 s so far, about 19 min left; loss 3.210'"""
+    """'teacher 1,200/5,000 (24 %), 6 min 1 s so far, 3.32/s, about 19 min 35 s left; loss 3.210'"""
     done = f"{task.completed:,.0f}"
     if task.total:
         done += f"/{task.total:,.0f} ({100 * task.completed / task.total:.0f} %)"
     parts = [f"{task.description} {done}", f"{_duration(task.elapsed or 0.0)} so far"]
+    if task.speed:
+        parts.append(f"{task.speed:.3g}/s")
     if task.time_remaining is not None and task.completed < (task.total or 0):
         parts.append(f"about {_duration(task.time_remaining)} left")
     info = task.fields.get("info", "")
@@ -239,6 +374,12 @@ def teacher(
     src_column: SrcColOpt = "source",
     tgt_column: TgtColOpt = "target",
     prefix: PrefixOpt = "",
+    line_format: LineFormatOpt = None,
+    list_rule: ListRuleOpt = None,
+    on_bad_line: OnBadLineOpt = "error",
+    unescape_entities: UnescapeOpt = False,
+    max_source_len: MaxSourceLenOpt = 128,
+    max_target_len: MaxTargetLenOpt = 128,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
     val_split: Annotated[str, typer.Option(help="Held-out split for the final loss.")] = "val",
     preset: Annotated[
@@ -262,8 +403,18 @@ def teacher(
     _use_threads(threads)
     from modformer.teacher import TeacherConfig, run_teacher
 
-    config = TeacherConfig(preset=preset, steps=steps, batch_size=batch_size, seed=seed, save_every=save_every)
-    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    config = TeacherConfig(
+        preset=preset,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        save_every=save_every,
+        max_source_len=max_source_len,
+        max_target_len=max_target_len,
+    )
+    spec = _data_spec(
+        data, src_ext, tgt_ext, src_column, tgt_column, prefix, line_format, list_rule, on_bad_line, unescape_entities
+    )
     with _progress() as progress:
         task = None
 
@@ -304,6 +455,12 @@ def train(
     src_column: SrcColOpt = "source",
     tgt_column: TgtColOpt = "target",
     prefix: PrefixOpt = "",
+    line_format: LineFormatOpt = None,
+    list_rule: ListRuleOpt = None,
+    on_bad_line: OnBadLineOpt = "error",
+    unescape_entities: UnescapeOpt = False,
+    max_source_len: MaxSourceLenOpt = 128,
+    max_target_len: MaxTargetLenOpt = 128,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
     val_split: Annotated[str, typer.Option(help="Held-out split for the periodic loss.")] = "val",
     granularities: Annotated[
@@ -350,12 +507,18 @@ def train(
         hybrids_per_step=hybrids_per_step,
         eval_every=eval_every,
         save_every=save_every,
+        max_source_len=max_source_len,
+        max_target_len=max_target_len,
         seed=seed,
     )
     gs = _parse_granularities(granularities)
-    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    spec = _data_spec(
+        data, src_ext, tgt_ext, src_column, tgt_column, prefix, line_format, list_rule, on_bad_line, unescape_entities
+    )
     main = is_main_process()
     say = console.print if main else (lambda *a, **k: None)  # one voice when several processes train
+    if not main:  # every process reads the data; one warns
+        logging.getLogger("modformer").setLevel(logging.ERROR)
     with _progress(disable=not main) as progress:
         task = None
 
@@ -529,6 +692,12 @@ def baseline(
     src_column: SrcColOpt = "source",
     tgt_column: TgtColOpt = "target",
     prefix: PrefixOpt = "",
+    line_format: LineFormatOpt = None,
+    list_rule: ListRuleOpt = None,
+    on_bad_line: OnBadLineOpt = "error",
+    unescape_entities: UnescapeOpt = False,
+    max_source_len: MaxSourceLenOpt = 128,
+    max_target_len: MaxTargetLenOpt = 128,
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
     val_split: Annotated[str, typer.Option(help="Held-out split for the periodic loss.")] = "val",
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
@@ -544,6 +713,7 @@ def baseline(
             "another pseudo student's pseudo_labels.txt) instead of generating them.",
         ),
     ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="pseudo: longest teacher output, in tokens.")] = 64,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -572,9 +742,14 @@ def baseline(
         w_hidden=w_hidden,
         eval_every=eval_every,
         save_every=save_every,
+        max_new_tokens=max_new_tokens,
+        max_source_len=max_source_len,
+        max_target_len=max_target_len,
         seed=seed,
     )
-    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    spec = _data_spec(
+        data, src_ext, tgt_ext, src_column, tgt_column, prefix, line_format, list_rule, on_bad_line, unescape_entities
+    )
     with _progress() as progress:
         labels_task = task = None
 
@@ -641,6 +816,12 @@ def plan(
     src_column: SrcColOpt = "source",
     tgt_column: TgtColOpt = "target",
     prefix: PrefixOpt = "",
+    line_format: LineFormatOpt = None,
+    list_rule: ListRuleOpt = None,
+    on_bad_line: OnBadLineOpt = "error",
+    unescape_entities: UnescapeOpt = False,
+    max_source_len: MaxSourceLenOpt = 128,
+    max_target_len: MaxTargetLenOpt = 128,
     split: Annotated[str, typer.Option(help="Held-out split for the proxy and the validation.")] = "val",
     budget: Annotated[
         str,
@@ -670,7 +851,9 @@ def plan(
     proxy_samples: Annotated[int, typer.Option(help="Held-out pairs the proxy loss is measured on.")] = 32,
     validate: Annotated[int, typer.Option(help="Proxy-frontier points re-scored with generation and timing.")] = 8,
     validate_samples: Annotated[int, typer.Option(help="Held-out pairs generated for validation.")] = 200,
-    metric: Annotated[str, typer.Option(help="Validation metric: bleu, chrf, rouge1, rouge2 or rougeL.")] = "bleu",
+    metric: Annotated[
+        str, typer.Option(help="Validation metric: bleu, chrf, rouge1, rouge2, rougeL or exact_match.")
+    ] = "bleu",
     max_new_tokens: Annotated[int, typer.Option(help="Longest validation output, in tokens.")] = 64,
     batch: Annotated[int | None, typer.Option(help="Workload batch size (default: the profile's smallest).")] = None,
     src_len: Annotated[int | None, typer.Option(help="Workload source length (default: profile's smallest).")] = None,
@@ -730,7 +913,9 @@ def plan(
     )
     loaded_profile = _load_profile(profile)
     workload = resolve_workload(loaded_profile, batch=batch, src_len=src_len, gen_len=gen_len)
-    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    spec = _data_spec(
+        data, src_ext, tgt_ext, src_column, tgt_column, prefix, line_format, list_rule, on_bad_line, unescape_entities
+    )
     settings = PlanSettings(
         modules=str(modules),
         data=asdict(spec),
@@ -740,6 +925,8 @@ def plan(
         validate_samples=validate_samples,
         metric=metric,
         max_new_tokens=max_new_tokens,
+        max_source_len=max_source_len,
+        max_target_len=max_target_len,
         budget=str(parsed_budget) if budget.strip() else "",
         workload=workload,
         search=config_record(search),
@@ -855,15 +1042,30 @@ def evaluate(
     src_column: SrcColOpt = "source",
     tgt_column: TgtColOpt = "target",
     prefix: PrefixOpt = "",
+    line_format: LineFormatOpt = None,
+    list_rule: ListRuleOpt = None,
+    on_bad_line: OnBadLineOpt = "error",
+    unescape_entities: UnescapeOpt = False,
+    max_source_len: MaxSourceLenOpt = 128,
+    max_target_len: MaxTargetLenOpt = 128,
     split: Annotated[str, typer.Option(help="Split to score.")] = "val",
     limit: Annotated[int | None, typer.Option(help="Score only the first N pairs.")] = None,
     batch_size: Annotated[int, typer.Option(help="Pairs per generation batch.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(help="Generation length limit.")] = 64,
     num_beams: Annotated[int, typer.Option(help="Beam size (1 = greedy).")] = 1,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the scores as JSON.")] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the scores, and what reading the data left out or cut, as JSON."),
+    ] = None,
+    predictions: Annotated[
+        Path | None, typer.Option(help="Also write the outputs to this file, one a line in the data's order.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing --json / --predictions files.")
+    ] = False,
     threads: ThreadsOpt = None,
 ) -> None:
-    """Score a model: BLEU and chrF (sacrebleu), ROUGE-1/2/L, teacher-forced loss.
+    """Score a model: BLEU and chrF (sacrebleu), ROUGE-1/2/L, exact match, teacher-forced loss.
 
     Examples:
 
@@ -871,11 +1073,21 @@ def evaluate(
         modformer evaluate --model runs/small --data data/ --src-ext en --tgt-ext de --split test --json s.json
         modformer evaluate --model runs/int8 --data data/ --src-ext en --tgt-ext de --split test
         modformer evaluate --modules runs/mods --assembly "enc=6,6 dec=6,6" --data data/ --src-ext en --tgt-ext de
+        modformer evaluate --model runs/small --data 'scan/tasks_{split}_simple.txt' \\
+            --line-format 'IN: {source} OUT: {target}' --split test --predictions out.txt
     """
     _use_threads(threads)
     from modformer.modular.evaluate import evaluate as evaluate_model
 
-    spec = _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix)
+    outputs = [path for path in (json_out, predictions) if path is not None]
+    if len(outputs) == 2 and json_out.resolve() == predictions.resolve():
+        raise ConfigError(f"--json and --predictions both name {json_out}: give two files")
+    for path in outputs:  # before any work: a refusal costs nothing
+        refuse_existing(path, overwrite)
+
+    spec = _data_spec(
+        data, src_ext, tgt_ext, src_column, tgt_column, prefix, line_format, list_rule, on_bad_line, unescape_entities
+    )
     with _progress() as progress:
         tasks: list = []  # the bar appears with the first batch: a refused setting prints only its error
 
@@ -894,20 +1106,24 @@ def evaluate(
             batch_size=batch_size,
             max_new_tokens=max_new_tokens,
             num_beams=num_beams,
+            max_source_len=max_source_len,
+            max_target_len=max_target_len,
             on_progress=on_progress,
         )
     scores = result.scores
-    table = Table("model", "split", "n", "BLEU", "chrF", "ROUGE-1", "ROUGE-2", "ROUGE-L", "loss")
+    table = Table("model", "split", "n", "BLEU", "chrF", "ROUGE-1", "ROUGE-2", "ROUGE-L", "exact", "loss")
     table.add_row(
         escape(result.model),
         split,
         str(scores.n),
-        *(f"{getattr(scores, k):.2f}" for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL")),
+        *(f"{getattr(scores, k):.2f}" for k in ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match")),
         _fmt(scores.loss),
     )
     console.print(table)
     if json_out:
         result.save(json_out)
+    if predictions:
+        result.save_predictions(predictions)
 
 
 # --- demo ---------------------------------------------------------------------------------------------------------

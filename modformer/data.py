@@ -1,30 +1,49 @@
 """Source/target pairs for seq2seq models: where they come from, how they become token ids and batches.
 
-`DataSpec` says where the pairs live; `load_split` reads one split of them as `Seq2SeqData`; `Seq2SeqData.tokenize`
-turns that into `TokenizedData`, which cuts padded, length-bucketed batches and an endless, resumable training stream.
+`DataSpec` says where the pairs live and how to read them; `load_split` reads one split of them as `Seq2SeqData`;
+`Seq2SeqData.tokenize` turns that into `TokenizedData`, which cuts padded, length-bucketed batches and an endless,
+resumable training stream.
 
 What `DataSpec.path` may be, tried in this order:
 
-* a path containing ``{split}`` — a template: ``data/{split}.jsonl`` (a table per split), or ``data/{split}`` with
-  src_ext/tgt_ext (line-aligned files ``data/train.en`` and ``data/train.de``);
+* a path containing ``{split}`` or ``{side}`` — a template: ``data/{split}.jsonl`` (a table per split);
+  ``data/{split}`` with src_ext/tgt_ext (line-aligned files ``data/train.en`` and ``data/train.de``);
+  ``data/{side}-{split}.txt`` (a line file per side and split, as OpenNMT's ``src-train.txt``/``tgt-train.txt``:
+  ``{side}`` stands for src_ext/tgt_ext, without them for src/tgt or source/target, whichever files exist);
+  ``data/tasks_{split}.txt`` with line_format (one pair per line);
 * a folder saved by ``datasets`` (``save_to_disk``): a DatasetDict with the split, or a single Dataset;
 * a folder of line-aligned files ``{split}.{src_ext}`` / ``{split}.{tgt_ext}`` (without extensions given:
   ``{split}.src``/``.tgt`` or ``{split}.source``/``.target``), each plain or gzip-compressed (``train.en.gz``), else a
-  table ``{split}.jsonl``, ``.csv`` or ``.tsv``;
-* a single ``.jsonl``, ``.csv`` or ``.tsv`` file: it has no splits, so every split name reads the whole file
-  (``available_splits`` names it by its stem). The same holds for a folder holding a single saved Dataset;
+  table ``{split}.jsonl``, ``.csv`` or ``.tsv``; with line_format, ``{split}.txt``;
+* a single ``.jsonl``, ``.csv`` or ``.tsv`` file (with line_format, any text file): it has no splits, so every split
+  name reads the whole file (``available_splits`` names it by its stem). The same holds for a folder holding a single
+  saved Dataset;
 * anything else that does not exist locally: a Hugging Face hub name, ``name`` or ``name:config`` (``wmt14:de-en``).
 
+How values become texts: `line_format` splits each line into a pair (``'IN: {source} OUT: {target}'``); `list_rule`
+turns a list value (JSONL, a CSV cell holding a JSON list, a data set's sequence) into text, ``join`` or ``first``,
+per side as ``SOURCE,TARGET`` where a target may also be ``references`` (each item a reference: training uses the
+first, scoring all of them); `unescape_entities` turns entities left by tokenizers (``&apos;``, ``&quot;``) back
+into characters. A bad pair (empty, not text, a line that does not parse) stops the loading (`on_bad_line` ``error``) or
+is left out, counted and warned about (``skip``).
+
 Every problem with the data is a `DataError` whose message is one line naming the file and, where there is one, the
-line, so the CLI can print it as it is.
+line, so the CLI can print it as it is; where a folder's files fit a layout that settings can read, the error says
+which settings. What a user should know but need not stop for (pairs left out, texts cut by tokenization, a held-out
+split that is the training data) is logged as a warning (logger ``modformer.data``, the settings it concerns in
+``extra["settings"]``) and kept in the data's `warnings`, which artifacts record through `data_report`.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
+import dataclasses
 import glob
 import gzip
+import html
 import io
+import itertools
 import json
 import logging
 import math
@@ -46,36 +65,115 @@ logger = logging.getLogger(__name__)
 SAMPLE_DIR = Path(__file__).resolve().parent / "resources" / "multi30k_sample"
 FULL_DIR = Path(__file__).resolve().parent / "resources" / "multi30k"
 TABLE_SUFFIXES = (".jsonl", ".csv", ".tsv")
+LINE_FORMAT_SUFFIX = ".txt"  # a folder read with line_format holds {split}.txt
 AUTO_EXTENSIONS = (("src", "tgt"), ("source", "target"))  # tried in order when src_ext/tgt_ext are not given
+KNOWN_SIDES = (*AUTO_EXTENSIONS, ("input", "output"), ("in", "out"))  # which of two side names is the source
 SPLIT_FIELD = "{split}"
+SIDE_FIELD = "{side}"
+SPLIT_WORD = re.compile(r"(train|training|val|valid|validation|dev|test|eval|tune)\d*", re.IGNORECASE)
 GZIP_SUFFIX = ".gz"  # line files may come compressed: train.en.gz
 TRANSLATION_COLUMN = "translation"  # the WMT layout: one column of {language: text} dicts
+LIST_RULES = ("join", "first")  # what a list value becomes: its items joined by spaces, or its first item
+REFERENCES = "references"  # a target list rule: every item is a reference
+BAD_LINE_RULES = ("error", "skip")
+SHOWN_BAD_PAIRS = 3  # bad pairs named in a warning and a record; the rest are counted
 LABEL_PAD_ID = -100  # ignored by the cross-entropy loss of Hugging Face seq2seq models
 BUCKET_BATCHES = 50  # batches per length-sorted chunk: enough to group similar lengths, few enough to stay random
 TOKENIZE_CHUNK = 4096  # texts per tokenizer call, so a large corpus never holds one huge BatchEncoding
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
+UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, as surrogateescape keeps them
 
 Where = Callable[[str, int], str]  # (side, row) -> "data/train.de line 17": where an error points
 
 
 # --- the spec -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DataSpec:
-    """Where source/target pairs come from. See the module docstring for what `path` may be."""
+class LineFormat:
+    """One pair per line: the text around and between `{source}` and `{target}` in a `line_format`."""
 
-    path: str = field(metadata={"help": "Folder, file, file template with {split}, or Hugging Face hub name."})
+    before: str  # the line starts with it ("IN: ")
+    between: str  # it separates the two texts (" OUT: ")
+    after: str  # the line ends with it (usually "")
+    source_first: bool
+
+    @classmethod
+    def parse(cls, text: str) -> LineFormat:
+        """`'IN: {source} OUT: {target}'`; a written `\\t` stands for a tab (`'{source}\\t{target}'`)."""
+        pattern = text.replace("\\t", "\t")
+        counts = {name: pattern.count("{" + name + "}") for name in ("source", "target")}
+        if counts != {"source": 1, "target": 1}:
+            raise DataError(
+                f"`line_format` '{text}' must hold {{source}} and {{target}} once each, "
+                "e.g. 'IN: {source} OUT: {target}' or '{source}\\t{target}'",
+                settings="line_format",
+            )
+        first, second = sorted(("source", "target"), key=lambda name: pattern.index("{" + name + "}"))
+        before, rest = pattern.split("{" + first + "}")
+        between, after = rest.split("{" + second + "}")
+        if not between:
+            raise DataError(
+                f"`line_format` '{text}': nothing separates {{{first}}} from {{{second}}}, so a line cannot be split",
+                settings="line_format",
+            )
+        return cls(before, between, after, source_first=first == "source")
+
+    def split(self, line: str) -> tuple[str, str] | str:
+        """(source, target) of `line`, or why it does not fit."""
+        if not line.startswith(self.before):
+            return f"does not start with {self.before!r}"
+        if not line.endswith(self.after) or len(line) < len(self.before) + len(self.after):
+            return f"does not end with {self.after!r}"
+        core = line[len(self.before) : len(line) - len(self.after)]
+        found = core.count(self.between)
+        if found != 1:
+            return f"{self.between!r} " + ("not found" if not found else f"found {found} times: where does it split?")
+        first, second = core.split(self.between)
+        return (first, second) if self.source_first else (second, first)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where source/target pairs come from and how to read them. See the module docstring for what `path` may be."""
+
+    path: str = field(metadata={"help": "Folder, file, template with {split} and/or {side}, or Hugging Face hub name."})
     src_ext: str | None = field(
         default=None,
-        metadata={"help": "Extension of source files (e.g. 'en'); for `translation` columns, the source language."},
+        metadata={
+            "help": "Source side's name: extension of line files (train.en), the {side} of a template (src), the "
+            "source language of `translation` columns."
+        },
     )
     tgt_ext: str | None = field(
         default=None,
-        metadata={"help": "Extension of target files (e.g. 'de'); for `translation` columns, the target language."},
+        metadata={"help": "Target side's name, as src_ext (de, tgt)."},
     )
     src_column: str = field(default="source", metadata={"help": "Source column of JSONL/CSV/TSV files and data sets."})
     tgt_column: str = field(default="target", metadata={"help": "Target column of JSONL/CSV/TSV files and data sets."})
     prefix: str = field(
         default="", metadata={"help": "Task prefix prepended to every source, e.g. 'translate English to German: '."}
+    )
+    line_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "One pair per line: where the texts sit, e.g. 'IN: {source} OUT: {target}', '{source}\\t{target}' "
+            "(\\t: a tab) or '{source} ||| {target}'."
+        },
+    )
+    list_rule: str | None = field(
+        default=None,
+        metadata={
+            "help": "What a list value becomes: join (items joined by spaces), first (its first item), or one rule "
+            "per side, SOURCE,TARGET, where the target may be references (each item a reference: training uses the "
+            "first, scores use all), e.g. join,references."
+        },
+    )
+    on_bad_line: str = field(
+        default="error",
+        metadata={"help": "error: stop at the first bad pair (empty, not text, unparsable); skip: leave it out, warn."},
+    )
+    unescape_entities: bool = field(
+        default=False,
+        metadata={"help": "Turn entities left by tokenizers (&apos; &quot; &amp; &#124; ...) back into characters."},
     )
 
     def __post_init__(self) -> None:
@@ -98,6 +196,42 @@ class DataSpec:
             raise DataError(
                 f"src_column {self.src_column!r} and tgt_column {self.tgt_column!r} must be two different, non-empty names"
             )
+        if self.line_format is not None:
+            LineFormat.parse(self.line_format)
+            if SIDE_FIELD in self.path:
+                raise DataError(
+                    "a template with {side} names one file per side, `line_format` one file holding both: give one",
+                    settings="line_format",
+                )
+        _list_rules(self.list_rule)  # raises for an unknown rule
+        if self.on_bad_line not in BAD_LINE_RULES:
+            raise DataError(
+                f"unknown `on_bad_line` {self.on_bad_line!r}; choose {' or '.join(BAD_LINE_RULES)}",
+                settings="on_bad_line",
+            )
+
+    @property
+    def list_rules(self) -> tuple[str | None, str | None]:
+        """(source rule, target rule) of `list_rule`: 'join' is ('join', 'join'); None leaves lists an error."""
+        return _list_rules(self.list_rule)
+
+    @property
+    def pair_format(self) -> LineFormat | None:
+        return None if self.line_format is None else LineFormat.parse(self.line_format)
+
+
+def _list_rules(text: str | None) -> tuple[str | None, str | None]:
+    if text is None:
+        return None, None
+    parts = [part.strip() for part in text.split(",")]
+    rules = (parts[0], parts[0]) if len(parts) == 1 else tuple(parts)
+    if len(rules) != 2 or rules[0] not in LIST_RULES or rules[1] not in (*LIST_RULES, REFERENCES):
+        raise DataError(
+            f"unknown `list_rule` {text!r}: give join, first, or SOURCE,TARGET rules such as join,{REFERENCES} "
+            f"(a target may be {REFERENCES}: each item a reference)",
+            settings="list_rule",
+        )
+    return rules[0], rules[1]
 
 
 def default_data_spec() -> DataSpec:
@@ -111,18 +245,31 @@ def full_data_spec() -> DataSpec:
     return DataSpec(path=str(FULL_DIR), src_ext="en", tgt_ext="de")
 
 
+def warn(message: str, *settings: str) -> str:
+    """Log `message` as a warning for the user (the CLI prints it, naming `settings` as flags); return it, so that
+    the caller can record the same words."""
+    logger.warning(message, extra={"settings": settings})
+    return message
+
+
 # --- pairs of texts -----------------------------------------------------------------------------------------------
 @dataclass
 class Seq2SeqData:
-    """Aligned source and target texts of one split."""
+    """Aligned source and target texts of one split, and what loading them left out."""
 
     sources: list[str]
     targets: list[str]
     origin: str = ""  # human-readable: which files, columns and split the pairs came from
+    references: list[list[str]] | None = None  # every reference of each pair, where targets are lists of them
+    skipped: int = 0  # bad pairs left out (on_bad_line skip)
+    skipped_at: list[str] = field(default_factory=list)  # where the first of them were, and why
+    warnings: list[str] = field(default_factory=list)  # what the user was warned of while loading
 
     def __post_init__(self) -> None:
         if len(self.sources) != len(self.targets):
             raise DataError(f"{self.origin}: {len(self.sources)} sources but {len(self.targets)} targets")
+        if self.references is not None and len(self.references) != len(self.targets):
+            raise DataError(f"{self.origin}: {len(self.targets)} targets but {len(self.references)} reference lists")
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -132,43 +279,162 @@ class Seq2SeqData:
         _check_limit(n)
         if n is None or n >= len(self):
             return self
-        return Seq2SeqData(self.sources[:n], self.targets[:n], f"{self.origin}, first {n}")
+        references = None if self.references is None else self.references[:n]
+        return dataclasses.replace(
+            self,
+            sources=self.sources[:n],
+            targets=self.targets[:n],
+            origin=f"{self.origin}, first {n}",
+            references=references,
+        )
+
+    def reference_lists(self) -> list[list[str]]:
+        """Every reference of each pair: the target alone, or all references where the data has several."""
+        return self.references if self.references is not None else [[target] for target in self.targets]
 
     def tokenize(self, tokenizer: Any, max_source_len: int = 128, max_target_len: int = 128) -> TokenizedData:
-        """Token ids with the tokenizer's special tokens (T5 appends </s>), truncated to the given lengths."""
-        if max_source_len < 1 or max_target_len < 1:
-            raise ConfigError(f"max lengths must be at least 1 (got {max_source_len} and {max_target_len})")
+        """Token ids with the tokenizer's special tokens (T5 appends </s>), truncated to the given lengths; a warning
+        with the share of pairs cut where any was."""
+        for name, value in (("max_source_len", max_source_len), ("max_target_len", max_target_len)):
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1 (got {value})", settings=name)
         if tokenizer.pad_token_id is None:
             raise DataError("the tokenizer has no pad token: set tokenizer.pad_token (e.g. to its eos token) first")
-        return TokenizedData(
-            source_ids=_token_ids(tokenizer, self.sources, max_source_len, target=False),
-            target_ids=_token_ids(tokenizer, self.targets, max_target_len, target=True),
+        source_ids, source_cut = _token_ids(tokenizer, self.sources, max_source_len, target=False)
+        target_ids, target_cut = _token_ids(tokenizer, self.targets, max_target_len, target=True)
+        data = TokenizedData(
+            source_ids=source_ids,
+            target_ids=target_ids,
             pad_id=int(tokenizer.pad_token_id),
+            max_source_len=max_source_len,
+            max_target_len=max_target_len,
+            cut_sources=sum(source_cut),
+            cut_targets=sum(target_cut),
+            cut_pairs=sum(s or t for s, t in zip(source_cut, target_cut, strict=True)),
         )
+        if data.cut_pairs:
+            sides = [
+                f"{count:,} {side}s longer than `{name}` {limit} tokens"
+                for count, side, name, limit in (
+                    (data.cut_sources, "source", "max_source_len", max_source_len),
+                    (data.cut_targets, "target", "max_target_len", max_target_len),
+                )
+                if count
+            ]
+            share = f"{data.cut_pairs:,} of {len(self):,} pairs ({_percent(data.cut_pairs, len(self))})"
+            message = f"{self.origin}: {share} were cut to fit: {' and '.join(sides)}"
+            data.warnings.append(warn(message, "max_source_len", "max_target_len"))
+        return data
 
 
-def _token_ids(tokenizer: Any, texts: list[str], max_len: int, *, target: bool) -> list[list[int]]:
+def _token_ids(tokenizer: Any, texts: list[str], max_len: int, *, target: bool) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of `texts`, each at most `max_len` long (special tokens kept), and whether each was cut."""
     ids: list[list[int]] = []
+    cut: list[bool] = []
     for start in range(0, len(texts), TOKENIZE_CHUNK):
         chunk = texts[start : start + TOKENIZE_CHUNK]
-        # text_target= lets tokenizers with separate source/target settings (e.g. language codes) use the target ones.
-        encoded = (
-            tokenizer(text_target=chunk, truncation=True, max_length=max_len)
-            if target
-            else tokenizer(chunk, truncation=True, max_length=max_len)
+        # Whole first, to know which are too long (verbose=False: no warning about the model's length); only those
+        # are encoded again with truncation, which keeps the special tokens (T5's </s>) at the end.
+        rows = [list(row) for row in _encode(tokenizer, chunk, target=target, verbose=False)]
+        long = [i for i, row in enumerate(rows) if len(row) > max_len]
+        if long:
+            shorter = _encode(tokenizer, [chunk[i] for i in long], target=target, truncation=True, max_length=max_len)
+            for i, row in zip(long, shorter, strict=True):
+                rows[i] = list(row)
+        ids.extend(rows)
+        was_cut = set(long)
+        cut.extend(i in was_cut for i in range(len(rows)))
+    return ids, cut
+
+
+def _encode(tokenizer: Any, texts: list[str], *, target: bool, **settings: Any) -> list[list[int]]:
+    # text_target= lets tokenizers with separate source/target settings (e.g. language codes) use the target ones.
+    encoded = tokenizer(text_target=texts, **settings) if target else tokenizer(texts, **settings)
+    return encoded["input_ids"]
+
+
+def token_lengths(tokenizer: Any, texts: list[str], *, target: bool = True) -> list[int]:
+    """How many tokens each text has, special tokens included, uncut."""
+    lengths: list[int] = []
+    for start in range(0, len(texts), TOKENIZE_CHUNK):
+        lengths += [
+            len(row) for row in _encode(tokenizer, texts[start : start + TOKENIZE_CHUNK], target=target, verbose=False)
+        ]
+    return lengths
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / max(whole, 1):.1f} %"
+
+
+def same_data_warning(train: Seq2SeqData, heldout: Seq2SeqData, *, val_split: str) -> str | None:
+    """A warning (logged, and returned for the record) when every held-out pair is also a training pair: a single
+    file serving every split, or a copy. None when the held-out split holds pairs of its own."""
+    wanted = set(zip(heldout.sources, heldout.targets, strict=True))  # the few held-out pairs, not the corpus
+    found = set()
+    for pair in zip(train.sources, train.targets, strict=True):
+        if pair in wanted:
+            found.add(pair)
+            if len(found) == len(wanted):
+                break
+    if not wanted or len(found) < len(wanted):
+        return None
+    return warn(
+        f"the held-out pairs ({heldout.origin}) are all training pairs ({train.origin}): the held-out loss shows "
+        f"how well they were learnt, not how the model does on new data; give a held-out split of its own "
+        f"(`val_split` {val_split})",
+        "val_split",
+    )
+
+
+def data_record(pairs: Seq2SeqData, tokenized: TokenizedData | None = None) -> dict:
+    """What an artifact records about the pairs it was made from: origin, count, pairs left out and pairs cut."""
+    record: dict[str, Any] = {
+        "origin": pairs.origin,
+        "pairs": len(pairs),
+        "skipped": pairs.skipped,
+        "skipped_at": list(pairs.skipped_at),
+    }
+    if pairs.references is not None:
+        record["most_references"] = max((len(refs) for refs in pairs.references), default=0)
+    if tokenized is not None:
+        record.update(
+            max_source_len=tokenized.max_source_len,
+            max_target_len=tokenized.max_target_len,
+            cut_pairs=tokenized.cut_pairs,
+            cut_sources=tokenized.cut_sources,
+            cut_targets=tokenized.cut_targets,
         )
-        ids.extend(list(row) for row in encoded["input_ids"])
-    return ids
+    return record
+
+
+def data_report(
+    splits: dict[str, tuple[Seq2SeqData, TokenizedData | None]], warnings: Sequence[str | None] = ()
+) -> dict:
+    """`{"<name>": data_record, ..., "warnings": [...]}`: each split's record and every warning the user saw about
+    the data (the loading's and tokenization's, then `warnings`; None entries are dropped)."""
+    report: dict[str, Any] = {name: data_record(pairs, tokenized) for name, (pairs, tokenized) in splits.items()}
+    seen = [
+        w for pairs, tokenized in splits.values() for w in (*pairs.warnings, *(tokenized.warnings if tokenized else ()))
+    ]
+    report["warnings"] = [*seen, *(w for w in warnings if w)]
+    return report
 
 
 # --- token ids and batches ----------------------------------------------------------------------------------------
 @dataclass
 class TokenizedData:
-    """Token ids of aligned pairs, cut into padded batches on demand."""
+    """Token ids of aligned pairs, cut into padded batches on demand; how many texts the length limits cut."""
 
     source_ids: list[list[int]]
     target_ids: list[list[int]]
     pad_id: int
+    max_source_len: int | None = None  # the limits the ids were cut to (None: not recorded)
+    max_target_len: int | None = None
+    cut_sources: int = 0  # sources longer than max_source_len, cut
+    cut_targets: int = 0
+    cut_pairs: int = 0  # pairs with either side cut
+    warnings: list[str] = field(default_factory=list)  # what the user was warned of while tokenizing
 
     def __post_init__(self) -> None:
         if len(self.source_ids) != len(self.target_ids):
@@ -276,9 +542,18 @@ def _check_limit(limit: int | None) -> None:
 
 
 # --- loading ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Bad:
+    """What a reader keeps in place of a value its line did not give: why, and whether leaving the pair out helps."""
+
+    reason: str
+    settings: tuple[str, ...] = ()
+    skippable: bool = True
+
+
 @dataclass
 class _Raw:
-    """Pairs as read, before the checks: values may still be empty or not text."""
+    """Pairs as read, before the checks: values may still be empty, lists, not text, or `_Bad`."""
 
     sources: list[Any]
     targets: list[Any]
@@ -286,17 +561,118 @@ class _Raw:
     where: Where
 
 
+class _BadPair(Exception):
+    """A row that gives no pair: which side, why, the settings that could change it, and whether to skip it helps."""
+
+    def __init__(self, side: str, reason: str, settings: tuple[str, ...] = (), *, skippable: bool = True) -> None:
+        super().__init__(reason)
+        self.side, self.reason, self.settings, self.skippable = side, reason, settings, skippable
+
+
 def load_split(spec: DataSpec, split: str, limit: int | None = None) -> Seq2SeqData:
-    """Read split `split` of `spec` (the first `limit` pairs where given), checked and with `spec.prefix` applied."""
+    """Read split `split` of `spec` (its first `limit` good pairs where given), checked and with `spec.prefix` applied.
+
+    A bad pair is a one-line DataError, or with `spec.on_bad_line` 'skip' left out, counted and warned about.
+    """
     _check_limit(limit)
     raw = _read_split(spec, split, limit)
-    keep = len(raw.sources) if limit is None else limit
-    sources = _checked_texts(raw.sources[:keep], "source", raw.where)
-    targets = _checked_texts(raw.targets[:keep], "target", raw.where)
-    origin = raw.origin if keep >= len(raw.sources) else f"{raw.origin}, first {keep}"
-    data = Seq2SeqData([spec.prefix + text for text in sources], targets, origin)
+    sources: list[str] = []
+    references: list[list[str]] = []
+    skipped_at: list[str] = []
+    skipped = rows = 0
+    first_bad: _BadPair | None = None
+    named: set[str] = set()  # settings the reasons shown name
+    rules = spec.list_rules
+    for row in range(len(raw.sources)):
+        if limit is not None and len(sources) >= limit:
+            break
+        rows += 1
+        try:
+            source, refs = _pair(raw.sources[row], raw.targets[row], rules, spec)
+        except _BadPair as bad:
+            where = raw.where(bad.side, row)
+            if spec.on_bad_line == "error" or not bad.skippable:
+                raise _bad_pair_error(where, bad) from None
+            skipped += 1
+            first_bad = first_bad or bad
+            if len(skipped_at) < SHOWN_BAD_PAIRS:
+                skipped_at.append(f"{where}: {bad.reason}")
+                named.update(bad.settings)
+            continue
+        sources.append(spec.prefix + source)
+        references.append(refs)
+    if first_bad is not None and not sources:
+        raise DataError(
+            f"{raw.origin}: all {skipped:,} pairs read are bad (the first: {skipped_at[0]})",
+            settings=first_bad.settings,
+        )
+    origin = raw.origin if rows >= len(raw.sources) else f"{raw.origin}, first {limit}"
+    data = Seq2SeqData(
+        sources,
+        [refs[0] for refs in references],
+        origin,
+        references=references if rules[1] == REFERENCES else None,
+        skipped=skipped,
+        skipped_at=skipped_at,
+    )
+    if skipped:
+        more = f"; and {skipped - len(skipped_at):,} more" if skipped > len(skipped_at) else ""
+        data.warnings.append(
+            warn(
+                f"{origin}: left out {skipped:,} bad {'pair' if skipped == 1 else 'pairs'} of {rows:,} "
+                f"({_percent(skipped, rows)}): {'; '.join(skipped_at)}{more}",
+                "on_bad_line",
+                *sorted(named),
+            )
+        )
     logger.info("loaded %d pairs from %s", len(data), data.origin)
     return data
+
+
+def _bad_pair_error(where: str, bad: _BadPair) -> DataError:
+    if not bad.skippable:
+        return DataError(f"{where}: {bad.reason}", settings=bad.settings)
+    return DataError(
+        f"{where}: {bad.reason}; `on_bad_line` skip leaves such pairs out", settings=(*bad.settings, "on_bad_line")
+    )
+
+
+def _pair(source: Any, target: Any, rules: tuple[str | None, str | None], spec: DataSpec) -> tuple[str, list[str]]:
+    """The source text and the target's references (one, unless the target rule is `references`) of one row."""
+    return _texts(source, "source", rules[0], spec)[0], _texts(target, "target", rules[1], spec)
+
+
+def _texts(value: Any, side: str, rule: str | None, spec: DataSpec) -> list[str]:
+    """The text `value` gives for `side`, or with list rule `references` every reference it holds; `_BadPair` where
+    it gives none."""
+    if isinstance(value, _Bad):
+        raise _BadPair(side, value.reason, value.settings, skippable=value.skippable)
+    if isinstance(value, list | tuple):
+        if rule is None:
+            more = f", or join,{REFERENCES} (each item a reference)" if side == "target" else ""
+            raise _BadPair(
+                side,
+                f"the {side} is a list ({_short(value)}); give `list_rule` join (its items joined by spaces) or "
+                f"first{more}",
+                ("list_rule",),
+                skippable=False,
+            )
+        if not all(isinstance(item, str) for item in value):
+            raise _BadPair(side, f"the {side} is not a list of texts (got {_short(value)})")
+        if rule == "join":
+            texts = [" ".join(item.strip() for item in value if item.strip())]
+        else:
+            texts = list(value[:1]) if rule == "first" else list(value)
+    elif isinstance(value, str):
+        texts = [value]
+    else:
+        raise _BadPair(side, f"the {side} is not text (got {_short(value)})")
+    if spec.unescape_entities:
+        texts = [html.unescape(text) for text in texts]
+    texts = [text.rstrip("\r\n") for text in texts if text.strip()]
+    if not texts:
+        raise _BadPair(side, f"empty {side}; every pair needs a non-empty source and target")
+    return texts
 
 
 def available_splits(spec: DataSpec) -> list[str]:
@@ -306,7 +682,7 @@ def available_splits(spec: DataSpec) -> list[str]:
     with extensions other than src/tgt or source/target has none until `spec` names the extensions.
     """
     path = Path(spec.path).expanduser()
-    if SPLIT_FIELD in spec.path:
+    if SPLIT_FIELD in spec.path or SIDE_FIELD in spec.path:
         return _template_splits(spec)
     if path.is_dir():
         return _saved_dataset_splits(path) if _is_saved_dataset(path) else _folder_splits(path, spec)
@@ -319,7 +695,7 @@ def available_splits(spec: DataSpec) -> list[str]:
 
 def _read_split(spec: DataSpec, split: str, limit: int | None) -> _Raw:
     path = Path(spec.path).expanduser()
-    if SPLIT_FIELD in spec.path:
+    if SPLIT_FIELD in spec.path or SIDE_FIELD in spec.path:
         return _read_template(spec, split)
     if path.is_dir():
         return (
@@ -328,10 +704,14 @@ def _read_split(spec: DataSpec, split: str, limit: int | None) -> _Raw:
             else _read_folder(path, spec, split)
         )
     if path.is_file():
-        return _read_table(path, spec)
+        return _read_file(path, spec)
     if _looks_like_hub_name(spec.path):
         return _read_hub(spec, split, limit)
     raise _not_found(spec)
+
+
+def _read_file(path: Path, spec: DataSpec) -> _Raw:
+    return _read_line_pairs(path, spec) if spec.line_format is not None else _read_table(path, spec)
 
 
 def _looks_like_hub_name(path: str) -> bool:
@@ -346,35 +726,33 @@ def _not_found(spec: DataSpec) -> DataError:
     )
 
 
-def _checked_texts(values: list[Any], side: str, where: Where) -> list[str]:
-    texts = []
-    for row, value in enumerate(values):
-        if not isinstance(value, str):
-            raise DataError(f"{where(side, row)}: the {side} is not text (got {_short(value)})")
-        text = value.rstrip("\r\n")
-        if not text.strip():
-            raise DataError(f"{where(side, row)}: empty {side}; every pair needs a non-empty source and target")
-        texts.append(text)
-    return texts
-
-
 # --- line-aligned files and folders -------------------------------------------------------------------------------
 def _read_folder(folder: Path, spec: DataSpec, split: str) -> _Raw:
-    pair = _line_pair(folder, spec, split)
-    if pair is not None:
-        return _read_line_files(*pair)
-    for suffix in TABLE_SUFFIXES:
-        if (folder / f"{split}{suffix}").is_file():
-            return _read_table(folder / f"{split}{suffix}", spec)
+    if spec.line_format is not None:
+        path = data_file(folder, f"{split}{LINE_FORMAT_SUFFIX}")
+        if path.is_file():
+            return _read_line_pairs(path, spec)
+    else:
+        pair = _line_pair(folder, spec, split)
+        if pair is not None:
+            return _read_line_files(*pair, spec)
+        for suffix in TABLE_SUFFIXES:
+            if (folder / f"{split}{suffix}").is_file():
+                return _read_table(folder / f"{split}{suffix}", spec)
     splits = _folder_splits(folder, spec)
     if splits:
         raise DataError(f"no split '{split}' in {folder} ({_found(splits)})")
-    if spec.src_ext is not None:
-        raise DataError(f"no split '{split}' in {folder} (no splits found; files: {_describe_files(folder)})")
+    hint, settings = _recipe_hint(folder, spec)
+    if spec.src_ext is not None or spec.line_format is not None:
+        raise DataError(
+            f"no split '{split}' in {folder} (no splits found; files: {_describe_files(folder)})"
+            + (f"; {hint}" if hint else ""),
+            settings=settings,
+        )
     raise DataError(
         f"cannot tell which files in {folder} hold split '{split}' (files: {_describe_files(folder)}): "
-        "give `src_ext` and `tgt_ext`, e.g. `src_ext` en `tgt_ext` de",
-        settings=("src_ext", "tgt_ext"),
+        + (hint or "give `src_ext` and `tgt_ext`, e.g. `src_ext` en `tgt_ext` de"),
+        settings=settings or ("src_ext", "tgt_ext"),
     )
 
 
@@ -387,21 +765,34 @@ def data_file(folder: Path, name: str) -> Path:
 
 def _line_pair(folder: Path, spec: DataSpec, split: str) -> tuple[Path, Path] | None:
     """The split's source and target files (plain or gzip-compressed), or None where the folder has neither."""
-    if spec.src_ext is None or spec.tgt_ext is None:
-        for src_ext, tgt_ext in AUTO_EXTENSIONS:
-            source, target = data_file(folder, f"{split}.{src_ext}"), data_file(folder, f"{split}.{tgt_ext}")
-            if source.is_file() and target.is_file():
-                return source, target
-        return None
-    source, target = data_file(folder, f"{split}.{spec.src_ext}"), data_file(folder, f"{split}.{spec.tgt_ext}")
-    if source.is_file() != target.is_file():
-        missing, present = (target, source) if source.is_file() else (source, target)
-        raise DataError(f"{missing} not found, though {present.name} is there: every source file needs a target file")
-    return (source, target) if source.is_file() else None
+    return _side_files(spec, str(folder / f"{split}.{SIDE_FIELD}"))
+
+
+def _side_files(spec: DataSpec, template: str) -> tuple[Path, Path] | None:
+    """The source and target files `template` names with {side} as spec's sides (without them: src/tgt, then
+    source/target), plain or gzip-compressed; None where neither exists."""
+    sides = [(spec.src_ext, spec.tgt_ext)] if spec.src_ext is not None else list(AUTO_EXTENSIONS)
+    for src, tgt in sides:
+        source, target = (_data_path(template.replace(SIDE_FIELD, side)) for side in (src, tgt))
+        if source.is_file() and target.is_file():
+            return source, target
+        if spec.src_ext is not None and source.is_file() != target.is_file():
+            missing, present = (target, source) if source.is_file() else (source, target)
+            raise DataError(
+                f"{missing} not found, though {present.name} is there: every source file needs a target file"
+            )
+    return None
+
+
+def _data_path(text: str) -> Path:
+    path = Path(text).expanduser()
+    return data_file(path.parent, path.name)
 
 
 def _folder_splits(folder: Path, spec: DataSpec) -> list[str]:
     suffixes = _suffixes_by_stem(folder)
+    if spec.line_format is not None:
+        return sorted(stem for stem, found in suffixes.items() if LINE_FORMAT_SUFFIX in found)
     pairs = [(spec.src_ext, spec.tgt_ext)] if spec.src_ext is not None else list(AUTO_EXTENSIONS)
     return sorted(
         stem
@@ -431,8 +822,9 @@ def _found(splits: list[str]) -> str:
     return f"splits found: {', '.join(splits)}" if splits else "no splits found"
 
 
-def _read_line_files(source: Path, target: Path) -> _Raw:
-    sources, targets = read_lines(source), read_lines(target)
+def _read_line_files(source: Path, target: Path, spec: DataSpec) -> _Raw:
+    lenient = spec.on_bad_line == "skip"
+    sources, targets = _lines(source, lenient), _lines(target, lenient)
     if len(sources) != len(targets):
         raise DataError(
             f"{source} has {len(sources)} lines but {target} has {len(targets)}: the files must be line-aligned"
@@ -441,17 +833,47 @@ def _read_line_files(source: Path, target: Path) -> _Raw:
     return _Raw(sources, targets, f"{source} + {target}", lambda side, row: f"{paths[side]} line {row + 1}")
 
 
-def read_lines(path: Path) -> list[str]:
-    """The file's lines (UTF-8, final newline and CRs dropped); a DataError for a missing, empty or undecodable file."""
-    lines = _read_text(path).split("\n")  # not splitlines(): it also splits on \x1c, \u2028 and friends
+def _read_line_pairs(path: Path, spec: DataSpec) -> _Raw:
+    """One pair per line, as `spec.line_format` places it; blank lines carry none."""
+    layout = spec.pair_format
+    assert layout is not None  # only called with a line_format
+    sources: list[Any] = []
+    targets: list[Any] = []
+    numbers: list[int] = []
+    for number, line in enumerate(_lines(path, spec.on_bad_line == "skip"), start=1):
+        if isinstance(line, str) and not line.strip():
+            continue
+        pair = line if isinstance(line, _Bad) else layout.split(line)
+        if isinstance(pair, str):
+            pair = _Bad(f"the line does not fit `line_format` '{spec.line_format}': {pair}", ("line_format",))
+        source, target = (pair, pair) if isinstance(pair, _Bad) else pair
+        sources.append(source)
+        targets.append(target)
+        numbers.append(number)
+    origin = f"{path} (lines '{spec.line_format}')"
+    return _Raw(sources, targets, origin, lambda side, row: f"{path} line {numbers[row]}")
+
+
+def _lines(path: Path, lenient: bool) -> list[Any]:
+    """The file's lines; `lenient`: a line that is not UTF-8 becomes a `_Bad` instead of stopping the reading."""
+    return [
+        _Bad("not valid UTF-8; save the file as UTF-8") if lenient and UNDECODABLE.search(line) else line
+        for line in read_lines(path, lenient=lenient)
+    ]
+
+
+def read_lines(path: Path, *, lenient: bool = False) -> list[str]:
+    """The file's lines (UTF-8, final newline and CRs dropped); a DataError for a missing, empty or undecodable file
+    (`lenient`: undecodable bytes are kept as surrogates, `UNDECODABLE` finds them)."""
+    lines = _read_text(path, lenient=lenient).split("\n")  # not splitlines(): it also splits on \x1c, \u2028, ...
     if lines[-1] == "":
         lines.pop()
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path, *, lenient: bool = False) -> str:
     """The file (gzip-compressed where its name ends in .gz) as UTF-8 text; a DataError naming the line of the first
-    undecodable byte, or an empty or broken file."""
+    undecodable byte (unless `lenient`), or an empty or broken file."""
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -468,63 +890,204 @@ def _read_text(path: Path) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        raise DataError(f"{path} line {line}: not valid UTF-8 (byte 0x{raw[err.start]:02x}); save it as UTF-8") from err
+        if lenient:
+            text = raw.decode("utf-8", errors="surrogateescape")
+        else:
+            line = raw.count(b"\n", 0, err.start) + 1
+            raise DataError(
+                f"{path} line {line}: not valid UTF-8 (byte 0x{raw[err.start]:02x}); save it as UTF-8"
+            ) from err
     return text.removeprefix("\ufeff")  # a byte-order mark is not part of the first source
 
 
-# --- tables: JSONL, CSV, TSV --------------------------------------------------------------------------------------
+# --- templates ----------------------------------------------------------------------------------------------------
 def _read_template(spec: DataSpec, split: str) -> _Raw:
-    path = Path(spec.path.replace(SPLIT_FIELD, split)).expanduser()
-    if spec.src_ext is not None:
+    text = spec.path.replace(SPLIT_FIELD, split)
+    if SIDE_FIELD in text:
+        pair = _side_files(spec, text)
+        if pair is not None:
+            return _read_line_files(*pair, spec)
+        src, tgt = (spec.src_ext, spec.tgt_ext) if spec.src_ext is not None else AUTO_EXTENSIONS[0]
+        named = " and ".join(str(Path(text.replace(SIDE_FIELD, side)).expanduser()) for side in (src, tgt))
+        raise DataError(f"no split '{split}' for {spec.path}: {named} not found ({_found(_template_splits(spec))})")
+    path = Path(text).expanduser()
+    if spec.src_ext is not None and spec.line_format is None:
         pair = _line_pair(path.parent, spec, path.name)  # {path}.{src_ext} and {path}.{tgt_ext}
         if pair is not None:
-            return _read_line_files(*pair)
+            return _read_line_files(*pair, spec)
     if path.is_file():
-        return _read_table(path, spec)
+        return _read_file(path, spec)
     raise DataError(f"no split '{split}' for {spec.path}: {path} not found ({_found(_template_splits(spec))})")
 
 
 def _template_splits(spec: DataSpec) -> list[str]:
     template = str(Path(spec.path).expanduser())
-    suffixes = [""] if spec.src_ext is None else ["", f".{spec.src_ext}"]  # tables, and line files where exts are given
-    splits = set()
-    for suffix in suffixes:
-        pattern = re.escape(template).replace(re.escape(SPLIT_FIELD), "(.+?)") + re.escape(suffix)
-        for match in glob.glob(glob.escape(template).replace(SPLIT_FIELD, "*") + glob.escape(suffix)):
-            found = re.fullmatch(pattern, match)
-            if found is None or len(set(found.groups())) != 1:  # every {split} must stand for the same name
-                continue
-            partner = Path(f"{match[: len(match) - len(suffix)]}.{spec.tgt_ext}")
-            if not suffix or partner.is_file():
-                splits.add(found.group(1))
+    if SIDE_FIELD in template:
+        return _side_template_splits(spec, template)
+    splits = {split for split, _ in _matches(template)}  # tables, or files of one pair per line
+    if spec.src_ext is not None:  # line files {template}.{src_ext} with a partner {template}.{tgt_ext}
+        for split, _ in _matches(f"{template}.{spec.src_ext}", packed=True):
+            if _data_path(f"{template.replace(SPLIT_FIELD, split)}.{spec.tgt_ext}").is_file():
+                splits.add(split)
     return sorted(splits)
 
 
+def _side_template_splits(spec: DataSpec, template: str) -> list[str]:
+    sides = [(spec.src_ext, spec.tgt_ext)] if spec.src_ext is not None else list(AUTO_EXTENSIONS)
+    for src, tgt in sides:
+        source, target = template.replace(SIDE_FIELD, src), template.replace(SIDE_FIELD, tgt)
+        if SPLIT_FIELD not in template:  # one pair of files serves every split
+            if _data_path(source).is_file() and _data_path(target).is_file():
+                return [Path(source).stem]
+            continue
+        found = {
+            split
+            for split, _ in _matches(source, packed=True)
+            if _data_path(target.replace(SPLIT_FIELD, split)).is_file()
+        }
+        if found:
+            return sorted(found)
+    return []
+
+
+def _matches(template: str, *, packed: bool = False) -> Iterator[tuple[str, str]]:
+    """(split, path) of every file `template` names, where each {split} in it stands for the same name;
+    `packed`: gzip-compressed files too."""
+    pattern = re.escape(template).replace(re.escape(SPLIT_FIELD), "(.+?)")
+    pattern += f"(?:{re.escape(GZIP_SUFFIX)})?" if packed else ""
+    for match in glob.glob(glob.escape(template).replace(SPLIT_FIELD, "*") + ("*" if packed else "")):
+        found = re.fullmatch(pattern, match)
+        if found is not None and len(set(found.groups())) == 1:
+            yield found.group(1), match
+
+
+# --- what the files fit, for errors -------------------------------------------------------------------------------
+NOT_SIDES = {"txt", "json", "jsonl", "csv", "tsv", "md", "gz", "zip", "xml", "log", "py", "sh", "yaml", "yml"}
+
+
+def _recipe_hint(folder: Path, spec: DataSpec) -> tuple[str, tuple[str, ...]]:
+    """What to give so the files in `folder` are read, when no layout found them by itself: ('give ...', the settings
+    it names), or ('', ())."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith((".", "README")))
+    sides = _side_layout(names, spec)
+    if sides is not None:
+        template, src, tgt, known = sides
+        order = "" if known else f" (the other way round if the {tgt} files hold the sources)"
+        if template == f"{SPLIT_FIELD}.{SIDE_FIELD}":  # the folder layout: only the names are missing
+            return f"give `src_ext` {src} `tgt_ext` {tgt}{order}", ("src_ext", "tgt_ext")
+        return (
+            f"they look like a file per side and split: give `path` '{folder / template}' `src_ext` {src} "
+            f"`tgt_ext` {tgt}{order}",
+            ("path", "src_ext", "tgt_ext"),
+        )
+    split_layout = _split_layout(names)
+    if split_layout is None:
+        return "", ()
+    template, example = split_layout
+    if Path(example).suffix in TABLE_SUFFIXES:
+        return f"give `path` '{folder / template}'", ("path",)
+    layout = guess_line_format(folder / example)
+    if layout is None:
+        return "", ()
+    if template == f"{SPLIT_FIELD}{LINE_FORMAT_SUFFIX}":
+        return f"their lines look like pairs: give `line_format` '{layout}'", ("line_format",)
+    return (
+        f"their lines look like pairs: give `path` '{folder / template}' `line_format` '{layout}'",
+        ("path", "line_format"),
+    )
+
+
+def _name_parts(name: str) -> list[str]:
+    """'src-train.txt' -> ['src', '-', 'train', '.', 'txt']: words at even positions, separators between."""
+    return re.split(r"([-_.])", name)
+
+
+def _side_layout(names: list[str], spec: DataSpec) -> tuple[str, str, str, bool] | None:
+    """(template, source side, target side, whether their order is known) where two files' names differ in one word
+    that is no split name and no file type, the side: 'src-train.txt' and 'tgt-train.txt' give '{side}-{split}.txt'
+    (a .gz ending aside: the readers find train.en.gz for train.en)."""
+    for a, b in itertools.combinations(names, 2):
+        pa, pb = _name_parts(a.removesuffix(GZIP_SUFFIX)), _name_parts(b.removesuffix(GZIP_SUFFIX))
+        differ = [i for i, (x, y) in enumerate(zip(pa, pb, strict=False)) if x != y]
+        if len(pa) != len(pb) or len(differ) != 1 or differ[0] % 2:
+            continue
+        i = differ[0]
+        words = (pa[i], pb[i])
+        if any(SPLIT_WORD.fullmatch(w) or w.lower() in NOT_SIDES or not w for w in words):
+            continue
+        parts = list(pa)
+        parts[i] = SIDE_FIELD
+        split_at = next((j for j in range(0, len(parts), 2) if j != i and SPLIT_WORD.fullmatch(parts[j])), None)
+        if split_at is not None:
+            parts[split_at] = SPLIT_FIELD
+        return ("".join(parts), *_order_sides(*words, spec))
+    return None
+
+
+def _order_sides(a: str, b: str, spec: DataSpec) -> tuple[str, str, bool]:
+    """(source side, target side, whether the order is known) of two side names."""
+    if spec.src_ext is not None and {a, b} == {spec.src_ext, spec.tgt_ext}:
+        return spec.src_ext, str(spec.tgt_ext), True
+    for src, tgt in KNOWN_SIDES:
+        if {a.lower(), b.lower()} == {src, tgt}:
+            return (a, b, True) if a.lower() == src else (b, a, True)
+    first, second = sorted((a, b))
+    return first, second, False
+
+
+def _split_layout(names: list[str]) -> tuple[str, str] | None:
+    """(template, a file it names) for the first file whose name holds a split name: 'tasks_train.txt' gives
+    'tasks_{split}.txt'."""
+    for name in names:
+        parts = _name_parts(name.removesuffix(GZIP_SUFFIX))
+        for j in range(0, len(parts), 2):
+            if SPLIT_WORD.fullmatch(parts[j]):
+                parts[j] = SPLIT_FIELD
+                return "".join(parts), name
+    return None
+
+
+def guess_line_format(path: Path) -> str | None:
+    """The `line_format` the first line of `path` seems to follow: 'IN: {source} OUT: {target}' for labelled
+    halves, '{source}\\t{target}' for a tab, '{source} ||| {target}'; None for none of these."""
+    try:
+        with gzip.open(path) if path.name.endswith(GZIP_SUFFIX) else path.open("rb") as file:
+            head = file.read(1 << 16).decode("utf-8", errors="replace")
+    except (OSError, EOFError, zlib.error):
+        return None
+    line = next((line for line in head.split("\n") if line.strip()), "")
+    labelled = re.match(r"([A-Za-z_]+: ?)\S.*?( [A-Za-z_]+: ?)\S", line)
+    if labelled:
+        return f"{labelled.group(1)}{{source}}{labelled.group(2)}{{target}}"
+    for separator, written in (("\t", "\\t"), (" ||| ", " ||| ")):
+        if separator in line:
+            return f"{{source}}{written}{{target}}"
+    return None
+
+
+# --- tables: JSONL, CSV, TSV --------------------------------------------------------------------------------------
 def _read_table(path: Path, spec: DataSpec) -> _Raw:
     if path.suffix == ".jsonl":
         return _read_jsonl(path, spec)
     if path.suffix in (".csv", ".tsv"):
         return _read_delimited(path, spec)
+    layout = guess_line_format(path)
+    hint = f"; its lines look like pairs: give `line_format` '{layout}'" if layout else ""
     raise DataError(
-        f"{path}: cannot tell its format; give a .jsonl, .csv or .tsv file, or a folder of line-aligned files "
-        "with `src_ext`/`tgt_ext`",
-        settings=("src_ext", "tgt_ext"),
+        f"{path}: cannot tell its format; give a .jsonl, .csv or .tsv file, a folder of line-aligned files "
+        f"with `src_ext`/`tgt_ext`, or `line_format` for one pair per line{hint}",
+        settings=("src_ext", "tgt_ext", "line_format"),
     )
 
 
 def _read_jsonl(path: Path, spec: DataSpec) -> _Raw:
-    sources, targets, line_numbers = [], [], []
-    for number, line in enumerate(read_lines(path), start=1):
-        if not line.strip():
+    sources: list[Any] = []
+    targets: list[Any] = []
+    line_numbers: list[int] = []
+    for number, line in enumerate(_lines(path, spec.on_bad_line == "skip"), start=1):
+        if isinstance(line, str) and not line.strip():
             continue  # blank lines between records carry no pair
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno})") from err
-        if not isinstance(record, dict):
-            raise DataError(f"{path} line {number}: expected a JSON object, got {type(record).__name__}")
-        source, target = _record_pair(record, spec, f"{path} line {number}")
+        source, target = _record_values(line, spec, f"{path} line {number}")
         sources.append(source)
         targets.append(target)
         line_numbers.append(number)
@@ -532,14 +1095,26 @@ def _read_jsonl(path: Path, spec: DataSpec) -> _Raw:
     return _Raw(sources, targets, f"{path} ({columns})", lambda side, row: f"{path} line {line_numbers[row]}")
 
 
-def _record_pair(record: dict, spec: DataSpec, where: str) -> tuple[Any, Any]:
+def _record_values(line: Any, spec: DataSpec, where: str) -> tuple[Any, Any]:
+    """The source and target values of one JSONL line, or `_Bad` for both where the line holds none."""
+    if isinstance(line, _Bad):
+        return line, line
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        bad = _Bad(f"not valid JSON ({err.msg} at column {err.colno})")
+        return bad, bad
+    if not isinstance(record, dict):
+        bad = _Bad(f"expected a JSON object, got {type(record).__name__}")
+        return bad, bad
     if spec.src_column in record and spec.tgt_column in record:
         return record[spec.src_column], record[spec.tgt_column]
     translation = record.get(TRANSLATION_COLUMN)
     if isinstance(translation, dict) and spec.src_ext is not None:
         _check_languages(list(translation), spec, where)
         return translation[spec.src_ext], translation[spec.tgt_ext]
-    raise _missing_column(where, list(record), spec)
+    bad = _Bad(_missing_column_reason(list(record), spec), MISSING_COLUMN_SETTINGS)
+    return bad, bad
 
 
 def _read_delimited(path: Path, spec: DataSpec) -> _Raw:
@@ -567,19 +1142,39 @@ def _read_delimited(path: Path, spec: DataSpec) -> _Raw:
         raise DataError(f"{path} is empty: it has a header but no rows")
     sources = table.iloc[:, columns.index(spec.src_column)].tolist()
     targets = table.iloc[:, columns.index(spec.tgt_column)].tolist()
+    if spec.list_rule is not None:  # cells written as lists: ["a", "b"] (JSON) or ['a', 'b'] (Python, as pandas does)
+        sources, targets = [_list_cell(v) for v in sources], [_list_cell(v) for v in targets]
     origin = f"{path} ({spec.src_column}→{spec.tgt_column})"
     return _Raw(sources, targets, origin, lambda side, row: f"{path} row {row + 1}")  # rows after the header
 
 
-def _missing_column(where: str, columns: list[str], spec: DataSpec) -> DataError:
+def _list_cell(value: str) -> Any:
+    """A cell holding a list literal, as that list of texts; any other cell as it is. Literals only: never eval."""
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return value
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            parsed = parse(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue
+        return parsed if isinstance(parsed, list) else value
+    return value
+
+
+MISSING_COLUMN_SETTINGS = ("src_column", "tgt_column", "src_ext", "tgt_ext")
+
+
+def _missing_column_reason(columns: list[str], spec: DataSpec) -> str:
     missing = spec.src_column if spec.src_column not in columns else spec.tgt_column
     hint = "set `src_column`/`tgt_column`"
     if TRANSLATION_COLUMN in columns:
         hint += f", or `src_ext`/`tgt_ext` to read languages from '{TRANSLATION_COLUMN}'"
-    return DataError(
-        f"{where}: no column '{missing}' (columns: {', '.join(columns) or 'none'}); {hint}",
-        settings=("src_column", "tgt_column", "src_ext", "tgt_ext"),
-    )
+    return f"no column '{missing}' (columns: {', '.join(columns) or 'none'}); {hint}"
+
+
+def _missing_column(where: str, columns: list[str], spec: DataSpec) -> DataError:
+    return DataError(f"{where}: {_missing_column_reason(columns, spec)}", settings=MISSING_COLUMN_SETTINGS)
 
 
 def _check_languages(languages: list[str], spec: DataSpec, where: str) -> None:

@@ -1,9 +1,13 @@
-"""Scoring seq2seq models: teacher-forced loss, generation, BLEU/chrF (sacrebleu) and ROUGE (rouge-score)."""
+"""Scoring seq2seq models: teacher-forced loss, generation, BLEU/chrF (sacrebleu), ROUGE (rouge-score), exact match.
+
+Every text score takes one reference per hypothesis or several: BLEU and chrF count all of them (sacrebleu's
+reference streams), ROUGE takes the best-matching one, exact match any one.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import sacrebleu
@@ -73,11 +77,14 @@ def lazy_cache(model: nn.Module) -> dict:
 
 @dataclass
 class Scores:
+    """Text scores on a 0-100 scale, the teacher-forced loss (nats; NaN where an engine has none), pairs scored."""
+
     bleu: float
     chrf: float
     rouge1: float
     rouge2: float
     rougeL: float
+    exact_match: float  # the share of hypotheses equal to a reference, whitespace at either end aside
     loss: float
     n: int
 
@@ -85,17 +92,30 @@ class Scores:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
 
-def text_scores(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    """Corpus BLEU and chrF (sacrebleu defaults) and mean ROUGE F1 (with stemming), all on a 0–100 scale."""
-    bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score
-    chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
+def text_scores(hypotheses: list[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
+    """Corpus BLEU and chrF (sacrebleu defaults), mean ROUGE F1 (with stemming) and exact match, all 0-100.
+
+    `references` holds one text per hypothesis, or a list of texts where a hypothesis has several references (their
+    number may vary): BLEU and chrF use them all, ROUGE the best-matching one, exact match any one.
+    """
+    sets = [[ref] if isinstance(ref, str) else list(ref) for ref in references]
+    if len(sets) != len(hypotheses) or any(not refs for refs in sets):
+        raise ConfigError(f"{len(hypotheses)} hypotheses need as many non-empty references, got {len(sets)}")
+    # sacrebleu's streams: stream k holds each hypothesis's k-th reference, None where it has fewer.
+    depth = max((len(refs) for refs in sets), default=1)
+    streams = [[refs[k] if k < len(refs) else None for refs in sets] for k in range(depth)]
+    bleu = sacrebleu.corpus_bleu(hypotheses, streams).score
+    chrf = sacrebleu.corpus_chrf(hypotheses, streams).score
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     sums = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-    for hyp, ref in zip(hypotheses, references, strict=True):
-        for key, score in scorer.score(ref, hyp).items():
+    exact = 0
+    for hyp, refs in zip(hypotheses, sets, strict=True):
+        for key, score in scorer.score_multi(refs, hyp).items():
             sums[key] += score.fmeasure
+        exact += hyp.strip() in {ref.strip() for ref in refs}
     n = max(len(hypotheses), 1)
-    return {"bleu": bleu, "chrf": chrf, **{k: 100.0 * v / n for k, v in sums.items()}}
+    rouge = {k: 100.0 * v / n for k, v in sums.items()}
+    return {"bleu": bleu, "chrf": chrf, **rouge, "exact_match": 100.0 * exact / n}
 
 
 def check_generation_settings(*, batch_size: int, max_new_tokens: int, num_beams: int) -> None:
@@ -107,7 +127,8 @@ def check_generation_settings(*, batch_size: int, max_new_tokens: int, num_beams
 
 def score_outputs(hypotheses: list[str], pairs, loss: float = math.nan) -> Scores:
     """Scores of outputs already generated for `pairs` (an engine with no teacher-forced loss leaves it NaN)."""
-    return Scores(**text_scores([h.strip() for h in hypotheses], list(pairs.targets)), loss=loss, n=len(pairs))
+    scores = text_scores([h.strip() for h in hypotheses], pairs.reference_lists())
+    return Scores(**scores, loss=loss, n=len(pairs))
 
 
 def score_model(
@@ -122,14 +143,42 @@ def score_model(
     max_target_len: int = 128,
     on_batch: Callable[[int], None] | None = None,
 ) -> Scores:
-    """Generate for every source of `pairs` (a `Seq2SeqData`) and score against its targets; also the loss."""
+    """Generate for every source of `pairs` (a `Seq2SeqData`) and score against its references; also the loss."""
     check_generation_settings(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
     if len(pairs) == 0:
         raise ConfigError("no pairs to score")
     data = pairs.tokenize(tokenizer, max_source_len, max_target_len)
+    scores, _ = generate_and_score(
+        model,
+        tokenizer,
+        pairs,
+        data,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        on_batch=on_batch,
+    )
+    return scores
+
+
+def generate_and_score(
+    model: nn.Module,
+    tokenizer,
+    pairs,
+    data,
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 64,
+    num_beams: int = 1,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[Scores, list[str]]:
+    """The scores of `model` on `pairs` (a `Seq2SeqData`; `data`: its `TokenizedData`), and its outputs in order."""
+    check_generation_settings(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    if len(pairs) == 0:
+        raise ConfigError("no pairs to score")
     batches = data.batches(batch_size, shuffle=False)
     hypotheses = generate(
         model, tokenizer, batches, max_new_tokens=max_new_tokens, num_beams=num_beams, on_batch=on_batch
     )
-    scores = text_scores(hypotheses, list(pairs.targets))
-    return Scores(**scores, loss=teacher_forced_loss(model, batches), n=len(pairs))
+    scores = text_scores(hypotheses, pairs.reference_lists())
+    return Scores(**scores, loss=teacher_forced_loss(model, batches), n=len(pairs)), hypotheses

@@ -9,28 +9,46 @@ every recipe does the same way lives here:
 * one state class (`TrainState`: step, held-out history, wall time);
 * the trainer checkpoint (`TrainerCheckpoint`, `trainer_state.pt`): optimizer, scheduler, the python, numpy and torch
   random states and the state, so that a resumed run sees exactly the batches and draws of an uninterrupted one;
+* a checkpoint as one unit (`Recipe.save_checkpoint`): the recipe's files, the trainer checkpoint and last a manifest
+  (`checkpoint.json`: the step and the sha256 of every file) are written into a new folder beside the last checkpoint
+  and switched in at once (`io.atomic_dir`), so a run killed at any instant resumes from the last complete checkpoint,
+  and `resume` refuses a folder whose files do not match their manifest;
 * the checks before a run writes its output folder (`check_output`).
 
-A subclass specialises only what differs: how a step's loss is computed and what is saved beside the checkpoint.
+A subclass specialises only what differs: how a step's loss is computed and what it saves into a checkpoint.
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from modformer import __version__
 from modformer.data import TokenizedData
 from modformer.errors import CheckpointError, ConfigError
-from modformer.io import refuse_existing, torch_load, torch_save
+from modformer.io import (
+    atomic_dir,
+    listed,
+    nonfinite,
+    read_json,
+    recover_dir,
+    refuse_existing,
+    sha256_file,
+    torch_load,
+    torch_save,
+    write_json,
+)
 
 STATE_NAME = "trainer_state.pt"
+MANIFEST_NAME = "checkpoint.json"  # written last into every checkpoint: its step and the sha256 of each file
 
 
 @dataclass
@@ -108,8 +126,9 @@ class TrainerCheckpoint:
 
 class Recipe(ABC):
     """The skeleton: a subclass sets `config` (steps, batch_size, seed, eval_every, save_every), `train`,
-    `optimizer` (and `scheduler`, `rng` where it has them) in its constructor and implements `step`, `evaluate`
-    and `save`. `fit` is the loop; `checkpoint` / `resume` carry the trainer state across sessions."""
+    `optimizer` (and `scheduler`, `rng` where it has them) in its constructor and implements `step`, `evaluate`,
+    `save` and `named_weights`. `fit` is the loop; `save_checkpoint` writes a checkpoint as one unit; `checkpoint` /
+    `resume` carry the trainer state across sessions."""
 
     config: object
     train: TokenizedData
@@ -118,6 +137,7 @@ class Recipe(ABC):
     rng: random.Random | None = None  # the recipe's own draws (hybrids, ...), saved with the checkpoint
     origin: str = ""  # where the training pairs came from, for reports
     state: TrainState
+    kept_files: tuple[str, ...] = ()  # put into the folder before the first checkpoint (pseudo-labels); kept in each
 
     # --- what each recipe specialises -----------------------------------------------------------------------------
     @abstractmethod
@@ -129,8 +149,13 @@ class Recipe(ABC):
         """Held-out losses by name."""
 
     @abstractmethod
-    def save(self, out_dir: str | Path) -> None:
-        """Write the recipe's artifact (model, info) into `out_dir`; the trainer checkpoint is written by `fit`."""
+    def save(self, folder: Path) -> None:
+        """Write the recipe's artifact (model, info) into `folder`, the checkpoint being written
+        (`save_checkpoint` adds the trainer checkpoint and the manifest, then switches the folder in)."""
+
+    @abstractmethod
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The weights the recipe trains and saves, by name (a checkpoint refuses them when not finite)."""
 
     @property
     def eval_every(self) -> int:
@@ -173,11 +198,32 @@ class Recipe(ABC):
                 if on_eval:
                     on_eval(step, scores)
             if self.is_main and (last or _due(step, self.save_every)):
-                self.save(out_dir)
+                self.save_checkpoint(out_dir)
         self.wait_for_everyone()  # the others end once the main process has written the last checkpoint
         return self.state
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
+    def save_checkpoint(self, out_dir: str | Path) -> None:
+        """This step's checkpoint as one unit: the kept files, the recipe's artifact (`save`), the trainer checkpoint
+        and last the manifest, written into a new folder beside `out_dir` and switched in at once.
+
+        Non-finite weights are refused (nothing is written; the last checkpoint stays): resuming from them could only
+        fail."""
+        out_dir = Path(out_dir)
+        bad = nonfinite(self.named_weights())
+        if bad:
+            raise CheckpointError(
+                f"step {self.state.step}: the weights hold NaN or infinity in {listed(bad)}; the checkpoint was not "
+                f"written ({out_dir} keeps the last one)"
+            )
+        with atomic_dir(out_dir, overwrite=True) as folder:
+            for name in self.kept_files:
+                if (out_dir / name).is_file():
+                    shutil.copy2(out_dir / name, folder / name)
+            self.save(folder)
+            self.checkpoint().save(folder)
+            write_manifest(folder, self.state.step)
+
     def checkpoint(self) -> TrainerCheckpoint:
         """The trainer state as it is now."""
         return TrainerCheckpoint(
@@ -191,8 +237,10 @@ class Recipe(ABC):
 
     def resume(self, out_dir: str | Path) -> None:
         """Continue the run saved in `out_dir` (its weights must already be loaded): optimizer, scheduler, random
-        states and step."""
-        self.restore(TrainerCheckpoint.load(out_dir), out_dir)
+        states and step, once every file is the one its checkpoint wrote (`verify_checkpoint`)."""
+        checkpoint = TrainerCheckpoint.load(out_dir)
+        verify_checkpoint(out_dir)
+        self.restore(checkpoint, out_dir)
 
     def restore(self, checkpoint: TrainerCheckpoint, out_dir: str | Path) -> None:
         where = Path(out_dir) / STATE_NAME
@@ -224,14 +272,53 @@ def _due(step: int, every: int) -> bool:
 
 def check_output(out_dir: str | Path, *, resume: bool, overwrite: bool, marker: str, what: str) -> None:
     """Before a run touches `out_dir`: `resume` needs a saved run (its `marker` file), a new run an absent folder
-    (or `overwrite`)."""
+    (or `overwrite`). A checkpoint switch that a crash interrupted is finished first (`io.recover_dir`)."""
     out_dir = Path(out_dir)
     if resume and overwrite:
         raise ConfigError("resume and overwrite contradict each other: choose one", settings=("resume", "overwrite"))
+    recover_dir(out_dir)
     if resume and not (out_dir / marker).is_file():
         raise ConfigError(f"resume: {out_dir} holds no {what} to continue", settings="resume")
     if not resume:
         refuse_existing(out_dir, overwrite)
+
+
+def write_manifest(folder: str | Path, step: int) -> None:
+    """`checkpoint.json`, written last into a checkpoint folder: the step and each file's size and sha256."""
+    folder = Path(folder)
+    files = {
+        path.relative_to(folder).as_posix(): {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME
+    }
+    write_json(folder / MANIFEST_NAME, {"modformer_version": __version__, "step": step, "files": files})
+
+
+def verify_checkpoint(out_dir: str | Path) -> int | None:
+    """The step of the checkpoint in `out_dir`, once every file its manifest lists is there with the recorded
+    content (CheckpointError naming the first that is not); None for a checkpoint written before manifests."""
+    out_dir = Path(out_dir)
+    path = out_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    manifest = read_json(path, "checkpoint manifest")
+    try:
+        step = int(manifest["step"])
+        files = {str(name): (int(entry["bytes"]), str(entry["sha256"])) for name, entry in manifest["files"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: checkpoint manifest is malformed ({err!r})") from None
+    for name, (size, digest) in sorted(files.items()):
+        file = out_dir / name
+        if not file.is_file():
+            raise CheckpointError(
+                f"{file}: missing from the checkpoint of step {step} ({MANIFEST_NAME}); cannot resume"
+            )
+        if file.stat().st_size != size or sha256_file(file) != digest:
+            raise CheckpointError(
+                f"{file}: not the file the checkpoint of step {step} wrote ({MANIFEST_NAME} records another size or "
+                "sha256): the folder mixes checkpoints or was changed; cannot resume"
+            )
+    return step
 
 
 def config_from(cls: type, recorded: dict, where: str | Path):

@@ -1,10 +1,11 @@
 """Train a T5-style teacher from scratch, for users without a fine-tuned checkpoint and for the demo.
 
 The result is a plain Hugging Face checkpoint directory (model + tokenizer) that `transformers` loads alone. Every
-`save_every` steps (and at the end) the folder is rewritten whole, with `teacher.json` (`TeacherRun`: settings,
-completed steps, wall time) and `trainer_state.pt` (`recipe.TrainerCheckpoint`: optimizer, random states) beside the
-model, so a stopped run continues with `resume=True` (`modformer teacher --resume`) and sees exactly the batches an
-uninterrupted run would have. The loop is the shared recipe skeleton (`modformer.recipe`); `TeacherTrainer` adds
+`save_every` steps (and at the end) the folder is rewritten whole and switched in at once (`Recipe.save_checkpoint`),
+with `teacher.json` (`TeacherRun`: settings, completed steps, wall time), `trainer_state.pt`
+(`recipe.TrainerCheckpoint`: optimizer, random states) and `checkpoint.json` (the manifest) beside the model, so a
+stopped run continues with `resume=True` (`modformer teacher --resume`) and sees exactly the batches an uninterrupted
+run would have. The loop is the shared recipe skeleton (`modformer.recipe`); `TeacherTrainer` adds
 only its loss, optimiser and what it saves.
 Optimiser: Adafactor with relative step sizes, which trains T5 from scratch far more reliably on a CPU than AdamW
 (see DESIGN notes: loss 4.9 vs 5.6 at step 500 on Multi30k).
@@ -13,8 +14,8 @@ Optimiser: Adafactor with relative step sizes, which trains T5 from scratch far 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,10 +25,10 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast, T5Config, T5
 from transformers.optimization import Adafactor
 
 from modformer import __version__
-from modformer.data import DataSpec, Seq2SeqData, TokenizedData, load_split
+from modformer.data import DataSpec, Seq2SeqData, TokenizedData, data_report, load_split, same_data_warning
 from modformer.errors import CheckpointError, ConfigError
 from modformer.evaluation import teacher_forced_loss
-from modformer.io import atomic_dir, read_json, write_json
+from modformer.io import read_json, write_json
 from modformer.recipe import (
     STATE_NAME,
     Recipe,
@@ -78,7 +79,7 @@ class TeacherConfig:
             raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         for name in ("steps", "batch_size", "max_source_len", "max_target_len", "save_every"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}", settings=name)
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -126,6 +127,7 @@ class TeacherRun:
     modformer_version: str = __version__
     data: str = ""  # where the training pairs came from (files or data set, and split)
     train_pairs: int | None = None  # how many
+    data_report: dict = field(default_factory=dict)  # pairs left out and cut, warnings (`data.data_report`)
 
     def save(self, out_dir: str | Path) -> None:
         write_json(
@@ -138,6 +140,7 @@ class TeacherRun:
                 "val_loss": self.val_loss,
                 "data": self.data,
                 "train_pairs": self.train_pairs,
+                "data_report": self.data_report,
             },
         )
 
@@ -154,6 +157,7 @@ class TeacherRun:
                 modformer_version=str(info.get("modformer_version", "")),
                 data=str(info.get("data") or ""),
                 train_pairs=None if info.get("train_pairs") is None else int(info["train_pairs"]),
+                data_report=dict(info.get("data_report") or {}),
             )
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: teacher info is malformed ({err})") from None
@@ -168,6 +172,7 @@ class TeacherTrainer(Recipe):
         self.loss_fn = nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=config.label_smoothing)
         self.state = TrainState()
         self.origin = ""  # where the training pairs came from (recorded in teacher.json)
+        self.data_report: dict = {}  # what reading and tokenizing the pairs did (recorded in teacher.json)
         model.generation_config = GenerationConfig(
             decoder_start_token_id=0, eos_token_id=1, pad_token_id=0, max_new_tokens=config.max_target_len
         )
@@ -233,8 +238,8 @@ class TeacherTrainer(Recipe):
         last = self.state.history[-1] if self.state.history else {}
         return last.get("loss") if last.get("step") == self.state.step else None
 
-    def save(self, out_dir: str | Path) -> None:
-        """The whole folder, written aside and renamed: model, tokenizer, `teacher.json` and the trainer state."""
+    def save(self, folder: Path) -> None:
+        """Model, tokenizer and `teacher.json` into the checkpoint being written (`Recipe.save_checkpoint`)."""
         run = TeacherRun(
             self.config,
             self.state.step,
@@ -242,15 +247,17 @@ class TeacherTrainer(Recipe):
             self.val_loss(),
             data=self.origin,
             train_pairs=len(self.train),
+            data_report=self.data_report,
         )
         training = self.model.training
         self.model.eval()
-        with atomic_dir(out_dir, overwrite=True) as tmp:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            run.save(tmp)
-            self.checkpoint().save(tmp)
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        run.save(folder)
         self.model.train(training)
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.model.named_parameters()
 
     def summary(self) -> dict:
         val_loss = self.val_loss()
@@ -306,7 +313,9 @@ def run_teacher(
     """
     check_output(out_dir, resume=resume, overwrite=overwrite, marker=STATE_NAME, what="teacher run")
     train, val = load_split(data, train_split), load_split(data, val_split, limit=VAL_PAIRS)
+    same = same_data_warning(train, val, val_split=val_split)
     trainer = TeacherTrainer.start_or_resume(train, val, config, out_dir, resume=resume)
+    trainer.data_report = data_report({"train": (train, trainer.train), "heldout": (val, trainer.heldout)}, [same])
     if on_start:
         on_start(trainer)
     trainer.fit(out_dir, on_step=on_step)

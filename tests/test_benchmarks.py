@@ -24,7 +24,7 @@ BENCHMARKS = {
     "seed_claims": (("seed_claims.json", "seed_claims.md", "seed_claims.png"), ("claims", "machine_summary")),
     "planner": (("planner.json",), ("scored_fraction", "strictly_better_budgets", "targets", "met")),
     "profiler": (("profiler.json", "profiler.png"), ("targets", "top_level_targets_met")),
-    "resume": (("resume.json",), ("relative_difference", "target")),
+    "resume": (("resume.json",), ("relative_difference", "kill_points", "resumed_exact_fraction", "target")),
     "train_step": (
         ("train_step.json",),
         ("modular_step_s", "finetune_step_s", "ratio", "ratio_of_pairs_median", "ratio_of_pairs_max", "target"),

@@ -383,8 +383,10 @@ class Ctx:
     def evaluate_modules(self, *extra, modules: Path | None = None) -> list:
         return ["evaluate", "--modules", modules or self.modules, "--data", self.data, *LINE_DATA, *extra]
 
-    def evaluate_model(self, *extra) -> list:
-        return ["evaluate", "--model", self.exported, "--data", self.data, *LINE_DATA, "--limit", 4, *extra]
+    def evaluate_model(self, *extra, data: Path | None = None) -> list:
+        """`evaluate` of the export on the line-aligned data, or on `data` as it is (no data options)."""
+        reading = ["--data", self.data, *LINE_DATA] if data is None else ["--data", data]
+        return ["evaluate", "--model", self.exported, *reading, "--limit", 4, *extra]
 
     def modules_copy(self, edit: Callable[[Path], None]) -> Path:
         copy = self.tmp / "mods"
@@ -460,6 +462,20 @@ def _empty_dir(c: Ctx, name: str = "empty") -> Path:
 def _file(c: Ctx, name: str) -> Path:
     (c.tmp / name).write_text("a file, not a folder\n", encoding="utf-8")
     return c.tmp / name
+
+
+def _write(c: Ctx, name: str, content: bytes) -> Path:
+    (c.tmp / name).write_bytes(content)
+    return c.tmp / name
+
+
+def _opennmt(c: Ctx) -> Path:
+    """A folder in OpenNMT's layout: src-val.txt / tgt-val.txt."""
+    folder = c.tmp / "wmt"
+    folder.mkdir()
+    for side in ("src", "tgt"):
+        (folder / f"{side}-val.txt").write_bytes(LINES)
+    return folder
 
 
 LINES = b"a dog runs\nthe cat sleeps\n"
@@ -575,6 +591,39 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
         "empty source",
     ),
     "data-extension-with-dot": (lambda c: c.train("--src-ext", ".en"), "'.en' is not a file extension"),
+    "data-side-files-without-a-template": (
+        lambda c: c.evaluate_model(data=_opennmt(c)),
+        "/wmt/{side}-{split}.txt' --src-ext src --tgt-ext tgt",
+    ),
+    "data-line-pairs-without-a-format": (
+        lambda c: c.evaluate_model(data=_write(c, "tasks_val.txt", b"IN: jump OUT: I_JUMP\n")),
+        "give --line-format 'IN: {source} OUT: {target}'",
+    ),
+    "data-line-format-without-target": (
+        lambda c: c.evaluate_model("--line-format", "IN: {source}", data=_write(c, "val.txt", LINES)),
+        "--line-format 'IN: {source}' must hold {source} and {target} once each",
+    ),
+    "data-separator-not-on-a-line": (
+        lambda c: c.evaluate_model(
+            "--line-format", "IN: {source} OUT: {target}", data=_write(c, "val.txt", b"IN: a OUT: b\nIN: c\n")
+        ),
+        "val.txt line 2: the line does not fit --line-format 'IN: {source} OUT: {target}': ' OUT: ' not found",
+    ),
+    "data-list-without-a-rule": (
+        lambda c: c.evaluate_model(data=_write(c, "val.jsonl", b'{"source": ["a", "b"], "target": "c"}\n')),
+        "the source is a list (['a', 'b']); give --list-rule join",
+    ),
+    "data-unknown-list-rule": (lambda c: c.evaluate_model("--list-rule", "concat"), "unknown --list-rule 'concat'"),
+    "data-unknown-on-bad-line": (
+        lambda c: c.evaluate_model("--on-bad-line", "ignore"),
+        "unknown --on-bad-line 'ignore'; choose error or skip",
+    ),
+    "data-every-line-bad": (
+        lambda c: c.evaluate_model(
+            "--line-format", "{source}\\t{target}", "--on-bad-line", "skip", data=_write(c, "val.txt", LINES)
+        ),
+        "all 2 pairs read are bad",
+    ),
     # settings
     "lr-not-a-number": (lambda c: c.train("--lr", "nan"), "lr must be"),
     "zero-steps": (lambda c: c.train("--steps", 0), "steps must be positive"),
@@ -604,6 +653,18 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
     "evaluate-zero-new-tokens": (
         lambda c: c.evaluate_model("--max-new-tokens", 0),
         "--max-new-tokens must be at least 1",
+    ),
+    "evaluate-zero-source-len": (
+        lambda c: c.evaluate_model("--max-source-len", 0),
+        "--max-source-len must be at least 1",
+    ),
+    "evaluate-predictions-exist": (
+        lambda c: c.evaluate_model("--predictions", _file(c, "predictions.txt")),
+        "predictions.txt already exists; pass --overwrite",
+    ),
+    "teacher-zero-target-len": (
+        lambda c: ["teacher", "--data", c.data, *LINE_DATA, "--out", c.tmp / "out", "--max-target-len", 0],
+        "--max-target-len must be positive",
     ),
     # plans
     "plan-infeasible-budget": (

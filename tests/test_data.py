@@ -19,8 +19,11 @@ from modformer.data import (
     TokenizedData,
     available_splits,
     batch_plan,
+    data_record,
+    data_report,
     default_data_spec,
     load_split,
+    same_data_warning,
 )
 from modformer.errors import ConfigError, DataError, ModformerError
 
@@ -546,3 +549,52 @@ def test_stream_and_batches_reject_bad_arguments() -> None:
         data.batches(0, shuffle=False)
     data_error(lambda: TokenizedData([], [], pad_id=0).stream(2), "empty")
     assert TokenizedData([], [], pad_id=0).batches(4, shuffle=True) == []
+
+
+# --- what loading and tokenizing tell the user --------------------------------------------------------------------
+def test_tokenize_counts_the_pairs_cut_and_warns(tokenizer: PreTrainedTokenizerFast) -> None:
+    data = Seq2SeqData(SOURCES, TARGETS, "memory")
+    whole = data.tokenize(tokenizer)
+    assert (whole.cut_pairs, whole.cut_sources, whole.cut_targets, whole.warnings) == (0, 0, 0, [])
+    cut = data.tokenize(tokenizer, max_source_len=4, max_target_len=3)
+    # sources of 3, 3, 3, 6 and 2 words (+ </s>); targets of 3, 3, 3, 5 and 2
+    assert (cut.cut_sources, cut.cut_targets, cut.cut_pairs) == (1, 4, 4)
+    assert cut.source_ids[3][-1] == tokenizer.eos_token_id and len(cut.source_ids[3]) == 4
+    (warning,) = cut.warnings
+    assert warning == (
+        "memory: 4 of 5 pairs (80.0 %) were cut to fit: 1 sources longer than `max_source_len` 4 tokens and 4 targets "
+        "longer than `max_target_len` 3 tokens"
+    )
+    record = data_record(data, cut)
+    assert record == {
+        "origin": "memory",
+        "pairs": 5,
+        "skipped": 0,
+        "skipped_at": [],
+        "max_source_len": 4,
+        "max_target_len": 3,
+        "cut_pairs": 4,
+        "cut_sources": 1,
+        "cut_targets": 4,
+    }
+    assert data_report({"train": (data, cut)}, [None, "other"])["warnings"] == [warning, "other"]
+    with pytest.raises(ConfigError, match="max_source_len must be at least 1") as info:
+        data.tokenize(tokenizer, max_source_len=0)
+    assert info.value.settings == ("max_source_len",)
+
+
+def test_same_data_warning_only_when_every_held_out_pair_is_a_training_pair() -> None:
+    train = Seq2SeqData(SOURCES, TARGETS, "a.jsonl")
+    assert "are all training pairs" in same_data_warning(train, train.take(2), val_split="val")
+    other = Seq2SeqData([SOURCES[0], "new"], [TARGETS[0], "neu"], "b.jsonl")
+    assert same_data_warning(train, other, val_split="val") is None
+    assert same_data_warning(train, Seq2SeqData([], [], "empty"), val_split="val") is None
+
+
+def test_take_keeps_references_and_what_was_skipped() -> None:
+    data = Seq2SeqData(SOURCES[:3], TARGETS[:3], "m", references=[[t, "x"] for t in TARGETS[:3]], skipped=2)
+    first = data.take(2)
+    assert first.references == [[TARGETS[0], "x"], [TARGETS[1], "x"]] and first.skipped == 2
+    assert Seq2SeqData(SOURCES, TARGETS).reference_lists() == [[t] for t in TARGETS]
+    with pytest.raises(DataError, match="reference lists"):
+        Seq2SeqData(SOURCES, TARGETS, "m", references=[["x"]])

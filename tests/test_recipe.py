@@ -4,6 +4,7 @@ students; save -> load round-trips; older checkpoints still resume; errors name 
 from __future__ import annotations
 
 import ast
+import json
 import random
 from pathlib import Path
 
@@ -20,12 +21,14 @@ from modformer.io import torch_save
 from modformer.modular.model import ModularModel
 from modformer.modular.trainer import ReplacingTrainer, TrainConfig
 from modformer.recipe import (
+    MANIFEST_NAME,
     STATE_NAME,
     Recipe,
     TrainerCheckpoint,
     TrainState,
     check_output,
     encode_random_state,
+    verify_checkpoint,
 )
 from modformer.teacher import TeacherConfig, TeacherRun, TeacherTrainer, completed_steps
 from tests.conftest import tiny_t5
@@ -39,7 +42,7 @@ def test_the_three_trainers_are_one_recipe_with_one_state_class(sample_pairs, to
     for cls in (TeacherTrainer, ReplacingTrainer, StudentTrainer):
         assert issubclass(cls, Recipe)
         # The loop and the checkpoint are the skeleton's: no recipe rewrites them.
-        for name in ("fit", "checkpoint", "restore"):
+        for name in ("fit", "save_checkpoint", "checkpoint", "restore"):
             assert getattr(cls, name) is getattr(Recipe, name), (cls.__name__, name)
     teacher = TeacherTrainer.start_or_resume(
         train.take(16), val.take(8), TeacherConfig(preset="tiny", steps=1, batch_size=8), "unused", resume=False
@@ -123,6 +126,28 @@ def test_older_checkpoints_still_load(tmp_path):
     torch_save(tmp_path / "broken" / STATE_NAME, {"seconds": 1.0})
     with pytest.raises(CheckpointError, match="cannot resume from it"):
         TrainerCheckpoint.load(tmp_path / "broken")
+
+
+def test_a_checkpoint_is_one_folder_switched_in_whole_with_a_manifest_written_last(sample_pairs, tokenizer, tmp_path):
+    train, val = sample_pairs
+    config = BaselineConfig(method="sft", shape="2-2", steps=2, batch_size=8, eval_every=0, save_every=1)
+    student = StudentTrainer(
+        tiny_t5(vocab=len(tokenizer)), tokenizer, config, train.tokenize(tokenizer), val.tokenize(tokenizer)
+    )
+    out = tmp_path / "student"
+    seen = []
+    student.fit(
+        out, on_step=lambda r: seen.append({p.name: p.stat().st_ino for p in out.iterdir()} if out.exists() else {})
+    )
+    manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assert manifest["step"] == 2 and set(manifest["files"]) == {p.name for p in out.iterdir()} - {MANIFEST_NAME}
+    assert {"model.safetensors", "modformer.json", STATE_NAME} <= set(manifest["files"])
+    assert verify_checkpoint(out) == 2 and TrainerCheckpoint.load(out).state.step == 2
+    # Step 2's checkpoint is a new folder: none of step 1's files was rewritten in place.
+    step_1 = seen[1]
+    assert step_1 and all(p.stat().st_ino != step_1.get(p.name) for p in out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student"]  # no temporary, new or old folder beside it
+    assert verify_checkpoint(tmp_path) is None  # a folder without a manifest (written before them) is not checked
 
 
 # --- artifacts ----------------------------------------------------------------------------------------------------

@@ -191,6 +191,21 @@ def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer,
     assert page.h1.endswith(f" in {target_name(plan.chosen['target'])}")
     assert set(page.table("served as")["served as"]) == {"torch:fp32", "ctranslate2:int8"}
 
+    # A budget torch cannot meet (a tiny model's fixed costs keep every torch assembly within 2x of its teacher) but
+    # the engine can: the search keeps what is too slow in torch, and the plan ships an engine point.
+    fast = cli(*args[:-1], tmp_path / "fast", *data, *validation, "--budget", "speedup>=2")
+    assert fast.exit_code == 0, fast.stderr + fast.stdout
+    fast_plan = Plan.load(tmp_path / "fast")
+    assert fast_plan.chosen["target"] == "ctranslate2:int8"
+    rows = fast_plan.frontier[fast_plan.frontier["within_budget"]]
+    assert set(rows["target"]) == {"ctranslate2:int8"} and (rows["speed_ratio"] >= 2).all()
+    none = cli(*args[:-1], tmp_path / "none", *data, *validation, "--budget", "speedup>=1000")
+    assert (
+        none.exit_code == 2
+        and "in any serving target; nearest:" in none.stderr
+        and "in ctranslate2:int8" in none.stderr
+    )
+
     refused = cli(*args[:-1], tmp_path / "other", *data, *validation, "--targets", "torch:fp32,ctranslate2:float32")
     assert refused.exit_code == 1 and "not ctranslate2:float32" in refused.stderr
 

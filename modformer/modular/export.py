@@ -7,7 +7,6 @@ trained modules and saves it for a serving target (`torch:fp32` by default).
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from torch import nn
 from modformer import __version__
 from modformer.checkpoints import load_seq2seq, load_tokenizer
 from modformer.errors import CheckpointError
-from modformer.io import atomic_dir, read_json, write_json
+from modformer.io import atomic_dir, listed, nonfinite, read_json, scratch_dir, write_json
 from modformer.modular.assembly import Assembly
 from modformer.modular.model import ModularModel
 from modformer.serving.ctranslate2_engine import convert, is_ctranslate2_folder
@@ -39,7 +38,11 @@ class Export:
         return Assembly.parse(self.info["assembly_spec"])
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> Path:
-        """Write config, safetensors weights, tokenizer, generation config and `modformer.json`, whole or not at all."""
+        """Write config, safetensors weights, tokenizer, generation config and `modformer.json`, whole or not at all.
+        Weights that hold NaN or infinity are refused, naming them: such a model cannot serve."""
+        bad = nonfinite(self.model.state_dict().items())
+        if bad:
+            raise CheckpointError(f"not exported: the weights hold NaN or infinity in {listed(bad)}")
         with atomic_dir(folder, overwrite=overwrite) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
@@ -108,7 +111,7 @@ def export_assembly(
         Export(standalone.to(dtypes[target.compute_type]), tokenizer, info).save(out_dir, overwrite=overwrite)
         return info
     out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.hf.", dir=out_dir.parent) as hf:
+    with scratch_dir(out_dir) as hf:  # a killed run's is deleted by the next write beside out_dir
         Export(standalone, tokenizer, info).save(Path(hf) / "checkpoint")
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             convert(Path(hf) / "checkpoint", tmp, target)

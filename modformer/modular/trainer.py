@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,8 +34,8 @@ import torch.distributed as dist
 from accelerate import PartialState
 
 from modformer.checkpoints import load_seq2seq, load_tokenizer
-from modformer.data import DataSpec, TokenizedData, load_split
-from modformer.errors import ConfigError
+from modformer.data import DataSpec, TokenizedData, data_report, load_split, same_data_warning
+from modformer.errors import CheckpointError, ConfigError
 from modformer.evaluation import teacher_forced_loss
 from modformer.modular.assembly import Assembly
 from modformer.modular.curriculum import Curriculum, sample_hybrid
@@ -116,6 +116,8 @@ class ReplacingTrainer(Recipe):
     The loop, evaluation schedule and trainer checkpoint are the shared recipe's (`modformer.recipe.Recipe`); this
     class adds the hybrid step, the probe evaluation, the process group and what it saves (modules + config).
     """
+
+    data_report: dict | None = None  # what reading and tokenizing the pairs did (`data.data_report`), saved too
 
     def __init__(self, model: ModularModel, config: TrainConfig, train: TokenizedData, heldout: TokenizedData):
         self.model, self.config, self.train, self.heldout = model, config, train, heldout
@@ -340,16 +342,30 @@ class ReplacingTrainer(Recipe):
         return result
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
-    def save(self, out_dir: str | Path) -> None:
-        """Modules + config, then the trainer checkpoint (optimizer, scheduler, RNGs, step); each file atomically."""
-        out_dir = Path(out_dir)
+    def save(self, folder: Path) -> None:
+        """Modules + config into the checkpoint being written (`Recipe.save_checkpoint` adds the trainer checkpoint
+        and the manifest, and switches the folder in whole)."""
         self.model.config.training = {
             **asdict(self.config),
             "completed_steps": self.state.step,
             "wall_s": round(self.state.seconds, 1),
+            "data_report": self.data_report,
         }
-        self.model.save_pretrained(out_dir)
-        self.checkpoint().save(out_dir)
+        self.model.save_pretrained(folder)
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.model.blocks.named_parameters()
+
+    def resume(self, out_dir: str | Path) -> None:
+        """The shared resume, and one check for checkpoints from before manifests, which wrote the modules and the
+        trainer state as separate files: both must be of the same step."""
+        super().resume(out_dir)
+        recorded = self.model.config.training.get("completed_steps")
+        if recorded is not None and recorded != self.state.step:
+            raise CheckpointError(
+                f"{Path(out_dir) / CONFIG_NAME}: the modules are of step {recorded} but the trainer state is of step "
+                f"{self.state.step} (a checkpoint interrupted while it was written); cannot resume"
+            )
 
 
 def is_main_process() -> bool:
@@ -381,20 +397,23 @@ def run_modular(
     check_output(out_dir, resume=resume, overwrite=overwrite, marker=CONFIG_NAME, what="modular checkpoint")
     train = load_split(data, train_split)
     heldout = load_split(data, val_split, limit=config.eval_pairs)
+    same = same_data_warning(train, heldout, val_split=val_split)
     teacher_model = load_seq2seq(teacher, eager=True)
     tokenizer = load_tokenizer(teacher)
     lengths = (config.max_source_len, config.max_target_len)
+    train_ids, heldout_ids = train.tokenize(tokenizer, *lengths), heldout.tokenize(tokenizer, *lengths)
     trainer = ReplacingTrainer.start_or_resume(
         teacher_model,
         teacher,
         out_dir,
         config,
-        train.tokenize(tokenizer, *lengths),
-        heldout.tokenize(tokenizer, *lengths),
+        train_ids,
+        heldout_ids,
         resume=resume,
         granularities=granularities,
     )
     trainer.origin = train.origin
+    trainer.data_report = data_report({"train": (train, train_ids), "heldout": (heldout, heldout_ids)}, [same])
     if on_start:
         on_start(trainer)
     return trainer.fit(out_dir, on_step=on_step, on_eval=on_eval)

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from modformer.data import TokenizedData
 from modformer.errors import ConfigError, InfeasibleBudgetError
 from modformer.evaluation import generate, text_scores
 from modformer.modular.assembly import Assembly
@@ -36,7 +37,7 @@ from modformer.profiling.profile import LatencyProfile
 from modformer.profiling.timer import Timer
 from modformer.profiling.validate import time_models
 
-METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL")
+METRICS = ("bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match")
 # The frontier table's first columns (then the metric, then the rest); `chosen.json` records them too, but for the
 # measured speed ratio.
 LEADING_COLUMNS = (
@@ -69,6 +70,20 @@ def check_feasible(space: SearchSpace, budget: Budget, nearest: int = 3) -> int:
         for k in order
     )
     raise InfeasibleBudgetError(f"no assembly meets the budget {budget}; nearest: {named}")
+
+
+def check_rows_feasible(rows: pd.DataFrame, budget: Budget, nearest: int = 3) -> int:
+    """The number of scored (assembly, target) rows within `budget` (their `violation`); InfeasibleBudgetError naming
+    the nearest ones, with their target, when there is none."""
+    feasible = int((rows["violation"] <= 0).sum())
+    if feasible:
+        return feasible
+    near = rows.sort_values(["violation", "latency_ms"]).head(nearest)
+    named = "; ".join(
+        f"{r.assembly} in {r.target} ({r.latency_ms:.1f} ms, {r.memory_mb:.1f} MB, {r.params / 1e6:.2f}M parameters)"
+        for r in near.itertuples()
+    )
+    raise InfeasibleBudgetError(f"no assembly meets the budget {budget} in any serving target; nearest: {named}")
 
 
 def rule_points(modular: ModularModel, space: SearchSpace) -> pd.DataFrame:
@@ -133,11 +148,13 @@ def validate_assemblies(
     warmup: int = 1,
     repeats: int = 5,
     target: str = "torch:fp32",
+    data: TokenizedData | None = None,
     on_progress: Progress | None = None,
 ) -> Validation:
-    """Generation quality on `pairs` and measured end-to-end latency of each assembly (see the module docstring)."""
+    """Generation quality on `pairs` and measured end-to-end latency of each assembly (see the module docstring).
+    `data`: the pairs' token ids, where the caller has them (else tokenized here, at the default lengths)."""
     start = time.perf_counter()
-    batches = pairs.tokenize(tokenizer).batches(batch_size, shuffle=False)
+    batches = (data or pairs.tokenize(tokenizer)).batches(batch_size, shuffle=False)
     models = {}
     rows = []
     total = len(assemblies) + 1
@@ -146,7 +163,7 @@ def validate_assemblies(
             on_progress(n, total, f"generating with {text}")
         model = models[text] = modular.assemble(Assembly.parse(text))
         hypotheses = generate(model, tokenizer, batches, max_new_tokens=max_new_tokens)
-        rows.append({"assembly": text, **text_scores(hypotheses, list(pairs.targets))})
+        rows.append({"assembly": text, **text_scores(hypotheses, pairs.reference_lists())})
     # The teacher is scored on the same pairs (what every point's quality is read against) and timed in the same
     # rounds (the measured speed-up over it is immune to the machine's drift).
     c = modular.config
@@ -159,7 +176,7 @@ def validate_assemblies(
         if on_progress:
             on_progress(len(assemblies), total, "generating with the teacher")
         teacher_scores = text_scores(
-            generate(teacher, tokenizer, batches, max_new_tokens=max_new_tokens), list(pairs.targets)
+            generate(teacher, tokenizer, batches, max_new_tokens=max_new_tokens), pairs.reference_lists()
         )
     if on_progress:
         on_progress(len(assemblies), total, "timing end to end")

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from modformer.checkpoints import load_tokenizer
-from modformer.data import DataSpec, load_split
+from modformer.data import DataSpec, Seq2SeqData, TokenizedData, data_report, load_split
 from modformer.errors import ConfigError, DataError, ModformerError
 from modformer.modular.assembly import Assembly
 from modformer.modular.model import ModularModel
@@ -45,13 +45,16 @@ class PlanSettings:
     validate_samples: int = 200
     metric: str = "bleu"
     max_new_tokens: int = 64
+    max_source_len: int = 128  # tokens of a source, for the proxy and the validation; longer ones are cut
+    max_target_len: int = 128
     budget: str = ""
     workload: dict = field(default_factory=dict)  # batch, src_len, gen_len; empty: the profile's default
     search: dict = field(default_factory=dict)  # SearchConfig fields
     targets: list[str] | None = None  # serving targets to plan over; None: every target the profile measured
 
     def __post_init__(self) -> None:
-        for name in ("proxy_samples", "proxy_batch_size", "validate", "validate_samples", "max_new_tokens"):
+        positive = ("proxy_samples", "proxy_batch_size", "validate", "validate_samples", "max_new_tokens")
+        for name in (*positive, "max_source_len", "max_target_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}", settings=name)
         if self.metric not in planning.METRICS:
@@ -60,6 +63,7 @@ class PlanSettings:
     def study_record(self) -> dict:
         """What must match for a stored study to be continued (validation settings may change between runs)."""
         keep = ("modules", "data", "split", "proxy_samples", "proxy_batch_size", "budget", "workload", "search")
+        keep += ("max_source_len", "max_target_len")  # the proxy's token ids
         record = {k: v for k, v in asdict(self).items() if k in keep}
         record["modules"] = str(Path(self.modules).resolve())
         return record
@@ -69,8 +73,9 @@ class PlanSettings:
 class Loaded:
     modular: ModularModel
     tokenizer: object
-    pairs: object  # Seq2SeqData of the split
+    pairs: Seq2SeqData  # the split
     scorer: ProxyScorer
+    proxy_data: TokenizedData  # the proxy's pairs, tokenized (what was cut is in its record)
 
 
 def load_for_scoring(settings: PlanSettings) -> Loaded:
@@ -79,13 +84,15 @@ def load_for_scoring(settings: PlanSettings) -> Loaded:
     pairs = load_split(DataSpec(**settings.data), settings.split)
     if len(pairs) == 0:
         raise DataError(f"split {settings.split!r} holds no pairs")
-    return Loaded(modular, tokenizer, pairs, ProxyScorer(modular, proxy_batches(pairs, tokenizer, settings)))
+    lengths = (settings.max_source_len, settings.max_target_len)
+    data = pairs.take(settings.proxy_samples).tokenize(tokenizer, *lengths)
+    return Loaded(modular, tokenizer, pairs, ProxyScorer(modular, proxy_batches(data, settings)), data)
 
 
-def proxy_batches(pairs, tokenizer, settings: PlanSettings) -> list[dict]:
-    """The proxy's fixed batches: the first `proxy_samples` pairs, sorted by target length so batches pad little
-    (the LM head and the loss, most of a score's cost, then run on few padding positions)."""
-    data = pairs.take(settings.proxy_samples).tokenize(tokenizer)
+def proxy_batches(data: TokenizedData, settings: PlanSettings) -> list[dict]:
+    """The proxy's fixed batches: its pairs' token ids (the first `proxy_samples` of the split) sorted by target
+    length so batches pad little (the LM head and the loss, most of a score's cost, then run on few padding
+    positions)."""
     order = sorted(range(len(data)), key=lambda k: (len(data.target_ids[k]), len(data.source_ids[k])))
     size = settings.proxy_batch_size
     return [data.batch(order[start : start + size]) for start in range(0, len(order), size)]
@@ -132,12 +139,14 @@ def run_plan(
     workload = Workload(**settings.workload) if settings.workload else default_workload(profile)
     space = SearchSpace.build(loaded.modular, profile, workload)
     budget = budget.resolved(float(space.latency_ms(*space.teacher)))
-    planning.check_feasible(space, budget)
+    # With engine targets the search may not drop what is too slow in torch: it may be fast enough in an engine.
+    search_budget = budget.for_search() if engine_targets else budget
+    planning.check_feasible(space, search_budget)
     study = open_study(open_storage(storage), study_name, config, settings.study_record())
     with _local_workers(storage, study_name, workers) as processes:
         search = Search(
             space,
-            budget,
+            search_budget,
             config,
             study,
             pair_scorer(loaded.scorer, space_stacks(loaded.modular.config)),
@@ -148,10 +157,15 @@ def run_plan(
         result, rules = _search_with_rules(search, loaded.modular)
     result.proxy = loaded.scorer.stats.to_json()
     rules["target"] = result.scored["target"] = torch_target
+    if search_budget != budget:  # each torch row against the whole budget, as each engine row is
+        i, j = result.scored["i"].to_numpy(), result.scored["j"].to_numpy()
+        result.scored["violation"] = space.violation(budget, i, j)
     served = engine_rows(result.scored, space, profile, workload, budget, engine_targets)
     result.scored = pd.concat([result.scored, served], ignore_index=True)
+    planning.check_rows_feasible(result.scored, budget)
     picks = _validation_picks(result, config.objectives, rules, settings.validate)
     pairs = loaded.pairs.take(settings.validate_samples)
+    pairs_ids = pairs.tokenize(loaded.tokenizer, settings.max_source_len, settings.max_target_len)
     validation = planning.validate_assemblies(
         loaded.modular,
         loaded.tokenizer,
@@ -161,6 +175,7 @@ def run_plan(
         workload,
         max_new_tokens=settings.max_new_tokens,
         target=torch_target,
+        data=pairs_ids,
         on_progress=_phase(on_progress, "validate"),
     )
     started = time.perf_counter()
@@ -172,6 +187,7 @@ def run_plan(
         threads=profile.meta.get("settings", {}).get("threads") or torch.get_num_threads(),
         max_new_tokens=settings.max_new_tokens,
         statistic=profile.statistic,
+        max_source_len=settings.max_source_len,
         on_progress=_phase(on_progress, "validate in engines"),
     )
     validation.add(engine_points, time.perf_counter() - started)
@@ -189,6 +205,8 @@ def run_plan(
         settings=asdict(settings),
         memory_source=space.memory_source,
     )
+    proxy_pairs = loaded.pairs.take(settings.proxy_samples)
+    summary["data_report"] = data_report({"proxy": (proxy_pairs, loaded.proxy_data), "validation": (pairs, pairs_ids)})
     chosen = planning.choose(frontier, settings.metric)
     return planning.PlanResult(frontier=frontier, rules=rules, chosen=chosen, summary=summary, scored=result.scored)
 

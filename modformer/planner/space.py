@@ -92,6 +92,12 @@ class Budget:
         latency = limit if self.latency_ms is None else min(self.latency_ms, limit)
         return dataclasses.replace(self, latency_ms=latency)
 
+    def for_search(self) -> Budget:
+        """The limits the proxy search can apply to torch costs when engine targets are planned too: parameters
+        only. An engine's latency and memory differ from torch's, so an assembly too slow in torch may meet the
+        budget in CTranslate2; each (assembly, target) row is checked against the whole budget afterwards."""
+        return Budget(params_m=self.params_m)
+
     def __str__(self) -> str:
         parts = [f"{k}<={_num(getattr(self, k))}" for k in BUDGET_KEYS if getattr(self, k) is not None]
         if self.speedup is not None:

@@ -92,10 +92,11 @@ def validate_engine_points(
     max_new_tokens: int,
     statistic: str,
     repeats: int = 5,
+    max_source_len: int = 128,
     on_progress=None,
 ) -> list[dict]:
-    """For each (assembly, engine target): export it to the target, generate for `pairs` (scores) and time it at
-    `workload` with `threads` threads (the rounds' `statistic`)."""
+    """For each (assembly, engine target): export it to the target, generate for `pairs` (sources cut to
+    `max_source_len` tokens; scores) and time it at `workload` with `threads` threads (the rounds' `statistic`)."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n, (text, target_name) in enumerate(points):
@@ -105,14 +106,16 @@ def validate_engine_points(
             folder = Path(tmp) / f"point-{n}"
             export_assembly(modular, Assembly.parse(text), folder, target=target)
             generator = CTranslate2Generator(folder, target, threads=threads)
-            hypotheses = generator.generate(list(pairs.sources), max_new_tokens=max_new_tokens)
+            hypotheses = generator.generate(
+                list(pairs.sources), max_new_tokens=max_new_tokens, max_source_len=max_source_len
+            )
             samples = time_generators([generator], workload, warmup=1, repeats=repeats)[0]
             ms = float(np.min(samples) if statistic == "min" else np.median(samples))
             rows.append(
                 {
                     "assembly": text,
                     "target": target_name,
-                    **text_scores(hypotheses, list(pairs.targets)),
+                    **text_scores(hypotheses, pairs.reference_lists()),
                     "measured_latency_ms": ms,
                 }
             )
