@@ -147,6 +147,7 @@ class StudentRun:
                 "parameters": self.parameters,
                 "completed_steps": self.completed_steps,
                 "wall_s": round(self.wall_s, 1),
+                "threads": torch.get_num_threads(),
                 "history": self.history,
                 "data_report": self.data_report,
             },

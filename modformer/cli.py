@@ -880,6 +880,7 @@ def plan(
         ),
     ] = None,
     overwrite: OverwriteOpt = False,
+    threads: ThreadsOpt = None,
 ) -> None:
     """Search assemblies x serving targets for a budget; validate the frontier on held-out data; write the plan.
 
@@ -891,6 +892,7 @@ def plan(
         modformer plan --modules runs/mods --profile runs/profile.json --data data/ --src-ext en --tgt-ext de \\
             --budget "latency_ms<=150,memory_mb<=40" --targets torch:fp32,ctranslate2:int8 --out runs/plan
     """
+    _use_threads(threads)
     from dataclasses import asdict
 
     from modformer.planner.artifact import Plan, plan_storage

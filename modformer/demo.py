@@ -27,7 +27,7 @@ from modformer.checkpoints import load_seq2seq, load_tokenizer
 from modformer.data import DataSpec, default_data_spec, full_data_spec, load_split
 from modformer.errors import ConfigError
 from modformer.evaluation import score_model
-from modformer.io import atomic_dir, atomic_path, read_json, write_json
+from modformer.io import atomic_dir, atomic_path, read_json, recover_dir, write_json
 from modformer.modular.evaluate import evaluate
 from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import STRATEGIES, strategy_sequence
@@ -173,8 +173,13 @@ def run_demo(config: DemoConfig, out_dir: str | Path, report: Report | None = No
 
     paths = {name: out_dir / name for name in ("teacher", "modules", "profile", "plan", "deploy")}
     profile_json = paths["profile"] / "profile.json"
-    if not (paths["teacher"] / "config.json").is_file() or (paths["teacher"] / TEACHER_STATE).is_file():
+    recover_dir(paths["teacher"])  # a write a kill interrupted: finish it before looking
+    teacher_done = (paths["teacher"] / "config.json").is_file() and (
+        config.teacher == "bundled" or teacher_completed_steps(paths["teacher"]) >= config.teacher_steps
+    )
+    if not teacher_done:
         timed("teacher", lambda: _teacher_stage(config, spec, paths["teacher"], report))
+    recover_dir(paths["modules"])
     if not _finished(paths["modules"], config.module_steps):
         timed("modules", lambda: _modules_stage(config, spec, paths["teacher"], paths["modules"], report))
     modular = ModularModel.from_pretrained(paths["modules"])
@@ -227,10 +232,8 @@ def _teacher_stage(config: DemoConfig, spec: DataSpec, out: Path, report: Report
         out,
         on_step=lambda s, loss: report("teacher", s, tcfg.steps, f"loss {loss:.3f}"),
         overwrite=True,
-        resume=(out / TEACHER_STATE).is_file() and teacher_completed_steps(out) < config.teacher_steps,
+        resume=(out / TEACHER_STATE).is_file(),
     )
-    # A finished teacher keeps no trainer state: its folder is then a plain checkpoint, and this stage is done.
-    (out / TEACHER_STATE).unlink(missing_ok=True)
 
 
 def copy_bundled_teacher(out: Path, source: Path = BUNDLED_TEACHER) -> Path:

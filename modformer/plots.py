@@ -67,9 +67,8 @@ def plot_quality_vs_size(table: pd.DataFrame, metric: str = "bleu") -> Figure:
 
 def metric_label(metric: str) -> str:
     """How a metric is named on a figure or in a report: BLEU, chrF, ROUGE-L, ..."""
-    return {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}.get(
-        metric, metric
-    )
+    names = {"bleu": "BLEU", "chrf": "chrF", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
+    return {**names, "exact_match": "exact match (%)"}.get(metric, metric)
 
 
 def is_teacher_assembly(assembly: str) -> bool:

@@ -137,6 +137,7 @@ class TeacherRun:
                 "teacher": asdict(self.config),
                 "completed_steps": self.completed_steps,
                 "wall_s": round(self.wall_s, 1),
+                "threads": torch.get_num_threads(),
                 "val_loss": self.val_loss,
                 "data": self.data,
                 "train_pairs": self.train_pairs,

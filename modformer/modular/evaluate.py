@@ -33,7 +33,7 @@ class Evaluation:
 
     def to_json(self) -> dict:
         record = {"model": self.model, "split": self.split, "data": self.data, **self.scores.to_json()}
-        return {**record, "data_report": self.data_report}
+        return {**record, "threads": torch.get_num_threads(), "data_report": self.data_report}
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_json())

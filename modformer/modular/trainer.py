@@ -349,6 +349,7 @@ class ReplacingTrainer(Recipe):
             **asdict(self.config),
             "completed_steps": self.state.step,
             "wall_s": round(self.state.seconds, 1),
+            "threads": torch.get_num_threads(),  # the wall time depends on it (see `--threads`)
             "data_report": self.data_report,
         }
         self.model.save_pretrained(folder)

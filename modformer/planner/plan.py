@@ -283,7 +283,8 @@ def summary_record(
         "search": search.summary(),
         "validated": int(len(v)),
         "validation_seconds": round(validation.seconds, 2),
-        "memory_source": memory_source,  # measured peaks, or "arithmetic": parameter and cache bytes (no peaks profiled)
+        "memory_source": memory_source,
+        "threads": torch.get_num_threads(),  # of the proxy search and validation (timing uses the profile's)  # measured peaks, or "arithmetic": parameter and cache bytes (no peaks profiled)
         "teacher_measured_latency_ms": None if np.isnan(validation.teacher_ms) else float(validation.teacher_ms),
         # the teacher under torch on the same held-out pairs: what each point's quality is read against
         "teacher": {**validation.teacher_scores, "target": "torch:fp32"} if validation.teacher_scores else None,
