@@ -302,7 +302,7 @@ def plot_pareto(
         if at is not None and not drawn:
             ax.axvline(at, ls=":", color="0.2", lw=1.3, label=f"teacher {teacher.shape} (torch:fp32, {at:.3g} ms)")
         if budget is not None:
-            ax.axvline(budget, ls="--", color="C3", lw=1, label=f"budget {budget:g} ms")
+            ax.axvline(budget, ls="--", color="C3", lw=1, label=f"budget {budget:.4g} ms")
         ax.grid(alpha=0.3)
         ax.set_xlim(0, _right_limit(ax, [budget, at]))
     right.set_ylim(*_from_zero(pd.concat([validated[metric], pd.Series([teacher.score if teacher else None])])))

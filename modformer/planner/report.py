@@ -230,7 +230,7 @@ def budget_words(budget: dict | None, workload: dict | None) -> str:
         return "No budget: every assembly was allowed, so the choice is the most accurate validated point."
     batch = f" per call at batch {workload['batch']}" if workload else " per call"
     words = {
-        "latency_ms": lambda x: f"latency at most {x:g} ms{batch}",
+        "latency_ms": lambda x: f"latency at most {x:.4g} ms{batch}",
         "memory_mb": lambda x: f"peak memory at most {x:g} MB",
         "params_m": lambda x: f"at most {x:g} million parameters",
         # a lower limit; the plan holds it as the latency limit it implies too (`Budget.resolved`)
