@@ -276,7 +276,7 @@ def _modules_stage(config: DemoConfig, spec: DataSpec, teacher: Path, out: Path,
 
 def _profile_stage(config: DemoConfig, modular: ModularModel, out: Path, report: Report) -> None:
     settings = ProfileConfig(threads=config.threads, **config.profile)
-    profile = run_profile(modular, settings, profile_targets(None, "fp32", "cpu"), on_progress=_stage(report))
+    profile = run_profile(modular, settings, profile_targets(None, "fp32", "cpu"), on_progress=report)
     out.parent.mkdir(parents=True, exist_ok=True)
     profile.save(out)
 
@@ -295,7 +295,7 @@ def _plan_stage(config: DemoConfig, spec: DataSpec, modules: Path, profile_json:
         search=config_record(SearchConfig()),
     )
     storage = plan_storage(out, None, None, fresh=True)
-    result = run_plan(settings, profile, storage=storage, study_name=out.name, on_progress=_stage(report))
+    result = run_plan(settings, profile, storage=storage, study_name=out.name, on_progress=report)
     Plan.from_result(result).save(out, overwrite=True)
 
 
@@ -384,10 +384,6 @@ def _shape(assembly: str) -> str:
 def _model_bytes(folder: Path) -> int:
     """Bytes of the model's weights on disk (safetensors or the engine's model.bin)."""
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
-
-
-def _stage(report: Report):
-    return lambda phase, done, total, info: report(phase, done, total, info)
 
 
 def _finished(modules_dir: Path, steps: int) -> bool:

@@ -11,14 +11,18 @@ import modformer.cli
 from modformer.cli import app
 
 
-def test_a_run_to_a_file_prints_progress_lines_with_step_eta_and_loss(tmp_path, monkeypatch, data_dir):
-    monkeypatch.setattr(modformer.cli, "LOG_EVERY_S", 0.0)  # every update: a short run shows the lines
-    out = tmp_path / "teacher"
+def teacher_lines(tmp_path, monkeypatch, data_dir, interval_s: float) -> list[str]:
+    """The progress lines of a 6-step tiny `teacher` run whose output is not a terminal, at `interval_s`."""
+    monkeypatch.setattr(modformer.cli, "LOG_EVERY_S", interval_s)
     args = ["teacher", "--data", data_dir, "--src-ext", "en", "--tgt-ext", "de", "--preset", "tiny"]
-    args += ["--steps", 6, "--batch-size", 4, "--out", out, "--threads", 1]
+    args += ["--steps", 6, "--batch-size", 4, "--out", tmp_path / "teacher", "--threads", 1]
     done = CliRunner().invoke(app, [str(a) for a in args])
     assert done.exit_code == 0, done.stderr
-    lines = [line for line in done.stderr.splitlines() if re.match(r"teacher \d+/6", line)]
+    return [line for line in done.stderr.splitlines() if re.match(r"teacher \d+/6", line)]
+
+
+def test_a_run_to_a_file_prints_progress_lines_with_step_eta_and_loss(tmp_path, monkeypatch, data_dir):
+    lines = teacher_lines(tmp_path, monkeypatch, data_dir, 0.0)  # every update: a short run shows the lines
     steps = [int(m.group(1)) for line in lines if (m := re.match(r"teacher (\d+)/6 \(\d+ %\)", line))]
     assert steps == sorted(steps) and steps[-1] == 6 and len(steps) >= 3, lines
     assert all(re.search(r"\d+ s so far", line) and re.search(r"loss \d+\.\d+", line) for line in lines)
@@ -26,11 +30,5 @@ def test_a_run_to_a_file_prints_progress_lines_with_step_eta_and_loss(tmp_path, 
 
 
 def test_lines_are_at_most_every_interval(tmp_path, monkeypatch, data_dir):
-    monkeypatch.setattr(modformer.cli, "LOG_EVERY_S", 3600.0)  # a long interval: only the first and the last line
-    out = tmp_path / "teacher"
-    args = ["teacher", "--data", data_dir, "--src-ext", "en", "--tgt-ext", "de", "--preset", "tiny"]
-    args += ["--steps", 6, "--batch-size", 4, "--out", out, "--threads", 1]
-    done = CliRunner().invoke(app, [str(a) for a in args])
-    assert done.exit_code == 0, done.stderr
-    lines = [line for line in done.stderr.splitlines() if re.match(r"teacher \d+/6", line)]
+    lines = teacher_lines(tmp_path, monkeypatch, data_dir, 3600.0)  # a long interval: the first and the last line
     assert len(lines) == 2 and lines[-1].startswith("teacher 6/6 (100 %)"), lines
