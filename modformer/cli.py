@@ -63,12 +63,25 @@ class _Commands(TyperGroup):
 # `__del__`, a weakref callback: the heavy imports and the garbage collector run many), Python prints "Exception
 # ignored" and carries on, and the command ran to its end with exit 0. `_interrupts_end_the_command` notes every
 # SIGINT and delivers one that a finalizer swallowed again, from outside it; the command then ends with 130.
-_interrupt = {"received": False, "reported": False}
+_interrupt = {"received": False, "reported": False, "installed": [False]}
 
 
 def _on_interrupt(signum, frame) -> None:
     _interrupt["received"] = True
+    if _importing(frame):  # a KeyboardInterrupt inside a C extension's import can abort the interpreter (SIGABRT)
+        _thread.start_new_thread(_deliver_again, (_interrupt["installed"],))
+        return
     raise KeyboardInterrupt
+
+
+def _importing(frame) -> bool:
+    """Whether the main thread is inside an import (a lazy `import torch` in a command, say): the interrupt waits
+    for its end, then ends the command like any other."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _deliver_again(installed: list[bool]) -> None:
@@ -90,7 +103,7 @@ def _interrupts_end_the_command():
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield  # signals reach the main thread only; a handler installed outside Python is left alone
         return
-    installed = [True]
+    installed = _interrupt["installed"] = [True]
     previous_handler, previous_hook = signal.signal(signal.SIGINT, _on_interrupt), sys.unraisablehook
 
     def hook(unraisable) -> None:

@@ -22,6 +22,7 @@ from typer.testing import CliRunner, Result
 
 from modformer.cli import app
 from tests.conftest import save_teacher, tiny_t5
+from tests.bad_input_artifacts import ARTIFACT_CASES
 
 runner = CliRunner()
 LINE_DATA = ("--src-ext", "en", "--tgt-ext", "de")
@@ -723,6 +724,7 @@ BAD_INPUT: dict[str, tuple[Callable[[Ctx], list], str]] = {
         "unknown preset 'huge'",
     ),
 }
+BAD_INPUT |= ARTIFACT_CASES  # artifacts that parse but hold wrong values: tests/bad_input_artifacts.py
 
 
 @pytest.fixture(scope="module")
