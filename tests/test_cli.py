@@ -21,8 +21,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from modformer.cli import app
-from tests.conftest import save_teacher, tiny_t5
 from tests.bad_input_artifacts import ARTIFACT_CASES
+from tests.conftest import save_teacher, tiny_t5
 
 runner = CliRunner()
 LINE_DATA = ("--src-ext", "en", "--tgt-ext", "de")
