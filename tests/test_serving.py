@@ -223,7 +223,7 @@ def test_a_bf16_export_stores_bfloat16_weights_and_records_its_target(tmp_path, 
     assert not is_ctranslate2_folder(tmp_path / "bf16")
 
 
-def test_the_depth_fit_predicts_a_quadratic_decoder_cost_exactly_and_names_unmeasured_workloads():
+def test_the_depth_fit_predicts_a_decoder_cost_growing_with_depth_exactly_and_names_unmeasured_workloads():
     import pandas as pd
 
     from modformer.profiling.engines import EngineCosts, depth_grid
@@ -234,14 +234,14 @@ def test_the_depth_fit_predicts_a_quadratic_decoder_cost_exactly_and_names_unmea
     assert depth_grid(1, 1) == [(1, 1)]
     rows = [
         {"target": "ctranslate2:int8", "threads": 1, "batch": 1, "src_len": 32, "gen_len": 32}
-        | {"encoder_layers": e, "decoder_layers": d, "latency_ms": 2 + 0.5 * e + 1.5 * d + 0.05 * d * d}
+        | {"encoder_layers": e, "decoder_layers": d, "latency_ms": 2 + 0.5 * e + 1.5 * d + 0.05 * d * d + 0.02 * e * d}
         | {"weight_bytes": 1e6 + 2e5 * (e + d), "peak_bytes": 2**20 * (20 + e + 2 * d)}
         for e, d in depth_grid(12, 12)
     ]
     costs = EngineCosts(pd.DataFrame(rows))
     w = Workload(1, 32, 32)
     latency, memory = costs.predict("ctranslate2:int8", [3, 6], [2, 4], w)
-    assert latency.tolist() == pytest.approx([2 + 1.5 + 3 + 0.2, 2 + 3 + 6 + 0.8])
+    assert latency.tolist() == pytest.approx([2 + 1.5 + 3 + 0.2 + 0.12, 2 + 3 + 6 + 0.8 + 0.48])
     assert memory.tolist() == pytest.approx([20 + 3 + 4, 20 + 6 + 8])  # peak memory, in MB
     with pytest.raises(ConfigError, match=r"not at batch 8"):
         costs.predict("ctranslate2:int8", 3, 2, Workload(8, 32, 32))

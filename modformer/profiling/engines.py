@@ -4,18 +4,22 @@ Inside such an engine every block of a stack is one layer of the teacher's shape
 too), so what an assembly costs depends on its *block counts* (encoder blocks e, decoder blocks d) and the workload
 only, not on which modules it uses. Per target and workload point the profile measures a 3 x 3 grid of depths, with
 random weights in the teacher's shape (the cost does not depend on the values: every call generates exactly
-`gen_len` tokens):
+`gen_len` tokens; a 2+11-layer cut of the 12+12 teacher and a random model of that depth timed side by side in
+float32 took 13.0 and 13.2 ms):
 
     e in (1, ceil(E/2), E)  x  d in (1, ceil(D/2), D)        E, D: the teacher's depths
 
 timed round-robin (one warm call of every depth per round, `Timer.interleaved_samples` and `generator_case`), so
-that a burst of load from another process slows one round of every depth rather than every round of one depth, and
-predicts any (e, d) by the
-least-squares fit  latency = a + b*e + c*d + q*d^2  through them: each layer adds the same work (the encoder's once
-per call, the decoder's once per generated token), and a decoder step slows down a little as the decoder's weights
-outgrow the caches (measured on the 12+12 teacher in float32: without the d^2 term the fit over-predicted mid-depth
-assemblies by 9 % on average, with it 3 %; `benchmarks/targets.py`). Peak memory is measured the same way
-(a fresh process loads the model and runs one call, `engine_peak_memory`) and predicted by the same fit; where it
+that a burst of load from another process slows one round of every depth rather than every round of one depth, with
+twice the block profile's rounds (a whole-model call is cheap, and a deep float32 model's cost swings with how much
+of the shared cache other processes hold: the least of more rounds is steadier), and predicts any (e, d) by the
+least-squares fit  latency = a + b*e + c*d + q*d^2 + r*e*d  through them: each layer adds the same work (the
+encoder's once per call, the decoder's once per generated token), and a decoder step slows down a little as the
+model outgrows the processor's caches, the more so the more layers it holds (the d^2 and e*d terms). Measured on the
+12+12 teacher in float32 (2-core AMD EPYC, 18 held-out depths, `benchmarks/targets.py` and a 4 x 4 grid beside it):
+without the d^2 term the fit over-predicted mid-depth assemblies by 9 % on average; without e*d, latency MAPE was
+4.3 % at batch 1, with it 2.8 %. Peak memory is measured the same way (a fresh process loads the model and runs one
+call, `engine_peak_memory`) and predicted by a fit in 1, e, d, d^2 (memory has no cache effect); where it
 was not measured, the model's weights as the engine stores them (the converted file) stand in.
 
 Rows of the engine table (`EngineCosts.table`): target, threads, batch, src_len, gen_len, encoder_layers,
@@ -102,26 +106,29 @@ class EngineCosts:
                     f"the profile measured {target} at (batch, src_len, gen_len) {grid}, not at {w}: "
                     "profile that workload or plan for a measured one"
                 )
-            x = _features(rows["encoder_layers"], rows["decoder_layers"])
-            latency = np.linalg.lstsq(x, rows["latency_ms"].to_numpy(float), rcond=None)[0]
+            e, d = rows["encoder_layers"], rows["decoder_layers"]
+            latency = np.linalg.lstsq(_features(e, d), rows["latency_ms"].to_numpy(float), rcond=None)[0]
             peak = rows["peak_bytes"].to_numpy(float)
             memory = peak if np.isfinite(peak).all() else rows["weight_bytes"].to_numpy(float)
-            weights = np.linalg.lstsq(x, memory, rcond=None)[0]
+            weights = np.linalg.lstsq(_features(e, d, memory=True), memory, rcond=None)[0]
             self._fits[key] = (latency, weights)
         return self._fits[key]
 
     def predict(self, target: str, encoder_blocks, decoder_blocks, w: Workload) -> tuple[np.ndarray, np.ndarray]:
         """(latency_ms, memory_mb) of assemblies with these block counts (scalars or arrays) served in `target`."""
         latency, memory = self._fit(target, w)
-        x = _features(np.atleast_1d(encoder_blocks), np.atleast_1d(decoder_blocks))
+        e, d = np.atleast_1d(encoder_blocks), np.atleast_1d(decoder_blocks)
         shape = np.shape(encoder_blocks)
-        return (x @ latency).reshape(shape), (x @ memory).reshape(shape) / 2**20
+        return (_features(e, d) @ latency).reshape(shape), (_features(e, d, memory=True) @ memory).reshape(
+            shape
+        ) / 2**20
 
 
-def _features(encoder_layers, decoder_layers) -> np.ndarray:
-    """The fit's terms: 1, e, d, d^2 (see the module docstring)."""
+def _features(encoder_layers, decoder_layers, *, memory: bool = False) -> np.ndarray:
+    """The fit's terms: 1, e, d, d^2 and, for latency, e*d (see the module docstring)."""
     e, d = np.asarray(encoder_layers, dtype=float), np.asarray(decoder_layers, dtype=float)
-    return np.column_stack([np.ones_like(e), e, d, d * d])
+    terms = [np.ones_like(e), e, d, d * d] + ([] if memory else [e * d])
+    return np.column_stack(terms)
 
 
 def depth_model_folder(teacher: torch.nn.Module, tokenizer, encoder_layers: int, decoder_layers: int, out: Path):
@@ -259,7 +266,7 @@ def profile_engine_targets(modular, config, targets: Sequence[Target], *, on_pro
         engines,
         workloads,
         threads=config.threads or torch.get_num_threads(),
-        repeats=max(3, config.repeats // 2),
+        repeats=2 * config.repeats,  # a whole-model call is cheap: more rounds, more chances of a quiet one
         statistic=config.statistic,
         memory=config.memory,
         on_progress=on_progress,
