@@ -393,3 +393,52 @@ def test_ctrl_c_that_lands_in_a_finalizer_still_ends_the_command(tmp_path):
     assert done.returncode == 130, (done.returncode, done.stdout, done.stderr)
     assert "ran to the end" not in done.stdout and done.stderr.rstrip().endswith("error: interrupted")
     assert "Exception ignored" not in done.stderr and time.perf_counter() - started < 8
+
+
+IMPORTING = """
+import os, signal, sys, time
+import modformer.teacher
+from modformer.cli import app
+
+sys.path.insert(0, sys.argv[2])
+
+
+def long_command(*args, **kwargs):
+    import slow_module  # SIGINT arrives while this import runs (a C extension's import may abort on it)
+
+    print("import completed:", slow_module.DONE)
+    for _ in range(100):  # 10 s unless interrupted
+        time.sleep(0.1)
+    print("ran to the end")
+    return {"parameters": 1, "train_pairs": 1, "data": "none", "val_loss": 1.0, "seconds": 10.0}
+
+
+modformer.teacher.run_teacher = long_command
+sys.argv = ["modformer", "teacher", "--out", sys.argv[1]]
+app()
+"""
+SLOW_MODULE = """
+import os, signal
+os.kill(os.getpid(), signal.SIGINT)
+total = 0
+for i in range(3_000_000):  # Python code the signal's handler can run in, inside the import
+    total += i
+DONE = True
+"""
+
+
+def test_ctrl_c_during_an_import_waits_for_it_then_ends_the_command(tmp_path):
+    """A SIGINT that lands inside an import (a command's lazy `import torch`, say) is held until the import ends,
+    then ends the command with 130: a KeyboardInterrupt raised inside a C extension's import could abort the
+    interpreter (exit -6 once in CI)."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "slow_module.py").write_text(SLOW_MODULE)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(IMPORTING), str(tmp_path / "t"), str(tmp_path / "mods")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 130, (done.returncode, done.stdout, done.stderr)
+    assert "import completed: True" in done.stdout and "ran to the end" not in done.stdout
+    assert done.stderr.rstrip().endswith("error: interrupted")
