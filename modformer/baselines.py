@@ -57,6 +57,7 @@ from modformer.recipe import (
     check_recorded,
     config_from,
 )
+from modformer.schemas import FORMAT_VERSION, StudentInfo, validate
 
 METHODS = ("sft", "kd", "pseudo")
 INFO_NAME = "modformer.json"
@@ -141,6 +142,7 @@ class StudentRun:
         write_json(
             Path(out_dir) / INFO_NAME,
             {
+                "format_version": FORMAT_VERSION,
                 "modformer_version": self.modformer_version,
                 "baseline": asdict(self.config),
                 "layers": self.layers,
@@ -157,6 +159,7 @@ class StudentRun:
     def load(cls, out_dir: str | Path) -> StudentRun:
         path = Path(out_dir) / INFO_NAME
         info = read_json(path, "baseline info")
+        validate(StudentInfo, info, path)
         try:
             return cls(
                 config=config_from(BaselineConfig, info.get("baseline", {}), path),

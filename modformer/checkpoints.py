@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -54,6 +55,28 @@ def load_seq2seq(path: str | Path, *, eager: bool = False) -> torch.nn.Module:
     except Exception as err:
         raise CheckpointError(f"{path}: cannot load the model weights ({_first_line(err)})") from None
     return model.eval()
+
+
+def locate_teacher(recorded: str, modules: str | Path) -> Path:
+    """The teacher checkpoint that modules in `modules` recorded, as an absolute path.
+
+    Modules record it absolute; older ones recorded it as given on the command line, relative to a working folder
+    that may not be this one: it is looked for there and beside the modules folder (the first holding a checkpoint
+    wins; the fingerprint check that follows catches a wrong one)."""
+    path = Path(recorded).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        candidates = list(dict.fromkeys([Path.cwd() / path, Path(os.path.abspath(modules)).parent / path]))
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return Path(os.path.abspath(candidate))
+    looked = " nor ".join(str(Path(os.path.abspath(c))) for c in candidates)
+    raise CheckpointError(
+        f"{modules}: the checkpoint these modules were trained from is not at {looked}; if it moved, give its new "
+        "folder as `teacher`",
+        settings="teacher",
+    )
 
 
 def load_tokenizer(path: str | Path):

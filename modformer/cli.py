@@ -25,7 +25,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from modformer.errors import ConfigError, ModformerError, with_flags
-from modformer.io import refuse_existing
+from modformer.io import refuse_existing, refuse_overlap
+from modformer.limits import check_batch, check_seed, check_tokens
 
 
 class _Commands(TyperGroup):
@@ -268,6 +269,14 @@ MaxTargetLenOpt = Annotated[
     int, typer.Option(help="Longest target, in tokens: longer ones are cut, and a warning says how many.")
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+MovedTeacherOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--teacher",
+        help="The modules' teacher checkpoint, if it moved since training (default: the path they recorded); it "
+        "must be the same teacher (checked by fingerprint).",
+    ),
+]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
@@ -284,6 +293,55 @@ def _use_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _data_inputs(data: str | None) -> list[Path]:
+    """What --data reads, for the output checks: the files a {split}/{side} template matches, the path given, or
+    the bundled sample (a hub name matches no path)."""
+    import glob
+    import re
+
+    from modformer.data import default_data_spec
+
+    if data is None:
+        return [Path(default_data_spec().path)]
+    if "{" in data:
+        return [Path(p) for p in glob.glob(re.sub(r"\{(split|side)\}", "*", glob.escape(str(Path(data).expanduser()))))]
+    return [Path(data).expanduser()]
+
+
+def _module_teacher(modules: Path | None, teacher: Path | None) -> Path | None:
+    """The teacher a command that loads `modules` will read, found without loading anything: --teacher, else where
+    the modules' config says (None where that cannot be read: loading then says why)."""
+    if teacher is not None or modules is None:
+        return teacher
+    from modformer.checkpoints import locate_teacher
+    from modformer.io import read_json
+    from modformer.modular.model import CONFIG_NAME
+
+    try:
+        return locate_teacher(str(read_json(Path(modules) / CONFIG_NAME, "modular config")["teacher"]), modules)
+    except (ModformerError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _teacher_input(modules: Path | None, teacher: Path | None) -> dict[str, Path | None]:
+    """The teacher among a command's inputs, for the output checks: --teacher, or the one the modules recorded."""
+    if teacher is not None or modules is None:
+        return {"teacher": teacher}
+    return {"the modules' teacher": _module_teacher(modules, None)}
+
+
+def _profile_files(profile: Path | None) -> list[Path]:
+    """A profile as given and its two files (NAME.json and NAME.csv, or the folder's)."""
+    if profile is None:
+        return []
+    from modformer.profiling.profile import profile_paths
+
+    try:
+        return [profile, *profile_paths(profile)]
+    except ModformerError:
+        return [profile]
 
 
 def _data_spec(data, src_ext, tgt_ext, src_column, tgt_column, prefix, line_format, list_rule, on_bad_line, unescape):
@@ -413,6 +471,10 @@ def teacher(
         \b
         modformer teacher --data data/ --src-ext en --tgt-ext de --preset small --out runs/teacher
     """
+    refuse_overlap({"out": out}, {"data": _data_inputs(data)})
+    check_seed(seed)
+    check_batch(batch_size, "batch_size")
+    _check_lengths(None, max_source_len=max_source_len, max_target_len=max_target_len)
     _use_threads(threads)
     from modformer.teacher import TeacherConfig, run_teacher
 
@@ -505,6 +567,10 @@ def train(
         modformer train --teacher path/to/t5-checkpoint --data data/ --src-ext en --tgt-ext de \\
             --out runs/mods --granularities 2,3,4,6 --steps 2000 --threads 1
     """
+    refuse_overlap({"out": out}, {"teacher": teacher, "data": _data_inputs(data)})
+    check_seed(seed)
+    check_batch(batch_size, "batch_size")
+    _check_lengths(teacher, max_source_len=max_source_len, max_target_len=max_target_len)
     _use_threads(threads)
     from modformer.modular.trainer import TrainConfig, is_main_process, run_modular
 
@@ -571,6 +637,24 @@ def train(
     say(f"modules written to [bold]{escape(str(out))}[/]")
 
 
+def _check_lengths(checkpoint: Path | None, **lengths: int | tuple[int, ...] | None) -> None:
+    """Before any work: lengths in tokens within the position limit of the checkpoint's model (read from its config
+    alone; where that cannot be read, loading it later says why) or modformer's cap."""
+    from modformer.limits import position_limit
+
+    limit, name = None, ""
+    if checkpoint is not None and (Path(checkpoint) / "config.json").is_file():
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(checkpoint)
+            limit, name = position_limit(config), f"this {config.model_type} model"
+        except Exception:  # an unreadable config: loading the model names the problem
+            pass
+    for setting, value in lengths.items():
+        check_tokens(value, setting, limit, name)
+
+
 def _parse_granularities(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -604,6 +688,8 @@ def assemble(
     ratio: RatioOpt = None,
     profile: ProfileOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the table as JSON.")] = None,
+    teacher: MovedTeacherOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --json file.")] = False,
 ) -> None:
     """Show assemblies with their size: one (--assembly), one by ratio, or a strategy's whole sequence.
 
@@ -613,11 +699,16 @@ def assemble(
         modformer assemble --modules runs/mods
         modformer assemble --modules runs/mods --strategy size-first --ratio 2
         modformer assemble --modules runs/mods --strategy speed-first --profile runs/profile.json
+        modformer assemble --modules runs/mods --teacher moved/teacher --json runs/table.json
     """
     from modformer.modular.model import ModularModel
     from modformer.planner.choice import assembly_table, save_assembly_table
 
-    model = ModularModel.from_pretrained(modules)
+    inputs = {"modules": modules, "profile": _profile_files(profile), **_teacher_input(modules, teacher)}
+    refuse_overlap({"json_out": json_out}, inputs)
+    if json_out:
+        refuse_existing(json_out, overwrite)
+    model = ModularModel.from_pretrained(modules, teacher)
     loaded = _load_profile(profile) if profile else None
     rows = assembly_table(model, assembly=assembly, strategy=strategy, ratio=ratio, profile=loaded)
     table = Table(
@@ -656,6 +747,7 @@ def export(
             "ctranslate2:float32, ctranslate2:int8 (a CTranslate2 folder). With --plan: the plan's chosen target."
         ),
     ] = None,
+    teacher: MovedTeacherOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write one assembly for a serving target: a plain Hugging Face checkpoint, or a CTranslate2 folder.
@@ -667,10 +759,19 @@ def export(
         modformer export --modules runs/mods --assembly "enc=1,1,2,2,3,3 dec=6,6" --out runs/small
         modformer export --modules runs/mods --assembly "enc=2,2,2,2,2,2 dec=2,2,2,2,2,2" \\
             --target ctranslate2:int8 --out runs/int8
+        modformer export --modules runs/mods --teacher moved/teacher --assembly "enc=2,2,2 dec=6" --out runs/s
     """
     from modformer.planner.choice import export_chosen
     from modformer.serving.targets import Target
 
+    read = modules or _plan_modules(plan)
+    inputs = {
+        "modules": read,
+        "profile": _profile_files(profile),
+        "plan": plan,
+        **_teacher_input(read, teacher),
+    }
+    refuse_overlap({"out": out}, inputs)
     refuse_existing(out, overwrite)
     chosen, info = export_chosen(
         out,
@@ -683,12 +784,27 @@ def export(
         plan=plan,
         target=Target.parse(target) if target else None,
         overwrite=overwrite,
+        teacher=teacher,
     )
     console.print(
         f"exported [bold]{chosen.format()}[/] ({info['target']}) to [bold]{escape(str(out))}[/]: "
         f"{info['parameters']:,} parameters, "
         f"size ratio {info['size_ratio']:.2f}, estimated speed ratio {info['estimated_speed_ratio']:.2f}"
     )
+
+
+def _plan_modules(plan: Path | None) -> Path | None:
+    """The modules a plan was made from, as it recorded them (None where the plan cannot be read: loading it
+    then says why)."""
+    if plan is None:
+        return None
+    from modformer.planner.artifact import Plan
+
+    try:
+        recorded = Plan.load(plan).modules
+    except ModformerError:
+        return None
+    return Path(recorded) if recorded else None
 
 
 # --- baselines ----------------------------------------------------------------------------------------------------
@@ -742,6 +858,12 @@ def baseline(
         modformer baseline kd --teacher path/to/t5-checkpoint --shape 6-6 --data data/ --src-ext en \\
             --tgt-ext de --out runs/student-6-6 --steps 2000
     """
+    refuse_overlap(
+        {"out": out}, {"teacher": teacher, "data": _data_inputs(data), "pseudo_labels_file": pseudo_labels_file}
+    )
+    check_seed(seed)
+    check_batch(batch_size, "batch_size")
+    _check_lengths(teacher, max_source_len=max_source_len, max_target_len=max_target_len, max_new_tokens=max_new_tokens)
     _use_threads(threads)
     from modformer.baselines import BaselineConfig, run_baseline
 
@@ -892,6 +1014,7 @@ def plan(
             "measured; the profile's torch target is always searched)."
         ),
     ] = None,
+    teacher: MovedTeacherOpt = None,
     overwrite: OverwriteOpt = False,
     threads: ThreadsOpt = None,
 ) -> None:
@@ -915,7 +1038,27 @@ def plan(
     from modformer.profiling.profile import resolve_workload
 
     _quiet_optuna()
+    journal = storage or str(Plan.default_storage(out))
+    refuse_overlap(
+        {"out": out, "storage": None if "://" in journal else journal},
+        {
+            "modules": modules,
+            "profile": _profile_files(profile),
+            "data": _data_inputs(data),
+            **_teacher_input(modules, teacher),
+        },
+    )
     refuse_existing(out, overwrite)
+    check_seed(seed)
+    check_batch(batch, "batch")
+    _check_lengths(
+        _module_teacher(modules, teacher),
+        src_len=src_len,
+        gen_len=gen_len,
+        max_source_len=max_source_len,
+        max_target_len=max_target_len,
+        max_new_tokens=max_new_tokens,
+    )
     parsed_budget = Budget.parse(budget)
     search = SearchConfig(
         method=method,
@@ -946,6 +1089,7 @@ def plan(
         workload=workload,
         search=config_record(search),
         targets=list(_csv_tuple(targets)) if targets else None,
+        teacher=str(teacher.resolve()) if teacher else None,
     )
     storage = plan_storage(out, storage, study_name, fresh=overwrite)
     started = time.perf_counter()
@@ -1022,6 +1166,7 @@ def plan_worker(
     ],
     threads: Annotated[int | None, typer.Option(help="torch threads for this worker.")] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the plan to create its study.")] = 600,
+    teacher: MovedTeacherOpt = None,
 ) -> None:
     """Join a running plan from another machine and score its share of the assemblies.
 
@@ -1040,7 +1185,7 @@ def plan_worker(
     _quiet_optuna()
     if index < 1:
         raise ConfigError(f"--index must be at least 1 (the plan is worker 0), got {index}")
-    done = worker_main(storage, study_name, index, threads, wait_s=wait)
+    done = worker_main(storage, study_name, index, threads, wait_s=wait, teacher=teacher)
     console.print(f"worker {index}: scored {done:,} assemblies")
 
 
@@ -1078,6 +1223,7 @@ def evaluate(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing --json / --predictions files.")
     ] = False,
+    teacher: MovedTeacherOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Score a model: BLEU and chrF (sacrebleu), ROUGE-1/2/L, exact match, teacher-forced loss.
@@ -1097,6 +1243,17 @@ def evaluate(
     outputs = [path for path in (json_out, predictions) if path is not None]
     if len(outputs) == 2 and json_out.resolve() == predictions.resolve():
         raise ConfigError(f"--json and --predictions both name {json_out}: give two files")
+    refuse_overlap(
+        {"json_out": json_out, "predictions": predictions},
+        {"model": model, "modules": modules, **_teacher_input(modules, teacher), "data": _data_inputs(data)},
+    )
+    check_batch(batch_size, "batch_size")
+    _check_lengths(
+        model or _module_teacher(modules, teacher),
+        max_new_tokens=max_new_tokens,
+        max_source_len=max_source_len,
+        max_target_len=max_target_len,
+    )
     for path in outputs:  # before any work: a refusal costs nothing
         refuse_existing(path, overwrite)
 
@@ -1124,6 +1281,7 @@ def evaluate(
             max_source_len=max_source_len,
             max_target_len=max_target_len,
             on_progress=on_progress,
+            teacher=teacher,
         )
     scores = result.scores
     table = Table("model", "split", "n", "BLEU", "chrF", "ROUGE-1", "ROUGE-2", "ROUGE-L", "exact", "loss")
@@ -1166,9 +1324,10 @@ def demo(
     """
     from dataclasses import replace
 
-    from modformer.demo import DemoConfig, prepare_folder, run_demo
+    from modformer.demo import BUNDLED_TEACHER, DemoConfig, prepare_folder, run_demo
 
     config = replace(DemoConfig.fast() if fast else DemoConfig(), threads=threads)
+    refuse_overlap({"out": out}, {"data": _data_inputs(None), "teacher": BUNDLED_TEACHER})
     prepare_folder(out, config, overwrite=overwrite)
     started = time.perf_counter()
     with _progress() as progress:
@@ -1266,6 +1425,7 @@ def profile(
     ] = True,
     validate: Annotated[int, typer.Option(help="Held-out assemblies to measure end to end (0 = none).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed (inputs, held-out assemblies).")] = 0,
+    teacher: MovedTeacherOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Measure every teacher layer and module (latency per block, fixed costs, memory); optionally validate.
@@ -1301,10 +1461,15 @@ def profile(
         seed=seed,
         statistic=statistic,
     )
+    refuse_overlap({"out": [out, *profile_paths(out)]}, {"modules": modules, **_teacher_input(modules, teacher)})
     for path in profile_paths(out):
         refuse_existing(path, overwrite)
+    check_seed(seed)
+    check_batch(config.batch_sizes, "batch")
+    _check_lengths(_module_teacher(modules, teacher), src_len=config.src_lens, gen_len=config.gen_lens)
     engine_targets = profile_targets(targets, dtype, device)
-    model = ModularModel.from_pretrained(modules)
+    model = ModularModel.from_pretrained(modules, teacher)
+    _check_profile_memory(config, model.teacher.config)
     started = time.perf_counter()
     with _progress() as progress:
         result = run_profile(
@@ -1316,6 +1481,26 @@ def profile(
         f"profile written to [bold]{escape(str(profile_paths(out)[1]))}[/] "
         f"({len(result.table)} rows, {time.perf_counter() - started:.0f} s)"
     )
+
+
+def _check_profile_memory(config, c) -> None:
+    """Before measuring: the largest shape's activations (roughly) fit in this machine's memory (`c`: the teacher's
+    config)."""
+    import os
+
+    import torch
+
+    from modformer.limits import check_memory
+
+    if config.device == "cuda" and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+    elif hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    else:  # no way to ask: no estimate is refused
+        return
+    d_model = getattr(c, "d_model", None) or getattr(c, "hidden_size", 512)
+    heads = getattr(c, "num_heads", None) or getattr(c, "encoder_attention_heads", None) or 8
+    check_memory(max(config.batch_sizes), max(config.src_lens), max(config.gen_lens), d_model, heads, total)
 
 
 @profile_app.command("show")

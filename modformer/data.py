@@ -82,6 +82,7 @@ BUCKET_BATCHES = 50  # batches per length-sorted chunk: enough to group similar 
 TOKENIZE_CHUNK = 4096  # texts per tokenizer call, so a large corpus never holds one huge BatchEncoding
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(:[\w.-]+)?$")
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8, as surrogateescape keeps them
+SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no character, cannot be encoded
 
 Where = Callable[[str, int], str]  # (side, row) -> "data/train.de line 17": where an error points
 
@@ -672,6 +673,10 @@ def _texts(value: Any, side: str, rule: str | None, spec: DataSpec) -> list[str]
     texts = [text.rstrip("\r\n") for text in texts if text.strip()]
     if not texts:
         raise _BadPair(side, f"empty {side}; every pair needs a non-empty source and target")
+    for text in texts:
+        lone = SURROGATE.search(text)
+        if lone:  # a JSON escape such as \ud800 without its pair: no text, and no file can hold it as UTF-8
+            raise _BadPair(side, f"the {side} holds a lone surrogate {ascii(lone.group())}, which is not text")
     return texts
 
 
@@ -1103,6 +1108,12 @@ def _record_values(line: Any, spec: DataSpec, where: str) -> tuple[Any, Any]:
         record = json.loads(line)
     except json.JSONDecodeError as err:
         bad = _Bad(f"not valid JSON ({err.msg} at column {err.colno})")
+        return bad, bad
+    except RecursionError:
+        bad = _Bad("not valid JSON (nested too deeply)")
+        return bad, bad
+    except ValueError as err:  # e.g. an integer literal beyond Python's digit limit
+        bad = _Bad(f"not valid JSON ({str(err).splitlines()[0]})")
         return bad, bad
     if not isinstance(record, dict):
         bad = _Bad(f"expected a JSON object, got {type(record).__name__}")

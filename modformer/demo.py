@@ -29,7 +29,7 @@ from modformer.errors import ConfigError
 from modformer.evaluation import score_model
 from modformer.io import atomic_dir, atomic_path, read_json, recover_dir, write_json
 from modformer.modular.evaluate import evaluate
-from modformer.modular.model import CONFIG_NAME, ModularModel
+from modformer.modular.model import CONFIG_NAME, ModularConfig, ModularModel
 from modformer.modular.strategies import STRATEGIES, strategy_sequence
 from modformer.modular.trainer import ReplacingTrainer, TrainConfig
 from modformer.planner.artifact import PARETO_PNG, REPORT_HTML, Plan, plan_storage
@@ -39,6 +39,7 @@ from modformer.planner.search import SearchConfig, config_record
 from modformer.profiling.measure import ProfileConfig
 from modformer.profiling.profile import LatencyProfile, default_workload
 from modformer.profiling.run import run_profile
+from modformer.schemas import FORMAT_VERSION, DemoRecord, validate
 from modformer.serving.targets import profile_targets
 from modformer.teacher import STATE_NAME as TEACHER_STATE
 from modformer.teacher import TeacherConfig, train_teacher
@@ -140,7 +141,7 @@ def prepare_folder(out_dir: str | Path, config: DemoConfig, *, overwrite: bool) 
             f"{out_dir} holds files that are not a demo's ({DEMO_RECORD} is missing): give the demo another --out"
         )
     if record.is_file():
-        recorded = read_json(record, "demo record").get("config", {})
+        recorded = {} if overwrite else _read_record(record).get("config", {})  # afresh: whatever it holds
         if overwrite:
             shutil.rmtree(out_dir)
         elif recorded and recorded != _jsonable(asdict(config)):
@@ -150,7 +151,7 @@ def prepare_folder(out_dir: str | Path, config: DemoConfig, *, overwrite: bool) 
             )
     out_dir.mkdir(parents=True, exist_ok=True)
     if not record.is_file():
-        write_json(record, {"config": _jsonable(asdict(config)), "stage_seconds": {}})
+        write_json(record, {"format_version": FORMAT_VERSION, "config": _jsonable(asdict(config)), "stage_seconds": {}})
 
 
 def run_demo(config: DemoConfig, out_dir: str | Path, report: Report | None = None) -> DemoResult:
@@ -162,7 +163,7 @@ def run_demo(config: DemoConfig, out_dir: str | Path, report: Report | None = No
     torch.set_num_threads(config.threads)
     spec = config.data_spec()
     record_path = out_dir / DEMO_RECORD
-    record = read_json(record_path, "demo record")
+    record = _read_record(record_path)
     seconds = record.setdefault("stage_seconds", {})
 
     def timed(stage: str, run: Callable[[], object]) -> None:
@@ -390,8 +391,15 @@ def _finished(modules_dir: Path, steps: int) -> bool:
     path = modules_dir / CONFIG_NAME
     if not path.is_file():
         return False
-    training = read_json(path, "modular config").get("training", {})
-    return training.get("completed_steps", 0) >= steps
+    training = ModularConfig.from_json(read_json(path, "modular config"), str(modules_dir)).training  # checked
+    return (training.get("completed_steps") or 0) >= steps
+
+
+def _read_record(path: Path) -> dict:
+    """`demo.json`, checked against its schema (`schemas.DemoRecord`)."""
+    record = read_json(path, "demo record")
+    validate(DemoRecord, record, path)
+    return record
 
 
 def _jsonable(value):

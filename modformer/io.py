@@ -45,6 +45,7 @@ from modformer.errors import CheckpointError, ConfigError
 log = logging.getLogger(__name__)
 
 KILL_AT_OP = "MODFORMER_KILL_AT_OP"  # the environment variable `crash_point` reads
+MAX_JSON_BYTES = 64 * 2**20  # artifact metadata is kilobytes; a larger file is not one of ours (and would fill memory)
 _steps = itertools.count(1)  # write steps taken by this process, counted only under KILL_AT_OP
 # A temporary as `tempfile` makes it with `_temporary_prefix`: `.NAME.<pid>-<8 random characters>.tmp`.
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[a-z0-9_]{8}\.tmp$")
@@ -172,10 +173,19 @@ def read_json(path: str | Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} not found")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(
+            f"{path}: {what} is {path.stat().st_size:,} bytes, past the {MAX_JSON_BYTES:,}-byte limit on JSON "
+            "metadata; it is not one modformer wrote"
+        )
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path}: {what} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: {what} is not valid JSON (nested too deeply)") from None
+    except ValueError as err:  # e.g. an integer literal beyond Python's digit limit
+        raise CheckpointError(f"{path}: {what} is not valid JSON ({str(err).splitlines()[0]})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: {what} must be a JSON object")
     return obj
@@ -240,6 +250,50 @@ def refuse_existing(path: str | Path, overwrite: bool) -> None:
     """An output that exists already is replaced only with `overwrite` (ConfigError otherwise)."""
     if Path(path).exists() and not overwrite:
         raise ConfigError(f"{path} already exists; pass overwrite to replace it", settings="overwrite")
+
+
+# setting -> its path(s), None where not given; a key that is not a setting's name (a phrase) is shown as it is
+Paths = dict[str, "str | Path | Iterable[str | Path] | None"]
+
+
+def _each(paths: Paths) -> Iterator[tuple[str, Path, Path]]:
+    """(setting, path as given, path resolved) for every path given."""
+    for setting, given in paths.items():
+        if given is None:
+            continue
+        for path in [given] if isinstance(given, (str, Path)) else given:
+            yield setting, Path(path), Path(os.path.abspath(path)).resolve()
+
+
+def refuse_overlap(outputs: Paths, inputs: Paths) -> None:
+    """Refuse an output that is, contains or lies inside one of the inputs, whatever `overwrite` says: writing it
+    would replace or change what the command reads. Paths are compared resolved (symbolic links followed); an input
+    that does not exist is skipped (there is nothing to lose, and reading it fails with its own message). An output
+    whose name is not UTF-8 is refused too."""
+    sources = [(setting, given, real) for setting, given, real in _each(inputs) if given.exists()]
+    for out_setting, out, out_real in _each(outputs):
+        try:
+            str(out_real).encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8, as Python keeps them: tokenizers cannot write there
+            raise ConfigError(
+                f"{out_setting} {ascii(str(out))[1:-1]} is not a UTF-8 name, which the libraries writing it need; "
+                f"choose another {out_setting}",
+                settings=(out_setting,) if out_setting.isidentifier() else (),
+            ) from None
+        for in_setting, given, real in sources:
+            if out_real == real:
+                how = "is"
+            elif out_real.is_relative_to(real):
+                how = "lies inside"
+            elif real.is_relative_to(out_real):
+                how = "contains"
+            else:
+                continue
+            raise ConfigError(
+                f"{out_setting} {out} {how} {in_setting} {given}: an output may never be, contain or lie inside an "
+                f"input; choose another {out_setting}",
+                settings=tuple(k for k in dict.fromkeys((out_setting, in_setting)) if k.isidentifier()),
+            )
 
 
 @contextlib.contextmanager

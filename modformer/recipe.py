@@ -46,6 +46,7 @@ from modformer.io import (
     torch_save,
     write_json,
 )
+from modformer.schemas import FORMAT_VERSION, CheckpointManifest, TrainerStateRecord, invalid, validate
 
 STATE_NAME = "trainer_state.pt"
 MANIFEST_NAME = "checkpoint.json"  # written last into every checkpoint: its step and the sha256 of each file
@@ -88,6 +89,7 @@ class TrainerCheckpoint:
     def save(self, out_dir: str | Path) -> None:
         """Write `out_dir/trainer_state.pt` atomically, as tensors and plain containers (loads with weights_only)."""
         obj = {
+            "format_version": FORMAT_VERSION,
             "step": self.state.step,
             "history": self.state.history,
             "seconds": self.state.seconds,
@@ -107,6 +109,9 @@ class TrainerCheckpoint:
     def load(cls, out_dir: str | Path) -> TrainerCheckpoint:
         path = Path(out_dir) / STATE_NAME
         obj = torch_load(path, "trainer state")
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{path}: trainer state must be a dictionary, got {type(obj).__name__}")
+        validate(TrainerStateRecord, obj, path)
         try:
             return cls(
                 state=TrainState(
@@ -239,7 +244,11 @@ class Recipe(ABC):
         """Continue the run saved in `out_dir` (its weights must already be loaded): optimizer, scheduler, random
         states and step, once every file is the one its checkpoint wrote (`verify_checkpoint`)."""
         checkpoint = TrainerCheckpoint.load(out_dir)
-        verify_checkpoint(out_dir)
+        step = verify_checkpoint(out_dir)
+        if step is not None and step != checkpoint.state.step:
+            raise invalid(
+                Path(out_dir) / MANIFEST_NAME, "step", f"{step}, but {STATE_NAME} is of step {checkpoint.state.step}"
+            )
         self.restore(checkpoint, out_dir)
 
     def restore(self, checkpoint: TrainerCheckpoint, out_dir: str | Path) -> None:
@@ -291,7 +300,8 @@ def write_manifest(folder: str | Path, step: int) -> None:
         for path in sorted(folder.rglob("*"))
         if path.is_file() and path.name != MANIFEST_NAME
     }
-    write_json(folder / MANIFEST_NAME, {"modformer_version": __version__, "step": step, "files": files})
+    manifest = {"format_version": FORMAT_VERSION, "modformer_version": __version__, "step": step, "files": files}
+    write_json(folder / MANIFEST_NAME, manifest)
 
 
 def verify_checkpoint(out_dir: str | Path) -> int | None:
@@ -302,6 +312,7 @@ def verify_checkpoint(out_dir: str | Path) -> int | None:
     if not path.is_file():
         return None
     manifest = read_json(path, "checkpoint manifest")
+    validate(CheckpointManifest, manifest, path)
     try:
         step = int(manifest["step"])
         files = {str(name): (int(entry["bytes"]), str(entry["sha256"])) for name, entry in manifest["files"].items()}

@@ -38,6 +38,7 @@ from modformer.recipe import (
     check_recorded,
     config_from,
 )
+from modformer.schemas import FORMAT_VERSION, TeacherInfo, validate
 
 INFO_NAME = "teacher.json"
 VAL_PAIRS = 500  # held-out pairs for the final loss
@@ -133,6 +134,7 @@ class TeacherRun:
         write_json(
             Path(out_dir) / INFO_NAME,
             {
+                "format_version": FORMAT_VERSION,
                 "modformer_version": self.modformer_version,
                 "teacher": asdict(self.config),
                 "completed_steps": self.completed_steps,
@@ -149,6 +151,7 @@ class TeacherRun:
     def load(cls, out_dir: str | Path) -> TeacherRun:
         path = Path(out_dir) / INFO_NAME
         info = read_json(path, "teacher info")
+        validate(TeacherInfo, info, path)  # one line naming the field; what passes converts below
         try:
             return cls(
                 config=config_from(TeacherConfig, info.get("teacher", {}), path),

@@ -31,6 +31,17 @@ BENCHMARKS = {
     ),
     "loss_weights": (("loss_weights.json",), ()),  # pure measurement: nothing is derived
     "demo_teacher": (("demo_teacher.json",), ()),
+    "module_exposure": (("module_exposure.json", "module_exposure.md"), ("summary",)),
+    "faults": (
+        ("faults.json",),
+        (
+            "postgres_plan_worker_killed",
+            "torchrun_rank_killed_relative_difference",
+            "torchrun_rank_killed_loss_relative_difference",
+            "target",
+            "met",
+        ),
+    ),
     "targets": (
         ("targets.json",),
         (
@@ -77,3 +88,75 @@ def test_benchmark_scripts_need_no_path_workarounds() -> None:
         text = path.read_text(encoding="utf-8")
         for escape in ("sys.path", "noqa", "fmt: skip"):
             assert escape not in text, f"{path.relative_to(ROOT)}: {escape}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# module_exposure: the replay of the trainer's hybrid draws, and the counting, on a tiny shape
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def module_exposure(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the script imports the harness as a sibling
+    import module_exposure
+
+    return module_exposure
+
+
+def test_module_exposure_replays_the_draws_a_real_trainer_made(module_exposure) -> None:
+    """benchmarks/train_step.py recorded the hybrids `ReplacingTrainer.step` drew on the 12+12 teacher (seed 0,
+    23 steps of which the first 3 are warm-up): the replay draws the same ones without a model."""
+    from modformer.modular.trainer import TrainConfig
+
+    recorded = json.loads((RESULTS / "train_step.json").read_text(encoding="utf-8"))
+    steps = len(recorded["hybrids"]) + 3
+    replayed = module_exposure.replay(TrainConfig(steps=steps), (12, 12), [2, 3, 4, 6])
+    assert [" | ".join(h.format() for h in step) for step in replayed[3:]] == recorded["hybrids"]
+
+
+def test_module_exposure_counts_add_up_on_a_tiny_shape(tmp_path: Path) -> None:
+    """4+4 layers, granularity 2, 20 steps: every hybrid covers every layer once, so over a run the layers covered
+    (k x appearances of each module, plus teacher-layer appearances) are steps x hybrids x 8; a module's updates
+    are at most its appearances and at least a third of them with 3 hybrids; each quarter holds 5 steps."""
+    script = ROOT / "benchmarks" / "module_exposure.py"
+    args = ["--shape", "4+4", "--granularities", "2", "--steps", "20", "--seeds", "0,1", "--results", str(tmp_path)]
+    done = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "module_exposure.json").read_text(encoding="utf-8"))
+    assert (tmp_path / "module_exposure.md").is_file()
+    runs = record["runs"]
+    assert {(r["recipe"], r["seed"]) for r in runs} == {
+        (n, s) for n in ("default", "h3-no-attn", "no-curriculum") for s in (0, 1)
+    }
+    for run in runs:
+        h = record["settings"]["recipes"][run["recipe"]]["hybrids_per_step"]
+        covered = sum(int(key.split(":")[1].split("@")[0]) * sum(m["appearances"]) for key, m in run["modules"].items())
+        covered += sum(sum(v) for v in run["teacher_layers"].values())
+        assert covered == 20 * h * 8
+        assert set(run["modules"]) == {"enc:2@0", "enc:2@2", "dec:2@0", "dec:2@2"}
+        for m in run["modules"].values():
+            for updates, appearances in zip(m["updates"], m["appearances"], strict=True):
+                assert updates <= 5 and updates <= appearances <= h * updates
+            assert sum(m["neighbours"].values()) == sum(m["appearances"])
+        for whole in run["assemblies"].values():
+            assert all(w <= d <= 5 for w, d in zip(whole["whole"], whole["dec_whole"], strict=True))
+    for exp in record["expected"]:  # in expectation the same identities hold, within rounding
+        h = record["settings"]["recipes"][exp["recipe"]]["hybrids_per_step"]
+        for m in exp["modules"].values():
+            assert sum(m["updates"]) <= sum(m["appearances"]) + 1e-6 <= h * sum(m["updates"]) + 1e-2
+
+
+def test_module_exposure_probabilities_match_the_sampler(module_exposure) -> None:
+    """The enumerated walk gives each stack the probability `sample_stack` draws it with."""
+    import random
+    from collections import Counter
+
+    from modformer.modular.curriculum import Curriculum, sample_stack
+
+    schedule, gs = Curriculum(), [2, 3, 4, 6]
+    rate, weights = schedule.replace_rate(0.3), schedule.granularity_weights(gs, 0.3)
+    exact = module_exposure.stack_distribution(12, gs, rate, weights)
+    assert sum(exact.values()) == pytest.approx(1.0)
+    rng, draws = random.Random(0), 20000
+    seen = Counter(sample_stack(12, gs, rate, weights, rng) for _ in range(draws))
+    assert set(seen) <= set(exact)
+    for blocks, p in exact.items():
+        assert seen[blocks] / draws == pytest.approx(p, abs=0.01)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "modformer"
-CORE = ("errors", "io", "data", "checkpoints", "evaluation", "recipe")
+CORE = ("errors", "io", "data", "checkpoints", "evaluation", "recipe", "schemas", "limits")
 # What each part may NOT import (a prefix of the imported module's name inside the package).
 FORBIDDEN = {
     **{core: ("modular", "profiling", "planner", "cli", "demo", "teacher", "baselines") for core in CORE},

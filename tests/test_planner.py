@@ -466,6 +466,8 @@ def test_export_plan_exports_the_chosen_assembly(plan_dir, tmp_path):
     info = json.loads((out / "modformer.json").read_text())
     assert info["assembly_spec"] == Assembly.parse(chosen["assembly"]).format()
     assert info["plan_chosen"]["assembly"] == chosen["assembly"]
+    model = Plan.load(plan_dir).summary["model"]  # what the plan was made for: export --plan checks modules against it
+    assert model["teacher_config_fingerprint"] == info["teacher_config_fingerprint"]
 
 
 def test_infeasible_budget_exits_2_naming_the_nearest(plan_root, data_dir, tmp_path):

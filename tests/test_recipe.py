@@ -124,7 +124,7 @@ def test_older_checkpoints_still_load(tmp_path):
     loaded = TrainerCheckpoint.load(modules_dir)
     assert loaded.python_rng == random.Random(1).getstate() and loaded.state.history == [{"step": 4, "mean": 3.0}]
     torch_save(tmp_path / "broken" / STATE_NAME, {"seconds": 1.0})
-    with pytest.raises(CheckpointError, match="cannot resume from it"):
+    with pytest.raises(CheckpointError, match="trainer_state.pt: field 'step': required but missing"):
         TrainerCheckpoint.load(tmp_path / "broken")
 
 
@@ -172,8 +172,16 @@ def test_student_run_round_trips(tmp_path):
     )
     run.save(tmp_path)
     assert StudentRun.load(tmp_path) == run
-    (tmp_path / "modformer.json").write_text('{"baseline": {"method": "distil", "shape": "6-6"}}')
+    record = {
+        "baseline": {"method": "distil", "shape": "6-6"},
+        "layers": {"encoder": [0], "decoder": [0]},
+        "parameters": 1,
+    }
+    (tmp_path / "modformer.json").write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="recorded settings are not valid"):
+        StudentRun.load(tmp_path)
+    (tmp_path / "modformer.json").write_text('{"baseline": {"method": "distil", "shape": "6-6"}}')
+    with pytest.raises(CheckpointError, match="modformer.json: field 'layers': required but missing"):
         StudentRun.load(tmp_path)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modformer.errors import AssemblyError
+from modformer.limits import MAX_ASSEMBLY_CHARS
 
 STACKS = ("encoder", "decoder")
 SHORT_NAMES = {"encoder": "enc", "decoder": "dec"}
@@ -254,6 +255,11 @@ class Assembly:
         """Read the notation (``enc=1,1,2 dec=6,6``, keys in either order) or the JSON form; syntax only."""
         if not isinstance(text, str):
             raise AssemblyError(f"cannot parse assembly from {type(text).__name__}: {NOTATION_HINT}")
+        if len(text) > MAX_ASSEMBLY_CHARS:
+            raise AssemblyError(
+                f"assembly is {len(text):,} characters, past the limit of {MAX_ASSEMBLY_CHARS:,}: {NOTATION_HINT}",
+                settings="assembly",
+            )
         if text.lstrip().startswith("{"):
             return cls.from_json(text)
         return cls(**_parse_notation(text))

@@ -14,7 +14,7 @@ from modformer.errors import ConfigError
 from modformer.evaluation import Scores, check_generation_settings, generate_and_score, score_outputs
 from modformer.io import atomic_path, write_json
 from modformer.modular.assembly import Assembly
-from modformer.modular.export import export_target
+from modformer.modular.export import EXPORT_INFO_NAME, export_target, read_export_info
 from modformer.modular.model import ModularModel
 from modformer.serving.ctranslate2_engine import CTranslate2Generator, is_ctranslate2_folder
 
@@ -59,11 +59,13 @@ def evaluate(
     max_source_len: int = 128,
     max_target_len: int = 128,
     on_progress: Callable[[int, int], None] | None = None,
+    teacher: str | Path | None = None,
 ) -> Evaluation:
     """Generate for the first `limit` pairs of `split` and score them (BLEU, chrF, ROUGE, exact match, loss).
 
     The model is a checkpoint folder (`model`: a Hugging Face checkpoint, or a CTranslate2 export, served in the
-    target its `modformer.json` names) or an assembly of a modular checkpoint (`modules` + `assembly`).
+    target its `modformer.json` names) or an assembly of a modular checkpoint (`modules` + `assembly`; `teacher`:
+    where the modules' teacher is now, if it moved).
     `on_progress(done, total)` is called after each generation batch. A CTranslate2 model has no teacher-forced
     loss (NaN); its outputs are scored the same way. Sources and targets are cut to `max_source_len` /
     `max_target_len` tokens, and a warning (also in the result's `data_report`) says how many were, and how many
@@ -78,6 +80,8 @@ def evaluate(
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}", settings=name)
     settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "num_beams": num_beams}
+    if model is not None and (Path(model) / EXPORT_INFO_NAME).is_file():
+        read_export_info(model)  # an export's record is checked (schema, agreement) before the model is used
     if model is not None and is_ctranslate2_folder(model):
         pairs = load_split(spec, split, limit=limit)
         folder = Path(model)
@@ -95,7 +99,7 @@ def evaluate(
     if modules is not None:
         if assembly is None:
             raise ConfigError("modules needs assembly", settings=("modules", "assembly"))
-        modular = ModularModel.from_pretrained(modules)
+        modular = ModularModel.from_pretrained(modules, teacher)
         chosen = modular.validate(Assembly.parse(assembly))
         net, tokenizer, name = modular.assemble(chosen), load_tokenizer(modular.config.teacher), chosen.format()
     else:

@@ -15,10 +15,11 @@ from torch import nn
 
 from modformer import __version__
 from modformer.checkpoints import load_seq2seq, load_tokenizer
-from modformer.errors import CheckpointError
+from modformer.errors import AssemblyError, CheckpointError, ConfigError
 from modformer.io import atomic_dir, listed, nonfinite, read_json, scratch_dir, write_json
 from modformer.modular.assembly import Assembly
 from modformer.modular.model import ModularModel
+from modformer.schemas import FORMAT_VERSION, ExportRecord, invalid, validate
 from modformer.serving.ctranslate2_engine import convert, is_ctranslate2_folder
 from modformer.serving.targets import Target
 
@@ -54,20 +55,35 @@ class Export:
         folder = Path(folder)
         if is_ctranslate2_folder(folder):
             raise CheckpointError(f"{folder}: a CTranslate2 export; read its record with read_export_info")
-        info = read_json(folder / EXPORT_INFO_NAME, "export record")
+        info = read_export_info(folder)
         return cls(model=load_seq2seq(folder), tokenizer=load_tokenizer(folder), info=info)
 
 
 def read_export_info(folder: str | Path) -> dict:
-    """The `modformer.json` record of an export of any target."""
-    return read_json(Path(folder) / EXPORT_INFO_NAME, "export record")
+    """The `modformer.json` record of an export of any target, checked against its schema (`schemas.ExportRecord`)
+    and for agreement: the assembly's two forms are one assembly, the target is one."""
+    path = Path(folder) / EXPORT_INFO_NAME
+    info = read_json(path, "export record")
+    validate(ExportRecord, info, path)
+    try:
+        spec = Assembly.parse(info["assembly_spec"]) if info.get("assembly_spec") is not None else None
+    except AssemblyError as err:
+        raise invalid(path, "assembly_spec", str(err).splitlines()[0]) from None
+    if spec is not None and info.get("assembly") is not None and info["assembly"] != spec.to_json():
+        raise invalid(path, "assembly", f"is not the assembly of assembly_spec {info['assembly_spec']!r}")
+    if info.get("target") is not None:
+        try:
+            Target.parse(info["target"])
+        except ConfigError as err:
+            raise invalid(path, "target", str(err).splitlines()[0]) from None
+    return info
 
 
 def export_target(folder: str | Path) -> Target:
     """The serving target an export folder was written for (a plain checkpoint without a record: `torch:fp32`)."""
     folder = Path(folder)
     path = folder / EXPORT_INFO_NAME
-    recorded = read_json(path, "export record").get("target") if path.is_file() else None
+    recorded = read_export_info(folder).get("target") if path.is_file() else None
     if recorded:
         return Target.parse(recorded)
     return Target.parse("ctranslate2:float32" if is_ctranslate2_folder(folder) else "torch:fp32")
@@ -93,6 +109,7 @@ def export_assembly(
     standalone.set_attn_implementation("sdpa")  # serving default; eager was only needed for distillation
     cost = model.cost_model()
     info = {
+        "format_version": FORMAT_VERSION,
         "modformer_version": __version__,
         "teacher": model.config.teacher,
         "teacher_config_fingerprint": model.config.teacher_config_fingerprint,

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from modformer import __version__
-from modformer.checkpoints import config_fingerprint, load_seq2seq, weights_fingerprint
+from modformer.checkpoints import config_fingerprint, load_seq2seq, locate_teacher, weights_fingerprint
 from modformer.errors import CheckpointError
 from modformer.io import read_json, read_tensors, write_json, write_tensors
 from modformer.modular.assembly import Assembly, default_granularities
 from modformer.modular.families import STACKS, FamilyAdapter, adapter_for
 from modformer.modular.strategies import CostModel
+from modformer.schemas import FORMAT_VERSION, ModularConfigRecord, validate
 
 CONFIG_NAME = "modular_config.json"
 WEIGHTS_NAME = "modules.safetensors"
@@ -36,7 +37,7 @@ WEIGHTS_NAME = "modules.safetensors"
 class ModularConfig:
     """What a modular checkpoint holds and what it was made from."""
 
-    teacher: str  # path of the teacher checkpoint, as given
+    teacher: str  # absolute path of the teacher checkpoint (older modules: as given)
     model_type: str  # family, e.g. "t5" or "bart"
     encoder_layers: int  # teacher depths
     decoder_layers: int
@@ -69,15 +70,18 @@ class ModularConfig:
     def to_json(self) -> dict:
         obj = asdict(self)
         obj["spans"] = [{"stack": s, "start": i, "size": k} for s, i, k in self.spans()]
+        obj["format_version"] = FORMAT_VERSION
         return obj
 
     @classmethod
     def from_json(cls, obj: dict, where: str) -> ModularConfig:
-        obj = {k: v for k, v in obj.items() if k != "spans"}
-        try:
-            return cls(**obj)
-        except TypeError as err:
-            raise CheckpointError(f"{where}: not a modular config ({err})") from None
+        """The config a `modular_config.json` in folder `where` holds, checked against its schema
+        (`schemas.ModularConfigRecord`): one-line errors naming the file and the field. Keys it does not know (a
+        newer modformer's) are ignored."""
+        path = Path(where) if Path(where).name == CONFIG_NAME else Path(where) / CONFIG_NAME
+        validate(ModularConfigRecord, obj, path)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
 
 
 def module_key(stack: str, start: int, size: int) -> str:
@@ -112,7 +116,7 @@ class ModularModel(nn.Module):
                     settings="granularities",
                 )
         config = ModularConfig(
-            teacher=str(teacher_path),
+            teacher=str(Path(teacher_path).resolve()),  # absolute: the modules work from any folder
             model_type=teacher.config.model_type,
             encoder_layers=enc,
             decoder_layers=dec,
@@ -168,9 +172,14 @@ class ModularModel(nn.Module):
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: modular checkpoint folder not found")
         config = ModularConfig.from_json(read_json(directory / CONFIG_NAME, "modular config"), str(directory))
+        path = None
         if teacher is None or isinstance(teacher, (str, Path)):
-            teacher = load_seq2seq(teacher or config.teacher, eager=eager)
+            # a teacher given (moved since training) or the recorded one; checked by fingerprint either way
+            path = Path(teacher).resolve() if teacher is not None else locate_teacher(config.teacher, directory)
+            teacher = load_seq2seq(path, eager=eager)
         check_teacher(config, teacher, directory)
+        if path is not None:
+            config.teacher = str(path)  # where it is now: tokenizers and exports read it from here
         model = cls._with_modules(teacher, config)
         model.load_module_tensors(read_tensors(directory / WEIGHTS_NAME, "modules file"), directory)
         return model

@@ -162,6 +162,7 @@ class ReplacingTrainer(Recipe):
         """A trainer for fresh modules of `teacher`, or (`resume`) for the run saved in `out_dir`, at its step."""
         if resume:
             model = ModularModel.from_pretrained(out_dir, teacher)
+            model.config.teacher = str(Path(teacher_path).resolve())  # the teacher checked above, where it is now
             if granularities is not None and granularities != model.config.granularities:
                 raise ConfigError(
                     f"resume: {out_dir} was trained with granularities {model.config.granularities}, "

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from modformer.errors import CheckpointError
+from modformer.errors import AssemblyError, CheckpointError
 from modformer.io import atomic_dir, read_json, write_json
+from modformer.modular.assembly import Assembly
 from modformer.planner.plan import PlanResult
+from modformer.schemas import FORMAT_VERSION, ChosenRecord, PlanRecord, invalid, validate
 
 FRONTIER_JSON = "frontier.json"
 FRONTIER_CSV = "frontier.csv"
@@ -104,11 +106,11 @@ class Plan:
                 "rules": _records(self.rules),
                 "rules_columns": list(self.rules.columns),  # JSON objects are written with sorted keys
             }
-            write_json(tmp / FRONTIER_JSON, record)
+            write_json(tmp / FRONTIER_JSON, {**record, "format_version": FORMAT_VERSION})
             self.scored.to_csv(tmp / SCORED_CSV, index=False)
             (tmp / PARETO_PNG).write_bytes(png)
             (tmp / REPORT_HTML).write_text(html, encoding="utf-8")
-            write_json(tmp / CHOSEN_JSON, self.chosen)
+            write_json(tmp / CHOSEN_JSON, {**self.chosen, "format_version": FORMAT_VERSION})
         return folder
 
     @classmethod
@@ -121,9 +123,12 @@ class Plan:
         chosen = read_json(folder / CHOSEN_JSON, f"plan's {CHOSEN_JSON}")
         if "assembly" not in chosen:
             raise CheckpointError(f"{folder / CHOSEN_JSON} names no assembly")
-        summary = record.get("summary")
-        if not isinstance(summary, dict):
-            raise CheckpointError(f"{folder / FRONTIER_JSON}: 'summary' must be a JSON object")
+        validate(PlanRecord, record, folder / FRONTIER_JSON)
+        validate(ChosenRecord, chosen, folder / CHOSEN_JSON)
+        for path, obj in ((folder / FRONTIER_JSON, record["chosen"]), (folder / CHOSEN_JSON, chosen)):
+            _check_chosen(obj, path, "chosen." if path.name == FRONTIER_JSON else "")
+        summary = record["summary"]
+        chosen = {k: v for k, v in chosen.items() if k != "format_version"}  # the file's, not the choice's
         frontier = _read_csv(folder / FRONTIER_CSV)
         for column in TEXT_COLUMNS & set(frontier.columns):  # an empty text cell reads back as missing
             frontier[column] = frontier[column].fillna("")
@@ -155,6 +160,17 @@ def plan_storage(folder: str | Path, storage: str | None, study_name: str | None
     if fresh and "://" not in storage and study_name is None:
         Path(storage).unlink(missing_ok=True)
     return storage
+
+
+def _check_chosen(chosen: dict, path: Path, prefix: str) -> None:
+    """The chosen assembly is one (its syntax), and its JSON form, where recorded, is the same assembly."""
+    try:
+        assembly = Assembly.parse(chosen["assembly"])
+    except AssemblyError as err:
+        raise invalid(path, f"{prefix}assembly", str(err).splitlines()[0]) from None
+    recorded = chosen.get("assembly_json")
+    if recorded is not None and recorded != assembly.to_json():
+        raise invalid(path, f"{prefix}assembly_json", f"is not the assembly {chosen['assembly']!r}")
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from modformer.errors import ConfigError
+from modformer.errors import CheckpointError, ConfigError
 from modformer.io import write_json
 from modformer.modular.assembly import Assembly
 from modformer.modular.export import export_assembly
@@ -20,6 +20,7 @@ from modformer.modular.strategies import STRATEGIES, assembly_for_ratio, strateg
 from modformer.planner.artifact import Plan
 from modformer.profiling.cost_model import speed_ratio_predictor
 from modformer.profiling.profile import LatencyProfile, default_workload
+from modformer.profiling.validate import check_profile_model
 from modformer.serving.targets import Target
 
 SpeedRatio = Callable[[Assembly], float]
@@ -29,6 +30,7 @@ def profile_speed_ratio(model: ModularModel, profile: LatencyProfile | None) -> 
     """Predicted speed-up over the teacher from a measured profile (its default workload), or None without one."""
     if profile is None:
         return None
+    check_profile_model(profile, model)  # as `plan` does: another model's timings would predict nonsense
     teacher = Assembly.teacher(model.config.encoder_layers, model.config.decoder_layers)
     return speed_ratio_predictor(profile, teacher, default_workload(profile))
 
@@ -95,6 +97,20 @@ def save_assembly_table(path: str | Path, rows: pd.DataFrame, *, modules: str | 
     write_json(path, {"modules": str(modules), "assemblies": rows.to_dict(orient="records")})
 
 
+def check_plan_model(plan: Plan, model: ModularModel) -> None:
+    """Refuse modules of another model than the one a plan was made for (as its profile recorded it; plans written
+    before modformer recorded it are not checked)."""
+    recorded = plan.summary.get("model")
+    if not isinstance(recorded, dict):
+        return
+    c = model.config
+    for key in ("teacher_config_fingerprint", "teacher_weights_fingerprint", "encoder_layers", "decoder_layers"):
+        if key in recorded and recorded[key] != getattr(c, key):
+            raise CheckpointError(
+                f"the plan was made for another model ({key} {recorded[key]!r}, these modules: {getattr(c, key)!r})"
+            )
+
+
 def export_chosen(
     out: str | Path,
     *,
@@ -107,19 +123,22 @@ def export_chosen(
     plan: str | Path | None = None,
     target: Target | None = None,
     overwrite: bool = False,
+    teacher: str | Path | None = None,
 ) -> tuple[Assembly, dict]:
     """Export the assembly a plan chose (`plan`; `modules` overrides the plan's own), or the one the other options
     name, as a plain Hugging Face checkpoint in `out`. Returns the assembly and the export record.
 
     `profile_source` (where `profile` was read from) is recorded beside the predicted speed ratio. `target` is the
-    serving target to write (default: the plan's chosen target, else `torch:fp32`)."""
+    serving target to write (default: the plan's chosen target, else `torch:fp32`). `teacher`: where the modules'
+    teacher is now, if it moved since they were trained."""
     if plan is not None:
         if assembly is not None or strategy is not None or ratio is not None:
             raise ConfigError(
                 "give either plan or assembly / strategy, not both", settings=("plan", "assembly", "strategy")
             )
         chosen_plan = Plan.load(plan)
-        model = ModularModel.from_pretrained(modules or chosen_plan.modules)
+        model = ModularModel.from_pretrained(modules or chosen_plan.modules, teacher)
+        check_plan_model(chosen_plan, model)
         chosen = model.validate(Assembly.parse(chosen_plan.chosen["assembly"]))
         extra = {"plan": str(plan), "plan_chosen": chosen_plan.chosen}
         if target is None and chosen_plan.chosen.get("target"):
@@ -127,7 +146,7 @@ def export_chosen(
     else:
         if modules is None:
             raise ConfigError("export needs modules (or plan)", settings=("modules", "plan"))
-        model = ModularModel.from_pretrained(modules)
+        model = ModularModel.from_pretrained(modules, teacher)
         speed = profile_speed_ratio(model, profile)
         chosen = choose_assembly(model, assembly=assembly, strategy=strategy, ratio=ratio, speed=speed)
         extra = {"predicted_speed_ratio": speed(chosen), "profile": profile_source} if speed else None

@@ -51,6 +51,7 @@ class PlanSettings:
     workload: dict = field(default_factory=dict)  # batch, src_len, gen_len; empty: the profile's default
     search: dict = field(default_factory=dict)  # SearchConfig fields
     targets: list[str] | None = None  # serving targets to plan over; None: every target the profile measured
+    teacher: str | None = None  # where the modules' teacher is now, if it moved since training (None: as recorded)
 
     def __post_init__(self) -> None:
         positive = ("proxy_samples", "proxy_batch_size", "validate", "validate_samples", "max_new_tokens")
@@ -79,7 +80,7 @@ class Loaded:
 
 
 def load_for_scoring(settings: PlanSettings) -> Loaded:
-    modular = ModularModel.from_pretrained(settings.modules)
+    modular = ModularModel.from_pretrained(settings.modules, settings.teacher)
     tokenizer = load_tokenizer(modular.config.teacher)
     pairs = load_split(DataSpec(**settings.data), settings.split)
     if len(pairs) == 0:
@@ -205,6 +206,7 @@ def run_plan(
         settings=asdict(settings),
         memory_source=space.memory_source,
     )
+    summary["model"] = profile.meta.get("model")  # what the plan is for: `export --plan` checks modules against it
     proxy_pairs = loaded.pairs.take(settings.proxy_samples)
     summary["data_report"] = data_report({"proxy": (proxy_pairs, loaded.proxy_data), "validation": (pairs, pairs_ids)})
     chosen = planning.choose(frontier, settings.metric)
@@ -310,8 +312,16 @@ def _check_workers(processes: list[mp.Process]) -> None:
             raise ModformerError(f"worker {k} stopped (exit code {p.exitcode}) before its share was scored")
 
 
-def worker_main(storage: str, study_name: str, index: int, threads: int | None = None, wait_s: float = 600) -> int:
-    """Score the share of worker `index` of the study's plan until it is done (also `modformer plan-worker`)."""
+def worker_main(
+    storage: str,
+    study_name: str,
+    index: int,
+    threads: int | None = None,
+    wait_s: float = 600,
+    teacher: str | Path | None = None,
+) -> int:
+    """Score the share of worker `index` of the study's plan until it is done (also `modformer plan-worker`).
+    `teacher`: where the modules' teacher is on this machine, if not where the plan's settings say."""
     import optuna
 
     if threads:
@@ -331,5 +341,7 @@ def worker_main(storage: str, study_name: str, index: int, threads: int | None =
     if record is None:
         raise ConfigError(f"study {study_name!r} is not a modformer plan")
     settings = PlanSettings(**record)
+    if teacher is not None:
+        settings.teacher = str(Path(teacher).resolve())
     loaded = load_for_scoring(settings)
     return work(study, index, pair_scorer(loaded.scorer, space_stacks(loaded.modular.config)))

@@ -22,11 +22,18 @@ through the storage (trial user attr `worker`); a worker writes each loss back a
 and the search tells the trial once every value is in. Local workers are processes started here; on other machines,
 `modformer plan-worker` joins the same study through a database URL. Both sides wait for each other by polling the
 storage with a growing wait (`Backoff`).
+
+A worker can die (killed, its machine gone) with assemblies given to it and not answered. Every worker beats a
+heartbeat into the study (`WORKER_HEARTBEAT`, from a thread, every `HEARTBEAT_S`); the search takes a worker whose
+heartbeat has not changed for `WORKER_GRACE_S` (on its own clock) as dead, scores that worker's unanswered assemblies
+itself and gives it nothing more until it beats again (restarted with the same `--index`). The losses do not depend
+on who scored them, so the frontier is the one a run without the fault finds.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -195,6 +202,7 @@ class Search:
         workers: int = 1,
         on_progress: Progress | None = None,
         check_workers: Callable[[], None] = lambda: None,
+        worker_grace_s: float | None = None,
     ):
         self.space, self.budget, self.config, self.study = space, budget, config, study
         self._score_local = score
@@ -209,6 +217,7 @@ class Search:
         self.stage = ""
         self._started = time.perf_counter()
         self._worker_check = check_workers  # raises when a worker is gone (called while waiting for them)
+        self._watch = WorkerWatch(WORKER_GRACE_S if worker_grace_s is None else worker_grace_s)
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             if t.user_attrs.get("scored"):
                 self.values[(t.params["encoder"], t.params["decoder"])] = float(t.user_attrs["proxy_loss"])
@@ -363,9 +372,12 @@ class Search:
         return self._score_with_workers(new, trials, pairs, progress)
 
     def _score_with_workers(self, new, trials, pairs, progress) -> list[float]:
-        """Give each encoder group to a worker through the storage; score group 0's share here; wait for the rest."""
+        """Give each encoder group to a live worker through the storage; score group 0's share here; wait for the
+        rest, scoring here what a worker that died was given."""
+        self._watch.update(self.study.user_attrs)
+        live = [0, *(k for k in range(1, self.workers) if not self._watch.dead(k))]
         groups = sorted({a for a, _ in new})
-        owner = {a: k % self.workers for k, a in enumerate(groups)}
+        owner = {a: live[k % len(live)] for k, a in enumerate(groups)}
         first_trial = {}
         for t, p in zip(trials, pairs, strict=True):
             first_trial.setdefault(p, t)
@@ -377,15 +389,37 @@ class Search:
         wait = Backoff()
         while waiting:
             self._worker_check()
-            answers = worker_losses(self.study, waiting)
+            attrs = self.study.user_attrs
+            answers = _answers(attrs, waiting)
             for number, loss in answers.items():
                 results[waiting.pop(number)] = loss
+            self._watch.update(attrs)
+            orphans = {n: p for n, p in waiting.items() if self._watch.dead(owner[p[0]])}
+            if orphans:
+                self._take_over(orphans, owner, first_trial, results, progress)
+                for number in orphans:
+                    del waiting[number]
             progress(len(results))
-            if answers:
+            if answers or orphans:
                 wait.reset()
             elif waiting:
                 wait.sleep()
         return [results[p] for p in new]
+
+    def _take_over(self, orphans: dict[int, tuple[int, int]], owner, first_trial, results, progress) -> None:
+        """Score here the assemblies (trial number -> pair) given to workers that died; a worker restarted later
+        finds them no longer its own."""
+        dead = sorted({owner[p[0]] for p in orphans.values()})
+        log.warning(
+            "worker %s: no heartbeat for %.0f s; scoring its %d unanswered assemblies here",
+            ", ".join(map(str, dead)),
+            self._watch.grace_s,
+            len(orphans),
+        )
+        pairs = list(orphans.values())
+        for p in pairs:
+            first_trial[p].set_user_attr("worker", 0)
+        results.update(zip(pairs, self._score_local(pairs, progress), strict=True))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -401,9 +435,69 @@ WORKER_LOSS = "worker_loss:{number}"
 
 def worker_losses(study: optuna.Study, numbers: Iterable[int]) -> dict[int, float]:
     """The proxy losses workers have written so far for the trials numbered `numbers`."""
-    attrs = study.user_attrs
+    return _answers(study.user_attrs, numbers)
+
+
+def _answers(attrs: dict, numbers: Iterable[int]) -> dict[int, float]:
     keys = {number: WORKER_LOSS.format(number=number) for number in numbers}
     return {number: float(attrs[key]) for number, key in keys.items() if key in attrs}
+
+
+# A worker's heartbeat: a study user attr per worker, the worker's wall clock at its last beat (read only for change,
+# never against another machine's clock).
+WORKER_HEARTBEAT = "worker_heartbeat:{index}"
+HEARTBEAT_S = 2.0  # a worker beats this often
+WORKER_GRACE_S = 30.0  # a worker whose heartbeat has not changed for this long is taken as dead
+
+
+class WorkerWatch:
+    """Which workers are alive, judged by their heartbeats as this process sees them: a worker whose heartbeat has
+    not changed for `grace_s` seconds of this process's clock is dead; one that beats again is alive again. A
+    worker never seen beating is not judged (it may not have started yet)."""
+
+    def __init__(self, grace_s: float):
+        self.grace_s = grace_s
+        self._seen: dict[int, tuple[object, float]] = {}  # index -> (heartbeat, when this process saw it change)
+
+    def update(self, attrs: dict) -> None:
+        now = time.monotonic()
+        prefix = WORKER_HEARTBEAT.format(index="")
+        for key, beat in attrs.items():
+            if key.startswith(prefix):
+                index = int(key[len(prefix) :])
+                if index not in self._seen or self._seen[index][0] != beat:
+                    self._seen[index] = (beat, now)
+
+    def dead(self, index: int) -> bool:
+        seen = self._seen.get(index)
+        return seen is not None and time.monotonic() - seen[1] > self.grace_s
+
+
+class Heartbeat:
+    """A worker's heartbeat for a `with` block: a daemon thread writes `WORKER_HEARTBEAT` every `every_s` seconds,
+    also while the worker scores (torch releases the GIL)."""
+
+    def __init__(self, study: optuna.Study, index: int, every_s: float = HEARTBEAT_S):
+        self.study, self.key, self.every_s = study, WORKER_HEARTBEAT.format(index=index), every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {index}", daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.study.set_user_attr(self.key, time.time())
+            except Exception as err:  # a storage hiccup: the next beat may get through; a missed one costs nothing
+                log.debug("heartbeat not written: %s", err)
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 class Backoff:
@@ -427,6 +521,11 @@ class Backoff:
 
 def work(study: optuna.Study, index: int, score: Scorer, *, idle_timeout_s: float = 3600) -> int:
     """Score the trials given to worker `index` until the study says it is done; returns how many were scored."""
+    with Heartbeat(study, index):
+        return _work(study, index, score, idle_timeout_s)
+
+
+def _work(study: optuna.Study, index: int, score: Scorer, idle_timeout_s: float) -> int:
     done, idle_since, wait = 0, time.monotonic(), Backoff()
     while study.user_attrs.get("status") not in ("done", "failed"):
         mine = _my_trials(study, index)

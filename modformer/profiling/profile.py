@@ -37,6 +37,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -44,6 +45,7 @@ from modformer import __version__
 from modformer.errors import CheckpointError, ConfigError
 from modformer.io import atomic_path, read_json, write_json
 from modformer.profiling import hardware
+from modformer.schemas import FORMAT_VERSION, ProfileMeta, invalid, validate
 
 TABLE_NAME = "profile.csv"
 META_NAME = "profile.json"
@@ -183,6 +185,7 @@ class LatencyProfile:
         meta = {
             **self.meta,
             "format": FORMAT,
+            "format_version": FORMAT_VERSION,
             "modformer_version": __version__,
             "table": table_path.name,
             "table_rows": len(self.table),
@@ -207,6 +210,7 @@ class LatencyProfile:
         meta = read_json(meta_path, "profile metadata")
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{meta_path}: not a modformer latency profile (format {meta.get('format')!r})")
+        validate(ProfileMeta, meta, meta_path)
         table_path = meta_path.with_name(str(meta.get("table", table_path.name)))
         if not table_path.is_file():
             raise CheckpointError(f"{table_path}: profile table not found")
@@ -218,6 +222,10 @@ class LatencyProfile:
         except (ValueError, TypeError, pd.errors.ParserError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{table_path}: profile table cannot be read ({first})") from None
+        table = _conform(table, f"{table_path}: profile table")
+        _check_measured(table, table_path)
+        if meta.get("table_rows") is not None and meta["table_rows"] != len(table):
+            raise invalid(meta_path, "table_rows", f"{meta['table_rows']}, but {table_path.name} has {len(table)} rows")
         profile = cls(table, meta, _read_engines(meta_path, meta))
         if expect_fingerprint is not None:
             warn_if_mismatch(profile.fingerprint, expect_fingerprint, str(meta_path))
@@ -279,6 +287,23 @@ def _conform(table: pd.DataFrame, what: str) -> pd.DataFrame:
         return table[list(COLUMNS)].astype(COLUMNS).reset_index(drop=True)
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{what} has a malformed column ({str(err).splitlines()[0]})") from None
+
+
+def _check_measured(table: pd.DataFrame, path: Path) -> None:
+    """Every row names its kind, every timed row holds a finite latency, every memory row a size: a cell emptied or
+    set to NaN by hand would otherwise predict NaN. (Line numbers count the header as line 1.)"""
+    empty = table["kind"].isna().to_numpy()
+    if empty.any():
+        raise CheckpointError(f"{path} line {int(empty.argmax()) + 2}: column 'kind' is empty")
+    timed = (table["kind"] != "peak_memory").to_numpy()
+    for column, rows in (("latency_ms", timed), ("mem_bytes", ~timed)):
+        values = table[column].to_numpy(dtype="float64", na_value=float("nan"))
+        bad = rows & ~np.isfinite(values)
+        if bad.any():
+            row = int(bad.argmax())
+            raise CheckpointError(
+                f"{path} line {row + 2}: column '{column}' must hold a finite number, got {table.at[row, column]}"
+            )
 
 
 def new_meta(*, fingerprint: dict, grid: dict, model: dict, settings: dict) -> dict:
