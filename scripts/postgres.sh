@@ -9,7 +9,8 @@
 # DIR defaults to runs/postgres. Idempotent. The server listens on a unix socket in DIR only (no TCP port, so two
 # checkouts on one machine never collide), trusts local connections and syncs nothing to disk: for tests, not data.
 # Without PostgreSQL's server binaries it installs the distribution's (`apt-get install postgresql`). PostgreSQL
-# refuses to run as root, so as root DIR is handed to user postgres and the server runs as that user.
+# refuses to run as root, so as root DIR is handed to user postgres and the server runs as that user (in a folder
+# under /tmp when that user cannot reach DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ACTION=${1:-start}
@@ -44,6 +45,12 @@ if [ -z "$BIN" ] && [ "$ACTION" = start ]; then
 fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
+# As root the server runs as user postgres. Where that user cannot reach DIR (inside a private temporary folder or a
+# home folder), the cluster lives in a folder of its own under /tmp, named after DIR, so start, url and stop agree.
+if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$DIR" 2>/dev/null; then
+  DIR=/tmp/modformer-postgres-$(printf %s "$DIR" | sha1sum | cut -c1-12)
+  mkdir -p "$DIR"
+fi
 URL="postgresql+psycopg2://postgres@/$DB?host=$DIR&port=$PORT"
 
 running() { [ -n "$BIN" ] && [ -f "$DIR/data/PG_VERSION" ] && as_owner "$BIN/pg_ctl" -D "$DIR/data" status >/dev/null 2>&1; }
