@@ -29,7 +29,7 @@ server_bin() {  # the newest installed server's bin folder (Debian keeps them un
 
 as_owner() {  # run a server command as the data folder's owner: postgres when we are root, else ourselves
   if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$@"
+    (cd / && runuser -u postgres -- "$@")  # from /: user postgres may not enter our working folder
   else
     "$@"
   fi
