@@ -353,31 +353,37 @@ def test_ctrl_c_at_any_early_instant_ends_the_command(after_s, t5_teacher_dir, d
         assert verify_checkpoint(out) == TrainerCheckpoint.load(out).state.step
 
 
-SWALLOWED = """
+# A `modformer teacher` whose work is a 10 s wait unless interrupted; {before} runs at import, {interrupt} first in
+# the command: what makes the SIGINT arrive where the test wants it.
+INTERRUPTED_COMMAND = """
 import os, signal, sys, time
 import modformer.teacher
 from modformer.cli import app
-
-
-class Finalized:
-    def __del__(self):  # SIGINT arrives while Python runs a finalizer, which swallows a KeyboardInterrupt
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(10000):
-            pass
-
+{before}
 
 def long_command(*args, **kwargs):
-    Finalized()
+    {interrupt}
     for _ in range(100):  # 10 s unless interrupted
         time.sleep(0.1)
     print("ran to the end")
-    return {"parameters": 1, "train_pairs": 1, "data": "none", "val_loss": 1.0, "seconds": 10.0}
+    return {{"parameters": 1, "train_pairs": 1, "data": "none", "val_loss": 1.0, "seconds": 10.0}}
 
 
 modformer.teacher.run_teacher = long_command
 sys.argv = ["modformer", "teacher", "--out", sys.argv[1]]
 app()
 """
+SWALLOWED = INTERRUPTED_COMMAND.format(
+    before="""
+
+class Finalized:
+    def __del__(self):  # SIGINT arrives while Python runs a finalizer, which swallows a KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10000):
+            pass
+""",
+    interrupt="Finalized()",
+)
 
 
 def test_ctrl_c_that_lands_in_a_finalizer_still_ends_the_command(tmp_path):
@@ -395,27 +401,11 @@ def test_ctrl_c_that_lands_in_a_finalizer_still_ends_the_command(tmp_path):
     assert "Exception ignored" not in done.stderr and time.perf_counter() - started < 8
 
 
-IMPORTING = """
-import os, signal, sys, time
-import modformer.teacher
-from modformer.cli import app
-
-sys.path.insert(0, sys.argv[2])
-
-
-def long_command(*args, **kwargs):
-    import slow_module  # noqa: F401  SIGINT arrives while this import runs (a C extension's may abort on it)
-
-    for _ in range(100):  # 10 s unless interrupted
-        time.sleep(0.1)
-    print("ran to the end")
-    return {"parameters": 1, "train_pairs": 1, "data": "none", "val_loss": 1.0, "seconds": 10.0}
-
-
-modformer.teacher.run_teacher = long_command
-sys.argv = ["modformer", "teacher", "--out", sys.argv[1]]
-app()
-"""
+IMPORTING = INTERRUPTED_COMMAND.format(
+    before="sys.path.insert(0, sys.argv[2])",
+    # SIGINT arrives while this import runs (a C extension's import may abort on it)
+    interrupt="import slow_module  # noqa: F401",
+)
 SLOW_MODULE = """
 import os, signal
 os.kill(os.getpid(), signal.SIGINT)
