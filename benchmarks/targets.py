@@ -60,7 +60,7 @@ from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import assembly_for_shape
 from modformer.planner.artifact import Plan
 from modformer.profiling.cost_model import predict
-from modformer.profiling.engines import EngineCosts, engine_peak_memory, time_generators
+from modformer.profiling.engines import EngineCosts, engine_peak_memory, time_engine_models
 from modformer.profiling.profile import LatencyProfile, Workload
 from modformer.profiling.timer import Timer
 from modformer.profiling.validate import choose_assemblies, time_models
@@ -188,9 +188,8 @@ def serving_table_stage(args, modules: Path, cache: JsonCache) -> list[dict]:
                 target = Target.parse(target_name)
                 folder = Path(tmp) / f"{target.compute_type}-{a.shape}"
                 export_assembly(modular, a, folder, target=target)
-                generator = CTranslate2Generator(folder, target, threads=1)
-                ms = float(np.min(time_generators([generator], w, warmup=3, repeats=REPEATS)[0]))
-                texts = generator.generate(sources, max_new_tokens=64)
+                ms = float(np.min(time_engine_models([folder], target, w, threads=1, warmup=3, repeats=REPEATS)[0]))
+                texts = CTranslate2Generator(folder, target, threads=1).generate(sources, max_new_tokens=64)
                 rows.append(
                     {"model": name, "target": target_name, "ms": ms, "bleu": text_scores(texts, references)["bleu"]}
                 )
@@ -199,21 +198,19 @@ def serving_table_stage(args, modules: Path, cache: JsonCache) -> list[dict]:
     return rows
 
 
-def profile_stage(args, modules: Path) -> dict[int, Path]:
-    paths = {}
-    for threads in args.threads:
-        path = args.work / f"profile-t{threads}.json"
-        if not path.is_file():
-            run(
-                ["profile", "--modules", modules, "--threads", threads, "--out", path],
-                args.work / "profile.log",
-                threads=threads,
-            )
-        paths[threads] = path
-    return paths
+def profile_stage(args, modules: Path, threads: int) -> Path:
+    path = args.work / f"profile-t{threads}.json"
+    if not path.is_file():
+        run(
+            ["profile", "--modules", modules, "--threads", threads, "--out", path],
+            args.work / "profile.log",
+            threads=threads,
+        )
+    return path
 
 
-def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCache) -> list[dict]:
+def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCache, *, memory: bool) -> list[dict]:
+    """The held-out rows measured beside `profiles` (thread count -> profile); engine peak memory too if `memory`."""
     rows = cache.data.setdefault("held_out", [])
     done = {(r["threads"], r["batch"], r["target"]) for r in rows}
     modular = ModularModel.from_pretrained(modules)
@@ -239,20 +236,18 @@ def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCa
                     folders = [Path(tmp) / str(n) for n in range(len(assemblies))]
                     for a, folder in zip(assemblies, folders, strict=True):
                         export_assembly(modular, a, folder, target=target)
-                    generators = [CTranslate2Generator(f, target, threads=threads) for f in folders]
-                    # round-robin, as the profile measures its depths: a burst of load hits one round of every model
-                    timings = time_generators(generators, w, warmup=3, repeats=ENGINE_REPEATS)
-                    del generators
+                    # round-robin in a process of its own, as the profile measures its depths: a burst of load
+                    # hits one round of every model
+                    timings = time_engine_models(folders, target, w, threads=threads, warmup=3, repeats=ENGINE_REPEATS)
                     for a, folder, samples in zip(assemblies, folders, timings, strict=True):
                         measured = float(np.min(samples) if profile.statistic == "min" else np.median(samples))
                         latency, memory = engines.predict(name, len(a.encoder), len(a.decoder), w)
                         row = _row(threads, batch, name, a, float(latency), measured)
-                        if threads == min(profiles):  # memory does not depend on the thread count: once
+                        if memory:  # memory does not depend on the thread count: measured once
                             peak = engine_peak_memory(folder, target, w, threads=threads)
                             row |= {"predicted_mb": float(memory), "measured_mb": peak / 2**20}
                         rows.append(row)
             cache.save()
-    refresh_predictions(rows, profiles)
     return rows
 
 
@@ -328,8 +323,12 @@ def measure(args) -> dict:
     modules = modules_stage(args)
     parity = parity_stage(args, modules, cache)
     serving_table = serving_table_stage(args, modules, cache)
-    profiles = profile_stage(args, modules)
-    held_out = held_out_stage(args, modules, profiles, cache)
+    profiles = {}
+    for threads in args.threads:  # each thread count's rows right after its profile: less time for the machine to drift
+        profiles[threads] = profile_stage(args, modules, threads)
+        held_out_stage(args, modules, {threads: profiles[threads]}, cache, memory=threads == min(args.threads))
+    held_out = cache.data["held_out"]
+    refresh_predictions(held_out, profiles)
     plans = plans_stage(args, modules, profiles[min(profiles)], cache)
     return {
         **provenance(threads=min(args.threads)),

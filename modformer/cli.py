@@ -552,6 +552,18 @@ def train(
     hybrids_per_step: Annotated[
         int, typer.Option(help="Hybrids sampled per step (they share one teacher pass): more updates per module.")
     ] = 1,
+    split_batch: Annotated[
+        bool,
+        typer.Option(
+            "--split-batch", help="Each hybrid trains on its own 1/H of the batch: H hybrids at about one's cost."
+        ),
+    ] = False,
+    top_init: Annotated[
+        bool,
+        typer.Option(
+            "--top-init", help="A module whose span ends at a stack's top starts as that top layer (not the bottom)."
+        ),
+    ] = False,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -584,6 +596,8 @@ def train(
         w_logit=w_logit,
         curriculum=curriculum,
         hybrids_per_step=hybrids_per_step,
+        split_batch=split_batch,
+        top_init=top_init,
         eval_every=eval_every,
         save_every=save_every,
         max_source_len=max_source_len,

@@ -88,6 +88,21 @@ def test_modules_start_from_the_bottom_layer_of_their_span_and_position_tables_a
     assert all(not p.requires_grad for p in teacher.parameters())
 
 
+@pytest.mark.parametrize("make", [tiny_t5, tiny_bart], ids=["t5", "bart"])
+def test_top_init_starts_a_span_ending_at_the_top_of_its_stack_from_the_top_layer(make):
+    teacher = make(layers=6)
+    model = ModularModel.from_teacher(teacher, "in-memory", [2, 3], top_init=True)
+    tops = []
+    for stack, start, size in model.config.spans():
+        layers = model.adapter.layers(teacher, stack)
+        at_top = start + size == len(layers)
+        tops += [(stack, start, size)] if at_top else []
+        source = layers[len(layers) - 1 if at_top else start].state_dict()
+        for name, tensor in model.block(stack, start, size).state_dict().items():
+            assert torch.equal(tensor, source[name]), (stack, start, size, name)
+    assert sorted(tops) == [("decoder", 3, 3), ("decoder", 4, 2), ("encoder", 3, 3), ("encoder", 4, 2)]
+
+
 def test_default_granularities_follow_the_depth():
     assert ModularModel.from_teacher(tiny_t5(layers=4), "x").config.granularities == [2]
     assert ModularModel.from_teacher(tiny_t5(layers=12), "x").config.granularities == [2, 3, 4, 6]

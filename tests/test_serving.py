@@ -262,3 +262,28 @@ def test_engine_peak_memory_is_measured_in_a_fresh_process(tmp_path, t5_teacher_
     # A tiny model's weights differ by a few hundred KB, within the runtime's own noise: only sanity here
     # (benchmarks/targets.py checks the prediction against the 12+12 teacher's exports).
     assert 0 < small < 2**30 and 0 < deep < 2**30
+
+
+def test_engine_models_are_timed_round_robin_in_a_process_without_torch(tmp_path, t5_teacher_dir, monkeypatch):
+    """CTranslate2 beside torch's OpenMP runtime runs its two-thread calls ~10x slower: its timings come from a
+    process of its own, which never loads torch (the child reports it, and the parent refuses an answer that did)."""
+    from modformer.profiling.engines import time_engine_models
+    from modformer.profiling.profile import Workload
+    from modformer.serving import engine_process
+
+    model = perturbed_modules(t5_teacher_dir)
+    target = Target.parse("ctranslate2:int8")
+    folders = [tmp_path / "small", tmp_path / "deep"]
+    export_assembly(model, Assembly.parse("enc=2,2 dec=2,2"), folders[0], target=target)
+    export_assembly(model, Assembly.parse("enc=1,1,1,1 dec=1,1,1,1"), folders[1], target=target)
+    calls = []
+    real_run = engine_process._run
+    monkeypatch.setattr(engine_process, "_run", lambda spec, what: calls.append(spec) or real_run(spec, what))
+    samples = time_engine_models(folders, target, Workload(2, 8, 4), threads=2, warmup=1, repeats=3)
+    assert [len(s) for s in samples] == [3, 3] and all(ms > 0 for s in samples for ms in s)
+    (spec,) = calls  # both models in one process, round-robin
+    assert spec["threads"] == 2 and len(spec["tokens"]) == 2 and all(len(t) == 8 for t in spec["tokens"])
+
+    broken = {**spec, "folders": [str(tmp_path / "missing")]}
+    with pytest.raises(ConfigError, match="failed in its own process"):
+        real_run(broken, "timing")

@@ -42,6 +42,17 @@ def test_a_step_trains_modules_only_with_every_loss_part(make, sample_pairs, tok
     assert not trainer.model.teacher.training and not any(m.training for m in trainer.model.blocks.modules())
 
 
+def _assert_same_gradients(stepped, reference) -> None:
+    """`stepped`'s modules have the gradients `reference`'s got; a module that got none in one got none in the other."""
+    grads = {n: p.grad for n, p in reference.model.blocks.named_parameters() if p.grad is not None}
+    assert grads
+    for name, p in stepped.model.blocks.named_parameters():
+        if name in grads:
+            assert torch.allclose(p.grad, grads[name], atol=1e-5), name
+        else:
+            assert p.grad is None, name  # a module in no hybrid gets no update
+
+
 def test_several_hybrids_per_step_average_their_gradients(sample_pairs, tokenizer):
     """One step with 2 hybrids = the mean of each hybrid's gradient, with one shared teacher pass."""
     both = _trainer(tiny_t5, sample_pairs, tokenizer, hybrids_per_step=2, w_logit=0.5, grad_clip=1e9)
@@ -57,13 +68,30 @@ def test_several_hybrids_per_step_average_their_gradients(sample_pairs, tokenize
     for h in hybrids:
         parts = one.losses(batch, h)
         (sum(weights[k] * v for k, v in parts.items()) / 2).backward()
-    grads = {n: p.grad for n, p in one.model.blocks.named_parameters() if p.grad is not None}
-    assert grads
-    for name, p in both.model.blocks.named_parameters():
-        if name in grads:
-            assert torch.allclose(p.grad, grads[name], atol=1e-5), name
-        else:
-            assert p.grad is None, name  # a module in neither hybrid gets no update
+    _assert_same_gradients(both, one)
+
+
+def test_split_batch_gives_each_hybrid_its_own_rows(sample_pairs, tokenizer):
+    """With --split-batch, one step with 2 hybrids = the mean of each hybrid's gradient on its half of the rows
+    (rows 0, 2, ... and 1, 3, ...), against the teacher's targets for those rows."""
+    split = _trainer(tiny_t5, sample_pairs, tokenizer, hybrids_per_step=2, split_batch=True, grad_clip=1e9)
+    one = _trainer(tiny_t5, sample_pairs, tokenizer)
+    one.model.blocks.load_state_dict(split.model.blocks.state_dict())
+    batch = next(split.train.stream(8))
+    torch.manual_seed(1)
+    result = split.step(batch)
+    hybrids = [Assembly.parse(h) for h in result.hybrid.split(" | ")]
+    torch.manual_seed(1)
+    for i, h in enumerate(hybrids):
+        rows = {k: v[i::2].contiguous() for k, v in batch.items()}
+        parts = one.losses(rows, h)
+        (sum(parts.values()) / 2).backward()
+    _assert_same_gradients(split, one)
+
+
+def test_split_batch_needs_a_row_per_hybrid():
+    with pytest.raises(ConfigError, match="split_batch"):
+        TrainConfig(batch_size=2, hybrids_per_step=3, split_batch=True)
 
 
 def _probs(shape, g):

@@ -104,8 +104,16 @@ class ModularModel(nn.Module):
     # --- construction ---------------------------------------------------------------------------------------------
     @classmethod
     def from_teacher(
-        cls, teacher: nn.Module, teacher_path: str | Path, granularities: list[int] | None = None
+        cls,
+        teacher: nn.Module,
+        teacher_path: str | Path,
+        granularities: list[int] | None = None,
+        *,
+        top_init: bool = False,
     ) -> ModularModel:
+        """Fresh modules for `teacher`: each a copy of the bottom teacher layer of its span, or (`top_init`) where the
+        span ends at the top of its stack, of the stack's top layer (the one whose output the final norm and the head
+        read; a student of a fixed shape keeps it too)."""
         adapter = adapter_for(teacher.config)
         enc, dec = (adapter.depth(teacher.config, s) for s in STACKS)
         if granularities is None:
@@ -124,16 +132,19 @@ class ModularModel(nn.Module):
             teacher_config_fingerprint=config_fingerprint(teacher.config),
             teacher_weights_fingerprint=weights_fingerprint(teacher),
         )
-        return cls._with_modules(teacher, config)
+        return cls._with_modules(teacher, config, top_init=top_init)
 
     @classmethod
-    def _with_modules(cls, teacher: nn.Module, config: ModularConfig) -> ModularModel:
-        """Build the modules `config` lists, each a copy of the bottom teacher layer of its span."""
+    def _with_modules(cls, teacher: nn.Module, config: ModularConfig, *, top_init: bool = False) -> ModularModel:
+        """Build the modules `config` lists, each a copy of the bottom teacher layer of its span (`top_init`: the
+        top layer for a span that ends at the top of its stack)."""
         adapter = adapter_for(teacher.config)
         modules = nn.ModuleDict()
         for stack, start, size in config.spans():
+            layers = adapter.layers(teacher, stack)
+            at_top = top_init and start + size == len(layers) and start > 0  # a first layer keeps its position table
             layer = adapter.new_layer(teacher, stack, first=start == 0)
-            layer.load_state_dict(adapter.layers(teacher, stack)[start].state_dict())  # bottom-of-span init
+            layer.load_state_dict(layers[start + size - 1 if at_top else start].state_dict())
             modules[module_key(stack, start, size)] = layer
         model = cls(teacher, config, modules)
         model.freeze_position_tables()

@@ -39,7 +39,7 @@ from modformer.errors import CheckpointError, ConfigError
 from modformer.evaluation import teacher_forced_loss
 from modformer.modular.assembly import Assembly
 from modformer.modular.curriculum import Curriculum, sample_hybrid
-from modformer.modular.families import STACKS
+from modformer.modular.families import STACKS, BlockRecord
 from modformer.modular.losses import AttentionLoss, HiddenStateLoss, LogitLoss
 from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.recipe import (
@@ -70,6 +70,8 @@ class TrainConfig:
     replace_end: float = 1.0  # ... at the last step
     curriculum: bool = True  # coarse-to-fine schedule; False = uniform granularities at a fixed rate
     hybrids_per_step: int = 1  # hybrids sampled per step; they share one teacher pass and one optimizer step
+    top_init: bool = False  # a module whose span ends at the top of its stack starts as the stack's top layer
+    split_batch: bool = False  # each hybrid runs on its own 1/H of the batch's rows: H hybrids at about one's cost
     eval_every: int = 200  # held-out loss every N steps (0 = only at the end)
     save_every: int = 200  # checkpoint every N steps (0 = only at the end)
     eval_pairs: int = 256  # held-out pairs for the periodic loss
@@ -87,6 +89,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.w_ce + self.w_hidden + self.w_attn + self.w_logit == 0:
             raise ConfigError("all loss weights are 0: nothing would be trained")
+        if self.split_batch and self.batch_size < self.hybrids_per_step:
+            raise ConfigError(
+                f"split_batch gives each of the {self.hybrids_per_step} hybrids its own rows, but batch_size is "
+                f"{self.batch_size}"
+            )
         Curriculum(self.replace_start, self.replace_end, self.curriculum)  # validates the rates
 
     @property
@@ -170,7 +177,7 @@ class ReplacingTrainer(Recipe):
                     settings="resume",
                 )
         else:
-            model = ModularModel.from_teacher(teacher, teacher_path, granularities)
+            model = ModularModel.from_teacher(teacher, teacher_path, granularities, top_init=config.top_init)
         trainer = cls(model, config, train, heldout)
         if resume:
             trainer.resume(out_dir)
@@ -191,8 +198,12 @@ class ReplacingTrainer(Recipe):
         weights = {"ce": cfg.w_ce, "hidden": cfg.w_hidden, "attn": cfg.w_attn, "logit": cfg.w_logit}
         self.optimizer.zero_grad(set_to_none=True)
         summed = None
-        for hybrid in hybrids:
-            parts = self.hybrid_losses(batch, hybrid, targets)
+        for i, hybrid in enumerate(hybrids):
+            if cfg.split_batch:  # hybrid i sees rows i, i+H, ...: every hybrid's share is as long as the others'
+                rows = slice(i, None, len(hybrids))
+                parts = self.hybrid_losses(_rows(batch, rows), hybrid, _rows(targets, rows))
+            else:
+                parts = self.hybrid_losses(batch, hybrid, targets)
             loss = sum(weights[k] * v for k, v in parts.items())
             figures = torch.stack([loss.detach(), *(v.detach() for v in parts.values())])
             summed = figures if summed is None else summed + figures
@@ -368,6 +379,17 @@ class ReplacingTrainer(Recipe):
                 f"{Path(out_dir) / CONFIG_NAME}: the modules are of step {recorded} but the trainer state is of step "
                 f"{self.state.step} (a checkpoint interrupted while it was written); cannot resume"
             )
+
+
+def _rows(value, rows: slice):
+    """`value` (a batch, or the teacher's targets: dicts of tensors and `BlockRecord`s) cut to some rows."""
+    if isinstance(value, torch.Tensor):
+        return value[rows].contiguous()
+    if isinstance(value, dict):
+        return {k: _rows(v, rows) for k, v in value.items()}
+    if isinstance(value, BlockRecord):
+        return BlockRecord(**{f: None if t is None else _rows(t, rows) for f, t in vars(value).items()})
+    raise TypeError(f"cannot cut {type(value).__name__} to rows")
 
 
 def is_main_process() -> bool:

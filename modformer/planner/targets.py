@@ -21,7 +21,7 @@ from modformer.modular.assembly import Assembly
 from modformer.modular.export import export_assembly
 from modformer.modular.model import ModularModel
 from modformer.planner.space import Budget, SearchSpace
-from modformer.profiling.engines import EngineCosts, time_generators
+from modformer.profiling.engines import EngineCosts, time_engine_models
 from modformer.profiling.profile import LatencyProfile, Workload
 from modformer.serving.ctranslate2_engine import CTranslate2Generator
 from modformer.serving.targets import Target
@@ -105,11 +105,14 @@ def validate_engine_points(
             target = Target.parse(target_name)
             folder = Path(tmp) / f"point-{n}"
             export_assembly(modular, Assembly.parse(text), folder, target=target)
-            generator = CTranslate2Generator(folder, target, threads=threads)
+            # one intra-op thread here: this process runs torch, whose OpenMP runtime slows CTranslate2's threads;
+            # the timing runs in a process of its own, with `threads`
+            generator = CTranslate2Generator(folder, target, threads=1)
             hypotheses = generator.generate(
                 list(pairs.sources), max_new_tokens=max_new_tokens, max_source_len=max_source_len
             )
-            samples = time_generators([generator], workload, warmup=1, repeats=repeats)[0]
+            del generator
+            samples = time_engine_models([folder], target, workload, threads=threads, warmup=1, repeats=repeats)[0]
             ms = float(np.min(samples) if statistic == "min" else np.median(samples))
             rows.append(
                 {

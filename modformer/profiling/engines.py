@@ -9,7 +9,7 @@ float32 took 13.0 and 13.2 ms):
 
     e in (1, ceil(E/2), E)  x  d in (1, ceil(D/2), D)        E, D: the teacher's depths
 
-timed round-robin (one warm call of every depth per round, `Timer.interleaved_samples` and `generator_case`), so
+timed round-robin in a fresh process without torch (one warm call of every depth per round, `time_engine_models`), so
 that a burst of load from another process slows one round of every depth rather than every round of one depth, with
 twice the block profile's rounds (a whole-model call is cheap, and a deep float32 model's cost swings with how much
 of the shared cache other processes hold: the least of more rounds is steadier), and predicts any (e, d) by the
@@ -43,8 +43,9 @@ from modformer.checkpoints import load_tokenizer
 from modformer.errors import ConfigError
 from modformer.modular.families import adapter_for
 from modformer.profiling.profile import Workload
-from modformer.profiling.timer import Case, Timer, Timing, check_statistic
-from modformer.serving.ctranslate2_engine import TOKENIZER_DIR, CTranslate2Generator, convert
+from modformer.profiling.timer import Timing, check_statistic
+from modformer.serving import engine_process
+from modformer.serving.ctranslate2_engine import TOKENIZER_DIR, convert
 from modformer.serving.targets import Target
 
 Progress = Callable[[int, int, str], None]
@@ -154,28 +155,28 @@ def fixed_length_tokens(tok, w: Workload, seed: int) -> list[list[str]]:
     return rows
 
 
-def generator_case(generator: CTranslate2Generator, w: Workload, seed: int = 0) -> Case:
-    """One call that generates exactly `gen_len` tokens for `batch` sources of `src_len`, to time, after the same
-    call untimed: a served model answers call after call with its weights warm in the processor's caches, and so is
-    each model timed round-robin among others (without it, a call after another model's paid to fetch its weights
-    back from memory: 10-15 % more for depths of the 12+12 teacher in float32 on a 2-core AMD EPYC, while a warm
-    call in the round takes what the model alone does)."""
-    tokens = fixed_length_tokens(generator.tokenizer, w, seed)
-
-    def call() -> None:
-        generator.translator.translate_batch(
-            tokens, beam_size=1, min_decoding_length=w.gen_len, max_decoding_length=w.gen_len, max_batch_size=w.batch
-        )
-
-    return Case(fn=call, setup=call)
-
-
-def time_generators(
-    generators: Sequence[CTranslate2Generator], w: Workload, *, warmup: int, repeats: int, seed: int = 0
+def time_engine_models(
+    folders: Sequence[Path], target: Target, w: Workload, *, threads: int, warmup: int, repeats: int, seed: int = 0
 ) -> list[list[float]]:
-    """Timings (ms) of `repeats` rounds of `generator_case` per generator, round-robin (one call of each per round)."""
-    cases = [generator_case(g, w, seed) for g in generators]
-    return Timer("cpu").interleaved_samples(cases, warmup=warmup, repeats=repeats)
+    """Milliseconds of `repeats` rounds per converted model in `folders`, round-robin, each call generating exactly
+    `gen_len` tokens for `batch` sources of `src_len` tokens, after a warm call: a served model answers call after
+    call with its weights in the processor's caches, and so is each model timed among others (without the warm call,
+    a call after another model's paid to fetch its weights back from memory: 10-15 % more for depths of the 12+12
+    teacher in float32 on a 2-core AMD EPYC, while a warm call in the round takes what the model alone does).
+
+    In a fresh process that never loads torch (`modformer.serving.engine_process`: two OpenMP runtimes in one
+    process make CTranslate2's two-thread calls about 10x slower)."""
+    tokens = fixed_length_tokens(load_tokenizer(Path(folders[0]) / TOKENIZER_DIR), w, seed)
+    return engine_process.time_models(
+        folders,
+        target.compute_type,
+        target.device,
+        tokens,
+        w.gen_len,
+        threads=threads,
+        warmup=warmup,
+        repeats=repeats,
+    )
 
 
 def profile_engines(
@@ -215,10 +216,10 @@ def profile_engines(
             for target in targets:
                 folders[str(target), e, d] = convert(hf, Path(tmp) / f"{target.compute_type}-{e}-{d}", target)
         for target in targets:
-            generators = [CTranslate2Generator(folders[str(target), e, d], target, threads=threads) for e, d in depths]
+            models = [folders[str(target), e, d] for e, d in depths]
             for w in workloads:
                 tick(f"{target} B={w.batch} S={w.src_len} G={w.gen_len}, {len(depths)} depths round-robin")
-                samples = time_generators(generators, w, warmup=warmup, repeats=repeats)
+                samples = time_engine_models(models, target, w, threads=threads, warmup=warmup, repeats=repeats)
                 for (e, d), timed in zip(depths, samples, strict=True):
                     folder = folders[str(target), e, d]
                     rows.append(
@@ -235,7 +236,6 @@ def profile_engines(
                             "peak_bytes": None,
                         }
                     )
-            del generators
             if memory:  # in a fresh process per model: after the timing, which it would disturb
                 for w in workloads:
                     tick(f"{target} B={w.batch} S={w.src_len} G={w.gen_len}, peak memory")
@@ -274,58 +274,8 @@ def profile_engine_targets(modular, config, targets: Sequence[Target], *, on_pro
     return costs.table
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Peak memory, in a fresh process
-# --------------------------------------------------------------------------------------------------------------------
-_MARKER = "modformer-engine-peak "
-
-
 def engine_peak_memory(folder: Path, target: Target, w: Workload, *, threads: int = 1, seed: int = 0) -> int:
     """Peak resident memory (bytes) of loading the CTranslate2 model in `folder` and running one call of `w`, in a
     fresh process, above the process's resident set after importing the engine (as `profiling.memory` for torch)."""
-    import json
-    import subprocess
-    import sys
-
     tokens = fixed_length_tokens(load_tokenizer(Path(folder) / TOKENIZER_DIR), w, seed)  # the model loads only there
-    spec = {"folder": str(folder), "compute_type": target.compute_type, "device": target.device}
-    spec |= {"threads": threads, "tokens": tokens, "gen_len": w.gen_len}
-    done = subprocess.run(
-        [sys.executable, "-m", "modformer.profiling.engines"],
-        input=json.dumps(spec),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith(_MARKER)]
-    if done.returncode != 0 or not lines:
-        raise ConfigError(f"measuring the peak memory of {folder} failed: {done.stderr.strip()[-300:]}")
-    return int(lines[-1][len(_MARKER) :])
-
-
-def _child() -> None:
-    import json
-    import sys
-
-    import ctranslate2
-
-    from modformer.profiling.memory import peak_bytes, reset_peak, rss_bytes, trim_heap
-
-    spec = json.loads(sys.stdin.read())
-    trim_heap()
-    reset_peak()
-    before = rss_bytes()
-    translator = ctranslate2.Translator(
-        spec["folder"],
-        device=spec["device"],
-        compute_type=spec["compute_type"],
-        intra_threads=spec["threads"],
-        inter_threads=1,
-    )
-    g = spec["gen_len"]
-    translator.translate_batch(spec["tokens"], beam_size=1, min_decoding_length=g, max_decoding_length=g)
-    print(f"{_MARKER}{peak_bytes() - before}", flush=True)
-
-
-if __name__ == "__main__":
-    _child()
+    return engine_process.peak_memory(folder, target.compute_type, target.device, tokens, w.gen_len, threads=threads)

@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
-
 from modformer.errors import ConfigError
 
 DEVICES = ("cpu", "cuda")
@@ -68,6 +66,14 @@ class Case:
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
+def _torch():
+    """torch, imported only for CUDA: a CPU timer also runs in processes that must not load it
+    (`modformer.serving.engine_process`)."""
+    import torch
+
+    return torch
+
+
 def _quantile(sorted_xs: list[float], q: float) -> float:
     """Linear-interpolated quantile of already sorted values (numpy's default rule)."""
     pos = q * (len(sorted_xs) - 1)
@@ -79,7 +85,7 @@ def _quantile(sorted_xs: list[float], q: float) -> float:
 def check_device(device: str) -> None:
     if device not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not _torch().cuda.is_available():
         # "GPU", not "CUDA device": every whole word `device` in the message is shown as the flag by the CLI.
         raise ConfigError("device cuda was asked for but torch sees no CUDA GPU; use device cpu", settings="device")
 
@@ -104,6 +110,7 @@ class Timer:
     def time_once(self, fn: Callable[[], object]) -> float:
         """Milliseconds one call of `fn` takes, with the device idle before and after."""
         if self.device == "cuda":
+            torch = _torch()
             torch.cuda.synchronize()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
