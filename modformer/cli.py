@@ -558,6 +558,9 @@ def train(
             "--split-batch", help="Each hybrid trains on its own 1/H of the batch: H hybrids at about one's cost."
         ),
     ] = False,
+    deployed_share: Annotated[
+        float, typer.Option(help="Share of hybrid stacks drawn from those the strategies deploy (e.g. dec=4,4,4).")
+    ] = 0.0,
     top_init: Annotated[
         bool,
         typer.Option(
@@ -598,6 +601,7 @@ def train(
         hybrids_per_step=hybrids_per_step,
         split_batch=split_batch,
         top_init=top_init,
+        deployed_share=deployed_share,
         eval_every=eval_every,
         save_every=save_every,
         max_source_len=max_source_len,

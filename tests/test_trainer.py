@@ -12,6 +12,7 @@ from modformer.modular.assembly import Assembly
 from modformer.modular.curriculum import Curriculum, sample_hybrid, sample_stack
 from modformer.modular.losses import AttentionLoss, HiddenStateLoss, LogitLoss
 from modformer.modular.model import ModularModel
+from modformer.modular.strategies import stack_sequence
 from modformer.modular.trainer import ReplacingTrainer, TrainConfig
 from tests.conftest import tiny_bart, tiny_t5
 
@@ -185,6 +186,25 @@ def test_sampled_hybrids_are_valid_mix_granularities_and_always_hold_a_module():
         seen |= set(a.encoder + a.decoder)
     assert seen == {1, 2, 3, 4, 6}
     assert sample_stack(12, [2], rate=1.0, weights={2: 1.0}, rng=rng) == (2,) * 6
+
+
+def _stacks(a: Assembly) -> tuple[tuple[int, ...], ...]:
+    return a.encoder, a.decoder
+
+
+def test_a_deployed_share_draws_that_share_of_stacks_from_the_strategies_stacks():
+    deployed = set(stack_sequence(12, [2, 3, 4, 6])[1:])
+    assert (4, 4, 4) in deployed and (1,) * 12 not in deployed
+    always = [sample_hybrid(12, 12, [2, 3, 4, 6], Curriculum(), 0.5, random.Random(i), 1.0) for i in range(50)]
+    assert all(a.encoder in deployed and a.decoder in deployed for a in always)
+    assert len({a.decoder for a in always}) > 5  # drawn among them, not one
+    rng = random.Random(0)
+    stacks = [s for _ in range(400) for s in _stacks(sample_hybrid(12, 12, [2, 3, 4, 6], Curriculum(), 0.9, rng, 0.25))]
+    assert 0.3 < sum(s in deployed for s in stacks) / len(stacks) < 0.5  # a quarter, plus walks that hit one
+    walks = [sample_hybrid(12, 12, [2, 3, 4, 6], Curriculum(), 0.5, random.Random(i)) for i in range(20)]
+    assert walks == [sample_hybrid(12, 12, [2, 3, 4, 6], Curriculum(), 0.5, random.Random(i), 0.0) for i in range(20)]
+    with pytest.raises(ConfigError, match="deployed_share"):
+        TrainConfig(deployed_share=1.5)
 
 
 def test_train_config_rejects_bad_settings():

@@ -15,6 +15,11 @@ Curriculum (p = step / total steps, from 0 to 1):
   (coarse modules, which have the most to learn, are sampled most); at p = 0.5 all are equal; at p = 1 the weight
   is proportional to 1/k, so the fine modules finish training in hybrids whose coarse parts have settled.
 Without the curriculum (`coarse_to_fine=False`) the weights are uniform and the rate is fixed at `replace_end`.
+
+Deployed stacks (`deployed_share` > 0): with that probability a stack is not walked but drawn uniformly from the
+stacks the strategies deploy (`strategies.stack_sequence`: one preferred stack per block count, the teacher's left
+out), so that the stacks people assemble, e.g. `dec=4,4,4`, are trained whole, each module on the input it gets
+when deployed. A random walk draws such a stack whole rarely (`dec=4,4,4`: about 2 % of late steps).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 
 from modformer.errors import ConfigError
 from modformer.modular.assembly import Assembly
+from modformer.modular.strategies import stack_sequence
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,19 @@ def sample_hybrid(
     curriculum: Curriculum,
     progress: float,
     rng: random.Random,
+    deployed_share: float = 0.0,
 ) -> Assembly:
-    """A hybrid assembly for one training step; always holds at least one module (else nothing would learn)."""
+    """A hybrid assembly for one training step; always holds at least one module (else nothing would learn).
+    Each stack is, with probability `deployed_share`, one the strategies deploy (module docstring)."""
     rate = curriculum.replace_rate(progress)
     weights = curriculum.granularity_weights(granularities, progress)
+
+    def stack(depth: int) -> tuple[int, ...]:
+        if deployed_share > 0 and rng.random() < deployed_share:  # no draw at 0: the walks stay as they were
+            return rng.choice(stack_sequence(depth, granularities)[1:])
+        return sample_stack(depth, granularities, rate, weights, rng)
+
     while True:
-        enc = sample_stack(encoder_layers, granularities, rate, weights, rng)
-        dec = sample_stack(decoder_layers, granularities, rate, weights, rng)
+        enc, dec = stack(encoder_layers), stack(decoder_layers)
         if max(enc + dec) > 1:
             return Assembly(encoder=enc, decoder=dec)

@@ -70,6 +70,7 @@ class TrainConfig:
     replace_end: float = 1.0  # ... at the last step
     curriculum: bool = True  # coarse-to-fine schedule; False = uniform granularities at a fixed rate
     hybrids_per_step: int = 1  # hybrids sampled per step; they share one teacher pass and one optimizer step
+    deployed_share: float = 0.0  # share of hybrid stacks drawn from those the strategies deploy (see curriculum)
     top_init: bool = False  # a module whose span ends at the top of its stack starts as the stack's top layer
     split_batch: bool = False  # each hybrid runs on its own 1/H of the batch's rows: H hybrids at about one's cost
     eval_every: int = 200  # held-out loss every N steps (0 = only at the end)
@@ -89,6 +90,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.w_ce + self.w_hidden + self.w_attn + self.w_logit == 0:
             raise ConfigError("all loss weights are 0: nothing would be trained")
+        if not 0.0 <= self.deployed_share <= 1.0:  # also catches NaN
+            raise ConfigError(f"deployed_share must be in [0, 1], got {self.deployed_share}")
         if self.split_batch and self.batch_size < self.hybrids_per_step:
             raise ConfigError(
                 f"split_batch gives each of the {self.hybrids_per_step} hybrids its own rows, but batch_size is "
@@ -190,7 +193,15 @@ class ReplacingTrainer(Recipe):
         progress = self.state.step / cfg.steps
         c = model.config
         hybrids = [
-            sample_hybrid(c.encoder_layers, c.decoder_layers, c.granularities, cfg.schedule, progress, self.rng)
+            sample_hybrid(
+                c.encoder_layers,
+                c.decoder_layers,
+                c.granularities,
+                cfg.schedule,
+                progress,
+                self.rng,
+                deployed_share=cfg.deployed_share,
+            )
             for _ in range(cfg.hybrids_per_step)
         ]
         batch = self._share(batch)
