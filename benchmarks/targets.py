@@ -11,14 +11,15 @@ Stages, each cached under --work (a rerun skips what is done):
 2b. serving_table: the teacher and that 6-6 assembly in every target side by side, one thread, batch 1 (32-token
    source, 32 new tokens; the least of 10 rounds): latency, speed-up over the teacher in torch fp32, BLEU.
 3. profiles: `modformer profile --modules M --threads T --out ...` with the CLI's defaults otherwise (every target
-   this machine supports), once per thread count.
+   this machine supports), once per thread count; each thread count's held-out rows (4) are measured right after
+   its profile, so that the machine has as little time as possible to drift between the two.
 4. held_out: --held-out random valid assemblies (`choose_assemblies`, never the teacher), each measured at batch 1
    and 8 (source 32, 32 new tokens, the profile's statistic of 10 rounds in torch and 40 in an engine, as the
-   profile's defaults; all assemblies round-robin) in every target, beside
-   its prediction: torch by the
-   block profile, engines by the depth fit; and the engine exports' peak memory (a fresh process loads the export
-   and runs one call) against the fit's prediction, at the first thread count. Predictions are recomputed from the
-   cached profiles on every run (only the measurements are cached).
+   profile's defaults; all assemblies round-robin) in every target, beside its prediction: torch by the block
+   profile, engines by the depth fit. Engines are timed as the profile times them, in a fresh process that never
+   loads torch (`modformer.serving.engine_process`). The engine exports' peak memory (a fresh process loads the
+   export and runs one call) is compared with the fit's prediction at the first thread count. Predictions are
+   recomputed from the cached profiles on every run (only the measurements are cached).
 5. plans: `modformer plan` with the 1-thread profile, default settings, once over torch:fp32 only and once over every
    target (timed: `plan_seconds`); the teacher's BLEU on the same validation pairs, generated under torch fp32.
    `joint_vs_torch_only` states each latency budget as a speed-up over the teacher (every plan times its points

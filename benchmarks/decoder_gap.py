@@ -1,0 +1,257 @@
+"""Screening recipes for the decoder's coarse modules: train each candidate once, score the shapes that trail.
+
+    python benchmarks/decoder_gap.py [--work runs/seed-claims] [--steps 2000] [--recipes a,b] [--seeds 0]
+    python benchmarks/decoder_gap.py --from-results benchmarks/results/decoder_gap.json --results DIR
+
+`benchmarks/seed_claims.py` is the judge (students beside modular runs, two seeds, torch generation, timing); it
+takes hours per recipe. This benchmark is the sieve before it: each candidate recipe (`RECIPES`, `modformer train`
+options on top of `COMMON`) is trained as a user runs it, on the 12+12 Multi30k teacher, one thread, into the same
+work folder and with the same folder names as seed_claims.py's variants (`<work>/modular-<recipe>[-s<seed>]`), so a
+candidate that goes on to the judge is not trained twice. Then the shapes that trail the students (12-3, 12-2) and
+two that do not (6-6, 4-4), the strategies' assemblies of those shapes, are scored on `val` (where recipes are
+chosen) and `test_2016_flickr` (reported): greedy, at most 64 new tokens, through a CTranslate2 float32 export (token
+for token what transformers generates here: `export_parity` 1.0 in benchmarks/results/targets.json; a tenth of the
+time). Each run's held-out loss of the uniform assemblies (all 2-modules, all 3-modules, ...) every 200 steps comes
+from its trainer checkpoint: the curves of `decoder_gap.png`.
+
+Every training run and score is cached under --work; a rerun skips what is done and resumes a stopped run.
+Results: benchmarks/results/decoder_gap.json, .md and .png, with seed_claims.json's rows at the same shapes and steps
+(students, the default recipe) beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from harness import (
+    DATASETS,
+    RESULTS,
+    RUNS,
+    TEACHER,
+    JsonCache,
+    Results,
+    add_results_options,
+    data_args,
+    measured_or_recorded,
+    provenance,
+    read_results,
+    recorded_provenance,
+    run,
+)
+
+from modformer.data import load_split
+from modformer.evaluation import text_scores
+from modformer.modular.export import export_assembly
+from modformer.modular.model import CONFIG_NAME, ModularModel
+from modformer.modular.strategies import assembly_for_shape
+from modformer.recipe import STATE_NAME
+from modformer.serving.ctranslate2_engine import CTranslate2Generator
+from modformer.serving.targets import Target
+
+NAME = "decoder_gap"
+DERIVED = ("summary",)
+SEED_CLAIMS = RESULTS / "seed_claims.json"
+COMMON = ["--granularities", "2,3,4,6", "--batch-size", "32"]
+RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step, each on a third of the batch
+    "h3s-no-attn": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0"],
+    "h3s-no-attn-top": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--top-init"],
+    "h3s-no-attn-dep": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--deployed-share", "0.33"],
+}
+SHAPES = ("6-6", "4-4", "12-3", "12-2")
+SPLITS = ("val", "test_2016_flickr")
+TARGET = "ctranslate2:float32"
+THREADS = 1
+
+
+def run_folder(work: Path, recipe: str, seed: int) -> Path:
+    """seed_claims.py's folder name for a variant `modular-<recipe>` (seed s > 0 adds `-s<s>`)."""
+    return work / (f"modular-{recipe}-s{seed}" if seed else f"modular-{recipe}")
+
+
+def training(out: Path) -> dict:
+    """The run's `training` record (settings, completed steps, wall time); empty where there is no run yet."""
+    path = out / CONFIG_NAME
+    return json.loads(path.read_text(encoding="utf-8")).get("training", {}) if path.is_file() else {}
+
+
+def completed(out: Path) -> int:
+    return int(training(out).get("completed_steps", 0))
+
+
+def train(work: Path, recipe: str, seed: int, steps: int) -> Path:
+    out = run_folder(work, recipe, seed)
+    if completed(out) < steps:
+        again = ["--resume"] if (out / STATE_NAME).is_file() else ["--overwrite"]
+        print(f"training {out.name} ({steps} steps, {THREADS} thread)", flush=True)
+        command = ["train", "--teacher", TEACHER, *data_args("multi30k"), "--steps", steps, *COMMON]
+        options = [*RECIPES[recipe], "--seed", seed, "--out", out, *again]
+        run([*command, *options], out.with_name(f"{out.name}.log"), threads=THREADS)
+    return out
+
+
+def score(out: Path, cache: JsonCache, splits: dict) -> dict:
+    """BLEU of each shape's strategy assembly on each split (cached by run folder and assembly)."""
+    modular = ModularModel.from_pretrained(out)
+    c = modular.config
+    target = Target.parse(TARGET)
+    scores = {}
+    for shape in SHAPES:
+        assembly = assembly_for_shape(shape, c.encoder_layers, c.decoder_layers, c.granularities)
+        key = f"{out.name}|{completed(out)}|{assembly.format()}"
+        if key not in cache.data:
+            with tempfile.TemporaryDirectory() as tmp:
+                export_assembly(modular, assembly, Path(tmp) / "export", target=target)
+                generator = CTranslate2Generator(Path(tmp) / "export", target, threads=THREADS)
+                cache.data[key] = {
+                    name: text_scores(generator.generate(list(pairs.sources), max_new_tokens=64), list(pairs.targets))[
+                        "bleu"
+                    ]
+                    for name, pairs in splits.items()
+                }
+            cache.save()
+        scores[shape] = {"assembly": assembly.format(), **cache.data[key]}
+    return scores
+
+
+def history(out: Path) -> list[dict]:
+    """The run's periodic held-out losses (trainer checkpoint): {"step": n, "k2": loss, ..., "mean": loss}."""
+    return torch.load(out / STATE_NAME, weights_only=False).get("history", [])
+
+
+def measure(args) -> dict:
+    torch.set_num_threads(THREADS)
+    args.work.mkdir(parents=True, exist_ok=True)
+    cache = JsonCache(args.work / "decoder_gap_scores.json")
+    splits = {name: load_split(DATASETS["multi30k"].spec(), name) for name in SPLITS}
+    runs = []
+    for recipe in args.recipes:
+        for seed in args.seeds:
+            out = train(args.work, recipe, seed, args.steps)
+            info = training(out)
+            runs.append(
+                {
+                    "recipe": recipe,
+                    "options": RECIPES[recipe],
+                    "seed": seed,
+                    "steps": args.steps,
+                    "train_s": info.get("wall_s"),
+                    "threads": info.get("threads"),
+                    "scores": score(out, cache, splits),
+                    "history": history(out),
+                }
+            )
+    claims = read_results(SEED_CLAIMS)
+    reference = [
+        {k: r[k] for k in ("method", "shape", "steps", "seed", "bleu")}
+        for r in claims["rows"]
+        if r["task"] == "multi30k" and r["shape"] in SHAPES and r["steps"] == args.steps and "random" not in r["method"]
+    ]
+    return {**provenance(threads=THREADS), "settings": vars_of(args), "runs": runs, "seed_claims_rows": reference}
+
+
+def vars_of(args) -> dict:
+    return {"steps": args.steps, "recipes": args.recipes, "seeds": args.seeds, "common": COMMON, "target": TARGET}
+
+
+def report(measured: dict) -> dict:
+    """`summary`: per recipe, the mean over seeds of each shape's test BLEU and val BLEU; the best student's test BLEU
+    per shape (mean of its seeds) from seed_claims.json."""
+    summary = {"recipes": {}, "best_student": {}}
+    for recipe in dict.fromkeys(r["recipe"] for r in measured["runs"]):
+        runs = [r for r in measured["runs"] if r["recipe"] == recipe]
+        summary["recipes"][recipe] = {
+            shape: {split: round(sum(r["scores"][shape][split] for r in runs) / len(runs), 2) for split in SPLITS}
+            for shape in SHAPES
+        }
+        summary["recipes"][recipe]["train_s"] = round(sum(r["train_s"] or 0 for r in runs) / len(runs), 1)
+    for shape in SHAPES:
+        by_method: dict[str, list[float]] = {}
+        for row in measured["seed_claims_rows"]:
+            if row["shape"] == shape and row["method"] in ("sft", "kd", "pseudo"):
+                by_method.setdefault(row["method"], []).append(row["bleu"])
+        if by_method:
+            method, bleus = max(by_method.items(), key=lambda kv: sum(kv[1]) / len(kv[1]))
+            summary["best_student"][shape] = {"method": method, "bleu": round(sum(bleus) / len(bleus), 2)}
+    return {**measured, "summary": summary}
+
+
+def markdown(result: dict) -> str:
+    s = result["summary"]
+    lines = [
+        "# Decoder gap: candidate recipes, screened",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['machine']}; {THREADS} thread per run. BLEU through a {TARGET} export, greedy, 64 new tokens.",
+        "",
+        f"| recipe | steps | train s | {' | '.join(f'{shape} val / test' for shape in SHAPES)} |",
+        "|---|---|---|" + "---|" * len(SHAPES),
+    ]
+    for recipe, row in s["recipes"].items():
+        cells = " | ".join(f"{row[shape]['val']:.2f} / {row[shape]['test_2016_flickr']:.2f}" for shape in SHAPES)
+        lines.append(f"| {recipe} | {result['settings']['steps']} | {row['train_s']:.0f} | {cells} |")
+    students = " | ".join(
+        f"{s['best_student'][shape]['bleu']:.2f} test ({s['best_student'][shape]['method']})"
+        if shape in s["best_student"]
+        else "-"
+        for shape in SHAPES
+    )
+    lines.append(f"| best student (seed_claims.json) | {result['settings']['steps']} | | {students} |")
+    lines += ["", "Options of each recipe (on top of `" + " ".join(COMMON) + "`):", ""]
+    lines += [f"- `{name}`: `{' '.join(RECIPES.get(name, []))}`" for name in s["recipes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, results: Results) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    probes = [k for k in ("k2", "k3", "k4", "k6") if any(k in h for r in runs for h in r["history"])]
+    figure, axes = plt.subplots(1, len(probes), figsize=(4 * len(probes), 3.4), sharey=True, squeeze=False)
+    for ax, probe in zip(axes[0], probes, strict=True):
+        for r in runs:
+            points = [(h["step"], h[probe]) for h in r["history"] if probe in h]
+            if points:
+                ax.plot(*zip(*points, strict=True), label=f"{r['recipe']} s{r['seed']}")
+        ax.set_title(f"uniform {probe[1:]}-modules")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out loss (val)")
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    results.save_figure(figure, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=RUNS / "seed-claims")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
+    parser.add_argument("--seeds", default="0", help="comma-separated")
+    add_results_options(parser, NAME)
+    args = parser.parse_args()
+    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = [r for r in args.recipes if r not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    measured = measured_or_recorded(args, measure, DERIVED)
+    if args.from_results:
+        measured.update(recorded_provenance(read_results(args.from_results)))
+    result = report(measured)
+    results = Results(args.results, NAME)
+    results.write(result)
+    results.write_text(".md", markdown(result))
+    plot(result, results)
+    print(f"wrote {results.path()}, {results.path('.md')} and {results.path('.png')}")
+
+
+if __name__ == "__main__":
+    main()
