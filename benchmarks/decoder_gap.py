@@ -49,7 +49,7 @@ from modformer.modular.export import export_assembly
 from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import assembly_for_shape
 from modformer.recipe import STATE_NAME
-from modformer.serving.ctranslate2_engine import CTranslate2Generator
+from modformer.serving.ctranslate2_engine import CTranslate2Generator, convert
 from modformer.serving.targets import Target
 
 NAME = "decoder_gap"
@@ -60,6 +60,12 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
     "h3s-no-attn": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0"],
     "h3s-no-attn-top": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--top-init"],
     "h3s-no-attn-dep": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--deployed-share", "0.33"],
+}
+# Diagnostic students (`modformer baseline`), trained and scored the same way: name -> (method, shape, options).
+# `kd-12-3-decoder-only` trains what a modular 12-3 trains (three decoder layers, everything else the teacher's):
+# set beside the KD student of seed_claims.json it says how much of the gap the frozen context explains.
+STUDENTS = {
+    "kd-12-3-decoder-only": ("kd", "12-3", ["--train-only", "decoder"]),
 }
 SHAPES = ("6-6", "4-4", "12-3", "12-2")
 SPLITS = ("val", "test_2016_flickr")
@@ -93,25 +99,47 @@ def train(work: Path, recipe: str, seed: int, steps: int) -> Path:
     return out
 
 
+def student_folder(work: Path, name: str, seed: int) -> Path:
+    return work / (f"student-{name}-s{seed}" if seed else f"student-{name}")
+
+
+def train_student(work: Path, name: str, seed: int, steps: int) -> Path:
+    out = student_folder(work, name, seed)
+    info = out / "modformer.json"
+    done = json.loads(info.read_text(encoding="utf-8")).get("completed_steps", 0) if info.is_file() else 0
+    if done < steps:
+        method, shape, options = STUDENTS[name]
+        again = ["--resume"] if (out / STATE_NAME).is_file() else ["--overwrite"]
+        print(f"training {out.name} ({steps} steps, {THREADS} thread)", flush=True)
+        command = ["baseline", method, "--teacher", TEACHER, "--shape", shape, *data_args("multi30k")]
+        command += ["--steps", steps, "--batch-size", 32, *options, "--seed", seed, "--out", out, *again]
+        run(command, out.with_name(f"{out.name}.log"), threads=THREADS)
+    return out
+
+
+def bleu_in_engine(hf_folder: Path, splits: dict) -> dict[str, float]:
+    """BLEU per split of the plain checkpoint in `hf_folder`, generated through a CTranslate2 float32 conversion."""
+    target = Target.parse(TARGET)
+    with tempfile.TemporaryDirectory() as tmp:
+        generator = CTranslate2Generator(convert(hf_folder, Path(tmp) / "ct2", target), target, threads=THREADS)
+        return {
+            name: text_scores(generator.generate(list(pairs.sources), max_new_tokens=64), list(pairs.targets))["bleu"]
+            for name, pairs in splits.items()
+        }
+
+
 def score(out: Path, cache: JsonCache, splits: dict) -> dict:
     """BLEU of each shape's strategy assembly on each split (cached by run folder and assembly)."""
     modular = ModularModel.from_pretrained(out)
     c = modular.config
-    target = Target.parse(TARGET)
     scores = {}
     for shape in SHAPES:
         assembly = assembly_for_shape(shape, c.encoder_layers, c.decoder_layers, c.granularities)
         key = f"{out.name}|{completed(out)}|{assembly.format()}"
         if key not in cache.data:
             with tempfile.TemporaryDirectory() as tmp:
-                export_assembly(modular, assembly, Path(tmp) / "export", target=target)
-                generator = CTranslate2Generator(Path(tmp) / "export", target, threads=THREADS)
-                cache.data[key] = {
-                    name: text_scores(generator.generate(list(pairs.sources), max_new_tokens=64), list(pairs.targets))[
-                        "bleu"
-                    ]
-                    for name, pairs in splits.items()
-                }
+                export_assembly(modular, assembly, Path(tmp) / "export")
+                cache.data[key] = bleu_in_engine(Path(tmp) / "export", splits)
             cache.save()
         scores[shape] = {"assembly": assembly.format(), **cache.data[key]}
     return scores
@@ -144,17 +172,42 @@ def measure(args) -> dict:
                     "history": history(out),
                 }
             )
+    students = []
+    for name, (method, shape, options) in STUDENTS.items():
+        if name not in args.students:
+            continue
+        for seed in args.seeds:
+            out = train_student(args.work, name, seed, args.steps)
+            key = f"{out.name}|{args.steps}"
+            if key not in cache.data:
+                cache.data[key] = bleu_in_engine(out, splits)
+                cache.save()
+            info = json.loads((out / "modformer.json").read_text(encoding="utf-8"))
+            students.append(
+                {"student": name, "method": method, "shape": shape, "options": options, "seed": seed}
+                | {"steps": args.steps, "train_s": info.get("wall_s"), "scores": cache.data[key]}
+                | {"history": info.get("history", [])}
+            )
     claims = read_results(SEED_CLAIMS)
     reference = [
         {k: r[k] for k in ("method", "shape", "steps", "seed", "bleu")}
         for r in claims["rows"]
         if r["task"] == "multi30k" and r["shape"] in SHAPES and r["steps"] == args.steps and "random" not in r["method"]
     ]
-    return {**provenance(threads=THREADS), "settings": vars_of(args), "runs": runs, "seed_claims_rows": reference}
+    return {
+        **provenance(threads=THREADS),
+        "settings": vars_of(args),
+        "runs": runs,
+        "students": students,
+        "seed_claims_rows": reference,
+    }
 
 
 def vars_of(args) -> dict:
-    return {"steps": args.steps, "recipes": args.recipes, "seeds": args.seeds, "common": COMMON, "target": TARGET}
+    return {"steps": args.steps, "recipes": args.recipes, "students": args.students, "seeds": args.seeds} | {
+        "common": COMMON,
+        "target": TARGET,
+    }
 
 
 def report(measured: dict) -> dict:
@@ -199,9 +252,22 @@ def markdown(result: dict) -> str:
         else "-"
         for shape in SHAPES
     )
-    lines.append(f"| best student (seed_claims.json) | {result['settings']['steps']} | | {students} |")
+    lines.append(
+        f"| best student (seed_claims.json, torch generation, test) | {result['settings']['steps']} | | {students} |"
+    )
+    for st in result.get("students", []):
+        cells = " | ".join(
+            f"{st['scores']['val']:.2f} / {st['scores']['test_2016_flickr']:.2f}" if shape == st["shape"] else "-"
+            for shape in SHAPES
+        )
+        lines.append(
+            f"| student `{st['student']}` (seed {st['seed']}) | {st['steps']} | {st['train_s'] or 0:.0f} | {cells} |"
+        )
     lines += ["", "Options of each recipe (on top of `" + " ".join(COMMON) + "`):", ""]
     lines += [f"- `{name}`: `{' '.join(RECIPES.get(name, []))}`" for name in s["recipes"]]
+    for name in dict.fromkeys(st["student"] for st in result.get("students", [])):
+        method, shape, options = STUDENTS[name]
+        lines.append(f"- student `{name}`: `modformer baseline {method} --shape {shape} {' '.join(options)}`")
     return "\n".join(lines) + "\n"
 
 
@@ -234,6 +300,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=RUNS / "seed-claims")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
+    parser.add_argument("--students", default=",".join(STUDENTS), help=f"comma-separated, of {', '.join(STUDENTS)}")
     parser.add_argument("--seeds", default="0", help="comma-separated")
     add_results_options(parser, NAME)
     args = parser.parse_args()
@@ -241,6 +308,10 @@ def main() -> None:
     unknown = [r for r in args.recipes if r not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+    args.students = [r.strip() for r in args.students.split(",") if r.strip()]
+    unknown = [r for r in args.students if r not in STUDENTS]
+    if unknown:
+        parser.error(f"unknown student(s) {', '.join(unknown)}; known: {', '.join(STUDENTS)}")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     measured = measured_or_recorded(args, measure, DERIVED)
     if args.from_results:

@@ -63,8 +63,8 @@ from modformer.planner.artifact import Plan
 from modformer.profiling.cost_model import predict
 from modformer.profiling.engines import EngineCosts, engine_peak_memory, time_engine_models
 from modformer.profiling.profile import LatencyProfile, Workload
-from modformer.profiling.timer import Timer
-from modformer.profiling.validate import choose_assemblies, time_models
+from modformer.profiling.timer import Timer, Timing
+from modformer.profiling.validate import choose_assemblies, sample_models, time_models
 from modformer.serving.ctranslate2_engine import CTranslate2Generator
 from modformer.serving.targets import Target
 
@@ -75,6 +75,7 @@ TARGETS = ("torch:fp32", "ctranslate2:float32", "ctranslate2:int8")
 BATCHES = (1, 8)
 REPEATS = 10  # timed rounds per held-out torch measurement (the least or the median, as the profile)
 ENGINE_REPEATS = 40  # per engine measurement: as many rounds as the profile times engines with by default
+PASSES = 2  # the profile's default: torch rounds in 2 passes, engine rounds in 4
 TARGET_MAPE, TARGET_SPEARMAN, TARGET_MEMORY_MAPE, TARGET_PARITY, TARGET_SPEEDUP = 5.0, 0.97, 10.0, 0.95, 25.0
 DERIVED = (
     "serving_speedups",
@@ -189,7 +190,9 @@ def serving_table_stage(args, modules: Path, cache: JsonCache) -> list[dict]:
                 target = Target.parse(target_name)
                 folder = Path(tmp) / f"{target.compute_type}-{a.shape}"
                 export_assembly(modular, a, folder, target=target)
-                ms = float(np.min(time_engine_models([folder], target, w, threads=1, warmup=3, repeats=REPEATS)[0]))
+                ms = float(
+                    np.min(time_engine_models([folder], target, [w], threads=1, warmup=3, repeats=REPEATS)[0][0])
+                )
                 texts = CTranslate2Generator(folder, target, threads=1).generate(sources, max_new_tokens=64)
                 rows.append(
                     {"model": name, "target": target_name, "ms": ms, "bleu": text_scores(texts, references)["bleu"]}
@@ -210,8 +213,9 @@ def profile_stage(args, modules: Path, threads: int) -> Path:
     return path
 
 
-def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCache, *, memory: bool) -> list[dict]:
-    """The held-out rows measured beside `profiles` (thread count -> profile); engine peak memory too if `memory`."""
+def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCache, *, memory_too: bool) -> list[dict]:
+    """The held-out rows measured beside `profiles` (thread count -> profile); engine peak memory too if
+    `memory_too`."""
     rows = cache.data.setdefault("held_out", [])
     done = {(r["threads"], r["batch"], r["target"]) for r in rows}
     modular = ModularModel.from_pretrained(modules)
@@ -221,30 +225,39 @@ def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCa
         profile = LatencyProfile.load(path)
         engines = EngineCosts(profile.engines)
         torch.set_num_threads(threads)
-        for batch in BATCHES:
-            w = Workload(batch=batch, src_len=32, gen_len=32)
-            if (threads, batch, "torch:fp32") not in done:
-                models = [modular.assemble(a) for a in assemblies]
-                timings = time_models(models, w, Timer("cpu"), int(modular.teacher.config.vocab_size), 0, 2, REPEATS)
-                for a, t in zip(assemblies, timings, strict=True):
-                    p = predict(profile, a, w)
-                    rows.append(_row(threads, batch, "torch:fp32", a, p.latency_ms, t.value(profile.statistic)))
-            for name in TARGETS[1:]:
-                if (threads, batch, name) in done:
-                    continue
-                target = Target.parse(name)
-                with tempfile.TemporaryDirectory() as tmp:
-                    folders = [Path(tmp) / str(n) for n in range(len(assemblies))]
-                    for a, folder in zip(assemblies, folders, strict=True):
-                        export_assembly(modular, a, folder, target=target)
-                    # round-robin in a process of its own, as the profile measures its depths: a burst of load
-                    # hits one round of every model
-                    timings = time_engine_models(folders, target, w, threads=threads, warmup=3, repeats=ENGINE_REPEATS)
-                    for a, folder, samples in zip(assemblies, folders, timings, strict=True):
-                        measured = float(np.min(samples) if profile.statistic == "min" else np.median(samples))
+        workloads = [Workload(batch=batch, src_len=32, gen_len=32) for batch in BATCHES]
+        for w in workloads:
+            if (threads, w.batch, "torch:fp32") in done:
+                continue
+            models = [modular.assemble(a) for a in assemblies]
+            vocab = int(modular.teacher.config.vocab_size)
+            samples = [[] for _ in models]
+            for _ in range(PASSES):  # as the profile: the rounds spread over passes, a burst hits a share of them
+                rounds = sample_models(models, w, Timer("cpu"), vocab, 0, 2, REPEATS // PASSES)
+                samples = [kept + new for kept, new in zip(samples, rounds, strict=True)]
+            for a, timed in zip(assemblies, samples, strict=True):
+                measured = Timing.from_samples(timed).value(profile.statistic)
+                rows.append(_row(threads, w.batch, "torch:fp32", a, predict(profile, a, w).latency_ms, measured))
+            cache.save()
+        for name in TARGETS[1:]:
+            if all((threads, w.batch, name) in done for w in workloads):
+                continue
+            target = Target.parse(name)
+            with tempfile.TemporaryDirectory() as tmp:
+                folders = [Path(tmp) / str(n) for n in range(len(assemblies))]
+                for a, folder in zip(assemblies, folders, strict=True):
+                    export_assembly(modular, a, folder, target=target)
+                # every assembly round-robin in a process of its own, both batch sizes in passes, as the profile
+                # measures its depths
+                timings = time_engine_models(
+                    folders, target, workloads, threads=threads, warmup=3, repeats=ENGINE_REPEATS, passes=2 * PASSES
+                )
+                for w, per_model in zip(workloads, timings, strict=True):
+                    for a, folder, timed in zip(assemblies, folders, per_model, strict=True):
+                        measured = Timing.from_samples(timed).value(profile.statistic)
                         latency, memory = engines.predict(name, len(a.encoder), len(a.decoder), w)
-                        row = _row(threads, batch, name, a, float(latency), measured)
-                        if memory:  # memory does not depend on the thread count: measured once
+                        row = _row(threads, w.batch, name, a, float(latency), measured)
+                        if memory_too:  # memory does not depend on the thread count: measured once
                             peak = engine_peak_memory(folder, target, w, threads=threads)
                             row |= {"predicted_mb": float(memory), "measured_mb": peak / 2**20}
                         rows.append(row)
@@ -327,7 +340,7 @@ def measure(args) -> dict:
     profiles = {}
     for threads in args.threads:  # each thread count's rows right after its profile: less time for the machine to drift
         profiles[threads] = profile_stage(args, modules, threads)
-        held_out_stage(args, modules, {threads: profiles[threads]}, cache, memory=threads == min(args.threads))
+        held_out_stage(args, modules, {threads: profiles[threads]}, cache, memory_too=threads == min(args.threads))
     held_out = cache.data["held_out"]
     refresh_predictions(held_out, profiles)
     plans = plans_stage(args, modules, profiles[min(profiles)], cache)

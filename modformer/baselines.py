@@ -60,6 +60,7 @@ from modformer.recipe import (
 from modformer.schemas import FORMAT_VERSION, StudentInfo, validate
 
 METHODS = ("sft", "kd", "pseudo")
+TRAIN_ONLY = ("decoder",)  # what `BaselineConfig.train_only` may name
 INFO_NAME = "modformer.json"
 PSEUDO_NAME = "pseudo_labels.txt"
 # Settings a resumed run must share with the saved one (they decide its batches and shapes).
@@ -111,8 +112,13 @@ class BaselineConfig:
     max_source_len: int = 128  # tokens; longer texts are cut (and a warning says how many)
     max_target_len: int = 128
     seed: int = 0
+    # None: every weight trains. "decoder": only the decoder's layers (not their position tables): the embeddings,
+    # the encoder, the final norms and the head stay the teacher's, as around a modular assembly's decoder modules
+    train_only: str | None = None
 
     def __post_init__(self) -> None:
+        if self.train_only not in (None, *TRAIN_ONLY):
+            raise ConfigError(f"train_only must be one of {', '.join(TRAIN_ONLY)}, got {self.train_only!r}")
         if self.method not in METHODS:
             raise ConfigError(f"unknown baseline {self.method!r}; choose from {', '.join(METHODS)}")
         parse_shape(self.shape)
@@ -189,8 +195,14 @@ class StudentTrainer(Recipe):
         self.student, self.layer_map = make_student(teacher, config.shape)
         self.student.train()
         self.adapter = adapter_for(teacher.config)
+        if config.train_only:
+            self.student.requires_grad_(False)
+            for layer in self.adapter.layers(self.student, config.train_only):
+                layer.requires_grad_(True)
+                for name in self.adapter.position_bias_names(layer):
+                    layer.get_parameter(name).requires_grad_(False)
         self.optimizer, self.scheduler = adamw_with_warmup(
-            self.student.parameters(),
+            [p for p in self.student.parameters() if p.requires_grad],
             lr=config.lr,
             weight_decay=0.01,  # AdamW's default, which the students have always trained with
             warmup_steps=config.warmup_steps,

@@ -861,6 +861,13 @@ def baseline(
         ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="pseudo: longest teacher output, in tokens.")] = 64,
+    train_only: Annotated[
+        str | None,
+        typer.Option(
+            help="decoder: train only the decoder's layers; the embeddings, encoder, norms and head stay the "
+            "teacher's, as around modular decoder modules (a diagnostic)."
+        ),
+    ] = None,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -899,6 +906,7 @@ def baseline(
         max_source_len=max_source_len,
         max_target_len=max_target_len,
         seed=seed,
+        train_only=train_only,
     )
     spec = _data_spec(
         data, src_ext, tgt_ext, src_column, tgt_column, prefix, line_format, list_rule, on_bad_line, unescape_entities

@@ -101,6 +101,23 @@ def test_a_resumed_baseline_equals_an_uninterrupted_one(t5_teacher_dir, data_dir
     assert wrong.exit_code == 1 and "was trained with method 'kd', not 'sft'" in wrong.stderr
 
 
+def test_train_only_decoder_changes_the_decoder_layers_and_nothing_else(t5_teacher_dir, data_dir, tmp_path):
+    """The diagnostic student: only its decoder layers train, as around modular decoder modules (the embeddings,
+    encoder, final norms, head and position tables stay the teacher's copies)."""
+    out = tmp_path / "decoder-only"
+    result = run(*baseline_args("kd", t5_teacher_dir, data_dir, out, "--steps", 2, "--train-only", "decoder"))
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((out / "modformer.json").read_text())["baseline"]["train_only"] == "decoder"
+    start = tmp_path / "start"
+    assert run(*baseline_args("kd", t5_teacher_dir, data_dir, start, "--steps", 1, "--lr", 1e-12)).exit_code == 0
+    trained, copied = load_file(out / "model.safetensors"), load_file(start / "model.safetensors")
+    changed = {k for k in trained if not torch.allclose(trained[k], copied[k], atol=1e-7)}
+    assert changed and all(k.startswith("decoder.block.") for k in changed)
+    assert not any("relative_attention_bias" in k for k in changed)
+    bad = run(*baseline_args("kd", t5_teacher_dir, data_dir, tmp_path / "z", "--steps", 2, "--train-only", "head"))
+    assert bad.exit_code == 1 and "train_only must be one of decoder" in bad.stderr
+
+
 def test_baseline_bad_input(t5_teacher_dir, data_dir, tmp_path):
     result = run(*baseline_args("distil", t5_teacher_dir, data_dir, tmp_path / "x", "--steps", 2))
     assert result.exit_code == 1 and "unknown baseline 'distil'" in result.stderr

@@ -167,7 +167,7 @@ def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer,
     ]
     assert (profile.engines["latency_ms"] > 0).all()
     assert [what for _, _, what in steps if "round-robin" in what] == [
-        "ctranslate2:int8 B=1 S=8 G=4, 9 depths round-robin"
+        "ctranslate2:int8: 9 depths round-robin, 1 workloads in 4 pass(es)"  # twice the block profile's passes
     ]
     assert steps[-1][0] == steps[-1][1] == len(steps) - 1
     profile.save(tmp_path / "profile.json")
@@ -279,10 +279,14 @@ def test_engine_models_are_timed_round_robin_in_a_process_without_torch(tmp_path
     calls = []
     real_run = engine_process._run
     monkeypatch.setattr(engine_process, "_run", lambda spec, what: calls.append(spec) or real_run(spec, what))
-    samples = time_engine_models(folders, target, Workload(2, 8, 4), threads=2, warmup=1, repeats=3)
-    assert [len(s) for s in samples] == [3, 3] and all(ms > 0 for s in samples for ms in s)
-    (spec,) = calls  # both models in one process, round-robin
-    assert spec["threads"] == 2 and len(spec["tokens"]) == 2 and all(len(t) == 8 for t in spec["tokens"])
+    workloads = [Workload(2, 8, 4), Workload(1, 6, 3)]
+    samples = time_engine_models(folders, target, workloads, threads=2, warmup=1, repeats=4, passes=2)
+    # per workload, per model: the 4 rounds, 2 from each pass through the workloads
+    assert [[len(s) for s in per_model] for per_model in samples] == [[4, 4], [4, 4]]
+    assert all(ms > 0 for per_model in samples for s in per_model for ms in s)
+    (spec,) = calls  # both models and both workloads in one process
+    assert spec["threads"] == 2 and spec["passes"] == 2
+    assert [(len(tokens), len(tokens[0]), g) for tokens, g in spec["workloads"]] == [(2, 8, 4), (1, 6, 3)]
 
     broken = {**spec, "folders": [str(tmp_path / "missing")]}
     with pytest.raises(ConfigError, match="failed in its own process"):

@@ -112,7 +112,7 @@ def validate_engine_points(
                 list(pairs.sources), max_new_tokens=max_new_tokens, max_source_len=max_source_len
             )
             del generator
-            samples = time_engine_models([folder], target, workload, threads=threads, warmup=1, repeats=repeats)[0]
+            samples = time_engine_models([folder], target, [workload], threads=threads, warmup=1, repeats=repeats)[0][0]
             ms = float(np.min(samples) if statistic == "min" else np.median(samples))
             rows.append(
                 {

@@ -156,26 +156,35 @@ def fixed_length_tokens(tok, w: Workload, seed: int) -> list[list[str]]:
 
 
 def time_engine_models(
-    folders: Sequence[Path], target: Target, w: Workload, *, threads: int, warmup: int, repeats: int, seed: int = 0
-) -> list[list[float]]:
-    """Milliseconds of `repeats` rounds per converted model in `folders`, round-robin, each call generating exactly
-    `gen_len` tokens for `batch` sources of `src_len` tokens, after a warm call: a served model answers call after
-    call with its weights in the processor's caches, and so is each model timed among others (without the warm call,
-    a call after another model's paid to fetch its weights back from memory: 10-15 % more for depths of the 12+12
-    teacher in float32 on a 2-core AMD EPYC, while a warm call in the round takes what the model alone does).
+    folders: Sequence[Path],
+    target: Target,
+    workloads: Sequence[Workload],
+    *,
+    threads: int,
+    warmup: int,
+    repeats: int,
+    passes: int = 1,
+    seed: int = 0,
+) -> list[list[list[float]]]:
+    """Milliseconds per workload, per converted model in `folders`: `repeats` rounds round-robin over the models,
+    split over `passes` walks through the workloads; each call generates exactly `gen_len` tokens for `batch` sources
+    of `src_len` tokens, after a warm call: a served model answers call after call with its weights in the
+    processor's caches, and so is each model timed among others (without the warm call, a call after another
+    model's paid to fetch its weights back from memory: 10-15 % more for depths of the 12+12 teacher in float32 on a
+    2-core AMD EPYC, while a warm call in the round takes what the model alone does).
 
     In a fresh process that never loads torch (`modformer.serving.engine_process`: two OpenMP runtimes in one
     process make CTranslate2's two-thread calls about 10x slower)."""
-    tokens = fixed_length_tokens(load_tokenizer(Path(folders[0]) / TOKENIZER_DIR), w, seed)
+    tok = load_tokenizer(Path(folders[0]) / TOKENIZER_DIR)
     return engine_process.time_models(
         folders,
         target.compute_type,
         target.device,
-        tokens,
-        w.gen_len,
+        [(fixed_length_tokens(tok, w, seed), w.gen_len) for w in workloads],
         threads=threads,
         warmup=warmup,
         repeats=repeats,
+        passes=passes,
     )
 
 
@@ -189,6 +198,7 @@ def profile_engines(
     warmup: int = 2,
     repeats: int = 10,
     statistic: str = "min",
+    passes: int = 1,
     memory: bool = True,
     on_progress: Progress | None = None,
 ) -> EngineCosts:
@@ -198,7 +208,7 @@ def profile_engines(
     config = teacher.config
     adapter = adapter_for(config)
     depths = depth_grid(adapter.depth(config, "encoder"), adapter.depth(config, "decoder"))
-    steps = len(depths) + len(targets) * len(workloads) * (1 + memory)
+    steps = len(depths) + len(targets) * (1 + memory * len(workloads))
     done = 0
 
     def tick(what: str) -> None:
@@ -217,11 +227,12 @@ def profile_engines(
                 folders[str(target), e, d] = convert(hf, Path(tmp) / f"{target.compute_type}-{e}-{d}", target)
         for target in targets:
             models = [folders[str(target), e, d] for e, d in depths]
-            for w in workloads:
-                tick(f"{target} B={w.batch} S={w.src_len} G={w.gen_len}, {len(depths)} depths round-robin")
-                samples = time_engine_models(models, target, w, threads=threads, warmup=warmup, repeats=repeats)
-                for (e, d), timed in zip(depths, samples, strict=True):
-                    folder = folders[str(target), e, d]
+            tick(f"{target}: {len(depths)} depths round-robin, {len(workloads)} workloads in {passes} pass(es)")
+            samples = time_engine_models(
+                models, target, workloads, threads=threads, warmup=warmup, repeats=repeats, passes=passes
+            )
+            for w, per_model in zip(workloads, samples, strict=True):
+                for (e, d), timed in zip(depths, per_model, strict=True):
                     rows.append(
                         {
                             "target": str(target),
@@ -232,7 +243,7 @@ def profile_engines(
                             "encoder_layers": e,
                             "decoder_layers": d,
                             "latency_ms": Timing.from_samples(timed).value(statistic),
-                            "weight_bytes": (folder / "model.bin").stat().st_size,
+                            "weight_bytes": (folders[str(target), e, d] / "model.bin").stat().st_size,
                             "peak_bytes": None,
                         }
                     )
@@ -268,6 +279,7 @@ def profile_engine_targets(modular, config, targets: Sequence[Target], *, on_pro
         threads=config.threads or torch.get_num_threads(),
         repeats=2 * config.repeats,  # a whole-model call is cheap: more rounds, more chances of a quiet one
         statistic=config.statistic,
+        passes=2 * config.passes,  # as the block profile, with twice its rounds: each workload spread over the whole run
         memory=config.memory,
         on_progress=on_progress,
     )

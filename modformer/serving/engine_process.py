@@ -13,6 +13,7 @@ torch-free helpers (`modformer.profiling.timer`, `modformer.profiling.memory`), 
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -46,17 +47,21 @@ def time_models(
     folders: Sequence[str | Path],
     compute_type: str,
     device: str,
-    tokens: list[list[str]],
-    gen_len: int,
+    workloads: Sequence[tuple[list[list[str]], int]],
     *,
     threads: int,
     warmup: int,
     repeats: int,
-) -> list[list[float]]:
-    """Milliseconds of `repeats` rounds per model, round-robin (one warm call of each per round, after `warmup`
-    untimed rounds), each call generating exactly `gen_len` tokens for the source `tokens`; in a fresh process."""
+    passes: int = 1,
+) -> list[list[list[float]]]:
+    """Milliseconds per workload, per model: `repeats` rounds in all, round-robin over the models (one warm call of
+    each per round, after `warmup` untimed rounds), split over `passes` walks through the workloads so that each
+    workload's rounds are spread over the whole measurement rather than a few seconds of it (a burst of load from
+    another tenant then spoils a share of every workload's rounds, not all of one's). A workload is (source tokens,
+    exact number of tokens to generate). In a fresh process."""
     spec = {"mode": "time", "folders": [str(f) for f in folders], "compute_type": compute_type, "device": device}
-    spec |= {"threads": threads, "tokens": tokens, "gen_len": gen_len, "warmup": warmup, "repeats": repeats}
+    spec |= {"threads": threads, "workloads": [list(w) for w in workloads], "warmup": warmup}
+    spec |= {"repeats": repeats, "passes": passes}
     return _run(spec, f"timing {len(folders)} CTranslate2 model(s)")["samples"]
 
 
@@ -66,7 +71,7 @@ def peak_memory(
     """Peak resident bytes of loading the model in `folder` and running one call, above the fresh process's resident
     set after importing the engine (as `profiling.memory` measures torch)."""
     spec = {"mode": "peak", "folders": [str(folder)], "compute_type": compute_type, "device": device}
-    spec |= {"threads": threads, "tokens": tokens, "gen_len": gen_len}
+    spec |= {"threads": threads, "workloads": [[tokens, gen_len]]}
     return int(_run(spec, f"measuring the peak memory of {folder}")["peak_bytes"])
 
 
@@ -77,7 +82,6 @@ def _child() -> None:
     from modformer.profiling.timer import Case, Timer
 
     spec = json.loads(sys.stdin.read())
-    g, tokens = spec["gen_len"], spec["tokens"]
     if spec["mode"] == "peak":
         trim_heap()
         reset_peak()
@@ -92,18 +96,28 @@ def _child() -> None:
             inter_threads=1,
         )
 
-    def call(translator) -> None:
+    def call(translator, tokens: list[list[str]], g: int) -> None:
         translator.translate_batch(
             tokens, beam_size=1, min_decoding_length=g, max_decoding_length=g, max_batch_size=len(tokens)
         )
 
     if spec["mode"] == "peak":
-        call(load(spec["folders"][0]))
+        call(load(spec["folders"][0]), *spec["workloads"][0])
         answer = {"peak_bytes": peak_bytes() - before}
     else:
-        # a warm call before each timed one: a served model answers call after call with its weights in the caches
-        cases = [Case(fn=lambda t=t: call(t), setup=lambda t=t: call(t)) for t in map(load, spec["folders"])]
-        answer = {"samples": Timer("cpu").interleaved_samples(cases, warmup=spec["warmup"], repeats=spec["repeats"])}
+        translators = [load(folder) for folder in spec["folders"]]
+        passes = spec["passes"]
+        rounds = max(1, -(-spec["repeats"] // passes))  # each pass's share, rounded up (as the torch profile's)
+        samples = [[[] for _ in translators] for _ in spec["workloads"]]
+        for pass_ in range(passes):
+            for (tokens, g), kept in zip(spec["workloads"], samples, strict=True):
+                # a warm call before each timed one: a served model answers call after call with its weights cached
+                calls = [functools.partial(call, t, tokens, g) for t in translators]
+                cases = [Case(fn=c, setup=c) for c in calls]
+                warm = spec["warmup"] if pass_ == 0 else min(spec["warmup"], 1)
+                for model, timed in enumerate(Timer("cpu").interleaved_samples(cases, warmup=warm, repeats=rounds)):
+                    kept[model] += timed
+        answer = {"samples": samples}
     answer["torch_loaded"] = "torch" in sys.modules  # what the parent checks: it must never be
     print(_MARKER + json.dumps(answer), flush=True)
 
