@@ -60,6 +60,8 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
     "h3s-no-attn": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0"],
     "h3s-no-attn-top": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--top-init"],
     "h3s-no-attn-dep": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--deployed-share", "0.33"],
+    "h3s-no-attn-no-hidden": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--w-hidden", "0"],
+    "h6s-no-attn": ["--hybrids-per-step", "6", "--split-batch", "--w-attn", "0"],
 }
 # Diagnostic students (`modformer baseline`), trained and scored the same way: name -> (method, shape, options).
 # `kd-12-3-decoder-only` trains what a modular 12-3 trains (three decoder layers, everything else the teacher's):

@@ -17,9 +17,11 @@ Stages, each cached under --work (a rerun skips what is done):
    and 8 (source 32, 32 new tokens, the profile's statistic of 10 rounds in torch and 40 in an engine, as the
    profile's defaults; all assemblies round-robin) in every target, beside its prediction: torch by the block
    profile, engines by the depth fit. Engines are timed as the profile times them, in a fresh process that never
-   loads torch (`modformer.serving.engine_process`). The engine exports' peak memory (a fresh process loads the
-   export and runs one call) is compared with the fit's prediction at the first thread count. Predictions are
-   recomputed from the cached profiles on every run (only the measurements are cached).
+   loads torch (`modformer.serving.engine_process`). The teacher is timed in the same round-robin as a reference
+   row: its measured latency over its prediction is the machine's `drift` since the profile, reported per cell with
+   the MAPE of the predictions scaled by it beside the plain MAPE (the acceptance figure). The engine exports' peak
+   memory (a fresh process loads the export and runs one call) is compared with the fit's prediction at the first
+   thread count. Predictions are recomputed from the cached profiles on every run (only measurements are cached).
 5. plans: `modformer plan` with the 1-thread profile, default settings, once over torch:fp32 only and once over every
    target (timed: `plan_seconds`); the teacher's BLEU on the same validation pairs, generated under torch fp32.
    `joint_vs_torch_only` states each latency budget as a speed-up over the teacher (every plan times its points
@@ -221,6 +223,10 @@ def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCa
     modular = ModularModel.from_pretrained(modules)
     c = modular.config
     assemblies = choose_assemblies(c.encoder_layers, c.decoder_layers, c.granularities, args.held_out, seed=1)
+    # the teacher is timed in the same round-robin: the machine's speed in this window against the profile's
+    # (`drift`; a shared VM's speed moves by 10 % or more over minutes), kept as a row of its own
+    teacher = Assembly.teacher(c.encoder_layers, c.decoder_layers)
+    timed = [*assemblies, teacher]
     for threads, path in profiles.items():
         profile = LatencyProfile.load(path)
         engines = EngineCosts(profile.engines)
@@ -229,14 +235,14 @@ def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCa
         for w in workloads:
             if (threads, w.batch, "torch:fp32") in done:
                 continue
-            models = [modular.assemble(a) for a in assemblies]
+            models = [modular.assemble(a) for a in timed]
             vocab = int(modular.teacher.config.vocab_size)
             samples = [[] for _ in models]
             for _ in range(PASSES):  # as the profile: the rounds spread over passes, a burst hits a share of them
                 rounds = sample_models(models, w, Timer("cpu"), vocab, 0, 2, REPEATS // PASSES)
                 samples = [kept + new for kept, new in zip(samples, rounds, strict=True)]
-            for a, timed in zip(assemblies, samples, strict=True):
-                measured = Timing.from_samples(timed).value(profile.statistic)
+            for a, kept in zip(timed, samples, strict=True):
+                measured = Timing.from_samples(kept).value(profile.statistic)
                 rows.append(_row(threads, w.batch, "torch:fp32", a, predict(profile, a, w).latency_ms, measured))
             cache.save()
         for name in TARGETS[1:]:
@@ -244,8 +250,8 @@ def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCa
                 continue
             target = Target.parse(name)
             with tempfile.TemporaryDirectory() as tmp:
-                folders = [Path(tmp) / str(n) for n in range(len(assemblies))]
-                for a, folder in zip(assemblies, folders, strict=True):
+                folders = [Path(tmp) / str(n) for n in range(len(timed))]
+                for a, folder in zip(timed, folders, strict=True):
                     export_assembly(modular, a, folder, target=target)
                 # every assembly round-robin in a process of its own, both batch sizes in passes, as the profile
                 # measures its depths
@@ -253,11 +259,11 @@ def held_out_stage(args, modules: Path, profiles: dict[int, Path], cache: JsonCa
                     folders, target, workloads, threads=threads, warmup=3, repeats=ENGINE_REPEATS, passes=2 * PASSES
                 )
                 for w, per_model in zip(workloads, timings, strict=True):
-                    for a, folder, timed in zip(assemblies, folders, per_model, strict=True):
-                        measured = Timing.from_samples(timed).value(profile.statistic)
+                    for a, folder, kept in zip(timed, folders, per_model, strict=True):
+                        measured = Timing.from_samples(kept).value(profile.statistic)
                         latency, memory = engines.predict(name, len(a.encoder), len(a.decoder), w)
                         row = _row(threads, w.batch, name, a, float(latency), measured)
-                        if memory_too:  # memory does not depend on the thread count: measured once
+                        if memory_too and a != teacher:  # memory does not depend on the thread count: once
                             peak = engine_peak_memory(folder, target, w, threads=threads)
                             row |= {"predicted_mb": float(memory), "measured_mb": peak / 2**20}
                         rows.append(row)
@@ -360,16 +366,35 @@ def mape(rows: pd.DataFrame, predicted: str, measured: str) -> float:
     return float((100 * (rows[predicted] - rows[measured]).abs() / rows[measured]).mean())
 
 
+def is_teacher(text: str) -> bool:
+    a = Assembly.parse(text)
+    return max(a.encoder + a.decoder) == 1
+
+
 def per_target(held_out: pd.DataFrame) -> dict:
+    """Per target, thread count and batch: latency MAPE and Spearman over the held-out assemblies (the teacher's
+    reference row left out), and where the teacher was timed in the same window, `drift` (its measured latency over
+    its prediction: how much faster or slower the machine ran than while profiling) and the MAPE of the predictions
+    scaled by it (`latency_mape_drift_corrected`: the predictor's error with the machine's speed change taken out)."""
     out = {}
+    teacher = held_out["assembly"].map(is_teacher)  # the reference rows (no held-out assembly is the teacher)
     for target, group in held_out.groupby("target", sort=False):
         cells = {}
-        for (threads, batch), rows in group.groupby(["threads", "batch"]):
+        for (threads, batch), both in group.groupby(["threads", "batch"]):
+            rows = both[~teacher[both.index]]
             cells[f"threads{threads}_batch{batch}"] = {
                 "n": len(rows),
                 "latency_mape": round(mape(rows, "predicted_ms", "measured_ms"), 2),
                 "latency_spearman": round(float(rows["predicted_ms"].rank().corr(rows["measured_ms"].rank())), 3),
             }
+            reference = both[teacher[both.index]]
+            if len(reference):
+                drift = float(reference["measured_ms"].iloc[0] / reference["predicted_ms"].iloc[0])
+                scaled = rows.assign(predicted_ms=rows["predicted_ms"] * drift)
+                cells[f"threads{threads}_batch{batch}"] |= {
+                    "drift": round(drift, 4),
+                    "latency_mape_drift_corrected": round(mape(scaled, "predicted_ms", "measured_ms"), 2),
+                }
         entry = {"cells": cells}
         if "predicted_mb" in group and group["predicted_mb"].notna().any():
             entry["memory_mape"] = round(mape(group.dropna(subset=["predicted_mb"]), "predicted_mb", "measured_mb"), 2)

@@ -9,10 +9,12 @@ float32 took 13.0 and 13.2 ms):
 
     e in (1, ceil(E/2), E)  x  d in (1, ceil(D/2), D)        E, D: the teacher's depths
 
-timed round-robin in a fresh process without torch (one warm call of every depth per round, `time_engine_models`), so
-that a burst of load from another process slows one round of every depth rather than every round of one depth, with
-twice the block profile's rounds (a whole-model call is cheap, and a deep float32 model's cost swings with how much
-of the shared cache other processes hold: the least of more rounds is steadier), and predicts any (e, d) by the
+timed round-robin in a fresh process that never loads torch (one warm call of every depth per round,
+`time_engine_models`; beside torch's OpenMP runtime CTranslate2's two-thread calls run about 10x slower), so that a
+burst of load from another process slows one round of every depth rather than every round of one depth; with twice
+the block profile's rounds and passes (a whole-model call is cheap, and a deep float32 model's cost swings with how
+much of the shared cache other processes hold: each workload's rounds are spread over four walks through all the
+workloads, so that a burst of a few seconds spoils a share of them, not all), and predicts any (e, d) by the
 least-squares fit  latency = a + b*e + c*d + q*d^2 + r*e*d  through them: each layer adds the same work (the
 encoder's once per call, the decoder's once per generated token), and a decoder step slows down a little as the
 model outgrows the processor's caches, the more so the more layers it holds (the d^2 and e*d terms). Measured on the
