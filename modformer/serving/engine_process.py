@@ -1,14 +1,18 @@
 """Time a CTranslate2 model, or measure its peak memory, in a fresh process of its own that never loads torch.
 
-Why a process of its own: torch and CTranslate2 each bring an OpenMP runtime. In a process where torch has run with
-two threads, CTranslate2 with two intra-op threads is about 10x slower (1+12-layer depth model of the 12+12
-Multi30k teacher, float32, batch 1, 2-core AMD EPYC: 187 ms against 14.1 ms in a process where torch kept one thread;
-batch 8: 281 against 38.9 ms), and `OMP_WAIT_POLICY=PASSIVE` makes it slow everywhere (235 ms). A server runs the
-engine in a process of its own, so that is where its costs are measured: the profile's engine grid, the plan's
+Why a process of its own: a server runs the engine without torch beside it, and torch's OpenMP runtime beside
+CTranslate2's changes what the engine's threads cost. On a 2-vCPU AMD EPYC VM, the 1+12-layer depth model of the
+12+12 Multi30k teacher in float32 at batch 1, with two intra-op threads, took 187 ms in a process where torch had run
+with two threads. The same model took 14.1 ms where torch kept one thread. So the profile's engine grid, the plan's
 validation timing and the benchmarks' held-out points all go through `time_models` here.
 
-The parent gives the tokens (it has the tokenizer); the child loads only `ctranslate2` and this module's
-torch-free helpers (`modformer.profiling.timer`, `modformer.profiling.memory`), and answers with one JSON line.
+This removes the one cause that the process has; it does not make two intra-op threads fast on every machine. On
+the same VM, in such a fresh process, two threads later took 25-29 ms against 13-17 ms for one. The two-thread grid
+of one profile ran about 10x the one-thread grid. OpenMP threads that spin at a barrier suffer when the hypervisor
+deschedules a sibling vCPU. Profile the thread count you will serve with, and compare thread counts on your machine.
+
+The parent gives the tokens (it has the tokenizer). The child loads only `ctranslate2` and this module's torch-free
+helpers (`modformer.profiling.timer`, `modformer.profiling.memory`), and answers with one JSON line.
 """
 
 from __future__ import annotations
