@@ -234,13 +234,18 @@ def report(measured: dict) -> dict:
     return {**measured, "summary": summary}
 
 
+def machine(m: dict) -> str:
+    return f"{m.get('cpu_model')}, {m.get('physical_cores')} cores, torch {m.get('torch')}"
+
+
 def markdown(result: dict) -> str:
     s = result["summary"]
     lines = [
         "# Decoder gap: candidate recipes, screened",
         "",
         f"Command: `{result['command']}`  ",
-        f"Machine: {result['machine']}; {THREADS} thread per run. BLEU through a {TARGET} export, greedy, 64 new tokens.",
+        f"Machine: {machine(result['machine'])}; {THREADS} thread per run. BLEU through a {TARGET} export, greedy, "
+        "at most 64 new tokens.",
         "",
         f"| recipe | steps | train s | {' | '.join(f'{shape} val / test' for shape in SHAPES)} |",
         "|---|---|---|" + "---|" * len(SHAPES),

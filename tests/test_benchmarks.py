@@ -32,6 +32,7 @@ BENCHMARKS = {
     "loss_weights": (("loss_weights.json",), ()),  # pure measurement: nothing is derived
     "demo_teacher": (("demo_teacher.json",), ()),
     "module_exposure": (("module_exposure.json", "module_exposure.md"), ("summary",)),
+    "decoder_gap": (("decoder_gap.json", "decoder_gap.md", "decoder_gap.png"), ("summary",)),
     "faults": (
         ("faults.json",),
         (
