@@ -17,7 +17,7 @@ Stages, each cached under --work (a rerun skips what is done):
    and 8 (source 32, 32 new tokens, the profile's statistic of 10 rounds in torch and 40 in an engine, as the
    profile's defaults; all assemblies round-robin) in every target, beside its prediction: torch by the block
    profile, engines by the depth fit. Engines are timed as the profile times them, in a fresh process that never
-   loads torch (`modformer.serving.engine_process`). The teacher is timed in the same round-robin as a reference
+   loads torch (`modformer.profiling.engine_process`). The teacher is timed in the same round-robin as a reference
    row: its measured latency over its prediction is the machine's `drift` since the profile, reported per cell with
    the MAPE of the predictions scaled by it beside the plain MAPE (the acceptance figure). The engine exports' peak
    memory (a fresh process loads the export and runs one call) is compared with the fit's prediction at the first

@@ -267,9 +267,9 @@ def test_engine_peak_memory_is_measured_in_a_fresh_process(tmp_path, t5_teacher_
 def test_engine_models_are_timed_round_robin_in_a_process_without_torch(tmp_path, t5_teacher_dir, monkeypatch):
     """CTranslate2 beside torch's OpenMP runtime ran its two-thread calls up to 10x slower: its timings come from a
     process of its own, which never loads torch (the child reports it, and the parent refuses an answer that did)."""
+    from modformer.profiling import engine_process
     from modformer.profiling.engines import time_engine_models
     from modformer.profiling.profile import Workload
-    from modformer.serving import engine_process
 
     model = perturbed_modules(t5_teacher_dir)
     target = Target.parse("ctranslate2:int8")

@@ -10,7 +10,7 @@ float32 took 13.0 and 13.2 ms):
     e in (1, ceil(E/2), E)  x  d in (1, ceil(D/2), D)        E, D: the teacher's depths
 
 timed round-robin in a fresh process that never loads torch (one warm call of every depth per round,
-`time_engine_models`, as a server runs the engine: see `modformer.serving.engine_process`), so that a
+`time_engine_models`, as a server runs the engine: see `modformer.profiling.engine_process`), so that a
 burst of load from another process slows one round of every depth rather than every round of one depth; with twice
 the block profile's rounds and passes (a whole-model call is cheap, and a deep float32 model's cost swings with how
 much of the shared cache other processes hold: each workload's rounds are spread over four walks through all the
@@ -44,9 +44,9 @@ from transformers import AutoModelForSeq2SeqLM
 from modformer.checkpoints import load_tokenizer
 from modformer.errors import ConfigError
 from modformer.modular.families import adapter_for
+from modformer.profiling import engine_process
 from modformer.profiling.profile import Workload
 from modformer.profiling.timer import Timing, check_statistic
-from modformer.serving import engine_process
 from modformer.serving.ctranslate2_engine import TOKENIZER_DIR, convert
 from modformer.serving.targets import Target
 
@@ -175,7 +175,7 @@ def time_engine_models(
     model's paid to fetch its weights back from memory: 10-15 % more for depths of the 12+12 teacher in float32 on a
     2-core AMD EPYC, while a warm call in the round takes what the model alone does).
 
-    In a fresh process that never loads torch (`modformer.serving.engine_process`: torch's OpenMP runtime beside the
+    In a fresh process that never loads torch (`modformer.profiling.engine_process`: torch's OpenMP runtime beside the
     engine's slowed CTranslate2's two-thread calls up to 10x)."""
     tok = load_tokenizer(Path(folders[0]) / TOKENIZER_DIR)
     return engine_process.time_models(

@@ -68,7 +68,7 @@ class Case:
 
 def _torch():
     """torch, imported only for CUDA: a CPU timer also runs in processes that must not load it
-    (`modformer.serving.engine_process`)."""
+    (`modformer.profiling.engine_process`)."""
     import torch
 
     return torch

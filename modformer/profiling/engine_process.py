@@ -31,7 +31,7 @@ _MARKER = "modformer-engine-process "
 
 def _run(spec: dict, what: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "modformer.serving.engine_process"],
+        [sys.executable, "-m", "modformer.profiling.engine_process"],
         input=json.dumps(spec),
         capture_output=True,
         text=True,
@@ -43,7 +43,7 @@ def _run(spec: dict, what: str) -> dict:
         raise ConfigError(f"{what} failed in its own process: {reason[0][-300:]}")
     answer = json.loads(lines[-1][len(_MARKER) :])
     if answer["torch_loaded"]:  # a helper imported by the child started importing torch: its timings would be off
-        raise RuntimeError(f"{what}: the engine's process loaded torch (see modformer.serving.engine_process)")
+        raise RuntimeError(f"{what}: the engine's process loaded torch (see modformer.profiling.engine_process)")
     return answer
 
 
