@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from claims.train import completed_steps
 from harness import (
     DATASETS,
     RESULTS,
@@ -87,7 +88,7 @@ def training(out: Path) -> dict:
 
 
 def completed(out: Path) -> int:
-    return int(training(out).get("completed_steps", 0))
+    return completed_steps(out)[0]
 
 
 def train(work: Path, recipe: str, seed: int, steps: int) -> Path:
@@ -107,9 +108,7 @@ def student_folder(work: Path, name: str, seed: int) -> Path:
 
 def train_student(work: Path, name: str, seed: int, steps: int) -> Path:
     out = student_folder(work, name, seed)
-    info = out / "modformer.json"
-    done = json.loads(info.read_text(encoding="utf-8")).get("completed_steps", 0) if info.is_file() else 0
-    if done < steps:
+    if completed(out) < steps:
         method, shape, options = STUDENTS[name]
         again = ["--resume"] if (out / STATE_NAME).is_file() else ["--overwrite"]
         print(f"training {out.name} ({steps} steps, {THREADS} thread)", flush=True)
