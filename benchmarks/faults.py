@@ -39,7 +39,6 @@ from harness import (
     ROOT,
     RUNS,
     Results,
-    _die_with_parent,
     add_results_options,
     cli,
     cli_env,
@@ -49,6 +48,7 @@ from harness import (
 )
 
 from modformer.demo import BUNDLED_TEACHER, copy_bundled_teacher
+from modformer.io import die_with_parent
 
 NAME = "faults"  # results/faults.json
 TARGET = "postgres_plan_worker_killed.frontier_equal; torchrun_rank_killed_relative_difference <= 0.01"
@@ -86,7 +86,7 @@ def popen(command: list, env: dict, log: Path) -> subprocess.Popen:
         stdout=log.open("a"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
-        preexec_fn=_die_with_parent,  # a killed benchmark leaves no run behind
+        preexec_fn=die_with_parent,  # a killed benchmark leaves no run behind
     )
 
 

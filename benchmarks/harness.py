@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modformer.data import DataSpec
-from modformer.io import atomic_path, write_json
+from modformer.io import atomic_path, die_with_parent, write_json
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 RESULTS = ROOT / "benchmarks" / "results"
@@ -85,16 +85,6 @@ def shown(args: Sequence) -> str:
     return "modformer " + " ".join(str(a) for a in args)
 
 
-def _die_with_parent() -> None:
-    """In the child, before it runs: on Linux, ask for SIGTERM when the benchmark dies, so that killing a benchmark
-    never leaves its CLI command timing alone beside the next run (seen: two profiles at once, both wrong)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-
-
 def run(args: Sequence, log: Path, *, threads: int | None = None) -> float:
     """Run `modformer <args>` with its output appended to `log` (after a `$ command` line); the wall time in seconds.
     `threads` sets the thread count of the subprocess explicitly (None: the environment's). Stops the benchmark,
@@ -106,7 +96,7 @@ def run(args: Sequence, log: Path, *, threads: int | None = None) -> float:
         f.write("\n")
         f.flush()
         code = subprocess.call(
-            cli(*args), stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=cli_env(threads), preexec_fn=_die_with_parent
+            cli(*args), stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=cli_env(threads), preexec_fn=die_with_parent
         )
     if code != 0:
         sys.exit(f"{shown(args)} failed (exit {code}); see {log}")

@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
@@ -311,6 +312,16 @@ def interrupts_held() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if received:
             signal.raise_signal(signal.SIGINT)  # now handled as it would have been
+
+
+def die_with_parent() -> None:
+    """For `subprocess`'s `preexec_fn`: on Linux the child gets SIGTERM when the process that started it dies, even by
+    SIGKILL, so that a killed run never leaves a measurement of its own running beside the next one (a child timing
+    alone on a shared machine spoils whatever is timed beside it). Elsewhere it does nothing."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def recover_dir(path: str | Path) -> None:

@@ -431,3 +431,46 @@ def test_ctrl_c_during_an_import_waits_for_it_then_ends_the_command(tmp_path):
     assert done.returncode == 130, (done.returncode, done.stdout, done.stderr)
     assert (tmp_path / "mods" / "slow_module.py.done").is_file() and "ran to the end" not in done.stdout
     assert done.stderr.rstrip().endswith("error: interrupted")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_measurement_child_dies_with_the_process_that_started_it(tmp_path):
+    """A profile or plan killed with SIGKILL must not leave an engine timing or a peak-memory run behind: both are
+    started with `die_with_parent`. The parent here starts a long child the same way, then is killed."""
+    import inspect
+
+    from modformer.profiling import engine_process, memory
+
+    for module in (engine_process, memory):  # the two measurement children are started this way
+        assert "preexec_fn=die_with_parent" in inspect.getsource(module)
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+                import subprocess, sys, time
+                from modformer.io import die_with_parent
+                child = subprocess.Popen(
+                    [sys.executable, "-c", "import time; time.sleep(60)"], preexec_fn=die_with_parent
+                )
+                open({str(pid_file)!r}, "w").write(str(child.pid))
+                time.sleep(60)
+            """),
+        ]
+    )
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+        # the child is not ours to reap: once its parent died it belongs to init, which reaps it; a zombie counts as gone
+        status = Path(f"/proc/{child}/status").read_text() if Path(f"/proc/{child}/status").exists() else ""
+        if "State:\tZ" in status:
+            break
+        time.sleep(0.05)
+    status = Path(f"/proc/{child}/status")
+    assert not status.exists() or "State:\tZ" in status.read_text(), "the child outlived its killed parent"

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modformer.errors import ConfigError
+from modformer.io import die_with_parent
 
 _MARKER = "modformer-engine-process "
 
@@ -36,6 +37,7 @@ def _run(spec: dict, what: str) -> dict:
         capture_output=True,
         text=True,
         check=False,
+        preexec_fn=die_with_parent,  # a killed profile or plan leaves no engine timing behind
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith(_MARKER)]
     if done.returncode != 0 or not lines:

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from modformer.errors import ModformerError
+from modformer.io import die_with_parent
 
 _MARKER = "modformer-peak-memory "
 
@@ -118,7 +119,9 @@ def peak_memory(
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))}
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, env=env, check=False, preexec_fn=die_with_parent
+        )
     except subprocess.TimeoutExpired:
         raise ModformerError(f"peak-memory run of {model_dir} took over {timeout_s:.0f} s") from None
     for line in done.stdout.splitlines():
