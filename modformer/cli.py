@@ -1398,10 +1398,11 @@ profile_app = typer.Typer(
     "`profile show FILE` prints a saved profile.\n\nExamples:\n\n\b\n"
     "    modformer profile --modules runs/mods --out runs/profile.json --threads 1 --validate 20\n"
     "    modformer profile --modules runs/mods --out runs/profile.json --targets ctranslate2:int8 --batch 1\n"
-    "    modformer profile show runs/profile.json",
+    "    modformer profile show runs/profile.json\n"
+    "    modformer profile refresh runs/profile.json --modules runs/mods",
     no_args_is_help=True,
     invoke_without_command=True,
-    subcommand_metavar="[show FILE]",  # measuring needs no subcommand
+    subcommand_metavar="[show FILE | refresh FILE]",  # measuring needs no subcommand
     options_metavar="--modules DIR --out FILE [OPTIONS]",
 )
 app.add_typer(profile_app, name="profile")
@@ -1544,6 +1545,59 @@ def profile_show(
     _print_profile(_load_profile(file))
 
 
+@profile_app.command("refresh")
+@handles_errors
+def profile_refresh(
+    file: Annotated[Path, typer.Argument(help="A saved profile: its .json, its .csv or its folder.")],
+    modules: Annotated[Path, typer.Option(help="The modular checkpoint the profile was measured on.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the refreshed profile here (default: update FILE in place).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Timed rounds of the teacher per target and batch size.")] = 10,
+    teacher: MovedTeacherOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Re-time the teacher now in every target of a profile and scale its predictions by how much faster or slower
+    this machine runs than when it was profiled (a minute or two, against the profile's many).
+
+    Example:
+
+        \b
+        modformer profile refresh runs/profile.json --modules runs/mods
+    """
+    from modformer.modular.model import ModularModel
+    from modformer.profiling.profile import profile_paths
+    from modformer.profiling.refresh import refresh
+
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}", settings="repeats")
+    result = _load_profile(file)
+    target = out or file
+    if out is not None:
+        refuse_overlap({"out": [out, *profile_paths(out)]}, {"modules": modules, "file": [*profile_paths(file)]})
+        for path in profile_paths(out):
+            refuse_existing(path, overwrite)
+    model = ModularModel.from_pretrained(modules, teacher)
+    with _progress() as progress:
+        on_progress = _phase_tasks(progress)
+        record = refresh(result, model, repeats=repeats, on_progress=lambda d, t, i: on_progress("refresh", d, t, i))
+    result.save(target)
+    console.print(_refresh_lines(record), highlight=False)
+    console.print(f"refreshed profile written to [bold]{escape(str(profile_paths(target)[1]))}[/]")
+
+
+def _refresh_lines(record: dict) -> str:
+    """'torch:fp32 batch 1: teacher 212.4 ms now, 226.1 ms predicted (0.94x): predictions scaled by 0.94'"""
+    lines = [f"refreshed {record['date']} against the teacher ({record['reference']}):"]
+    for row in record["rows"]:
+        factor = row["measured_ms"] / row["predicted_ms"]
+        lines.append(
+            f"  {row['target']} batch {row['batch']}: {row['measured_ms']:.1f} ms now, {row['predicted_ms']:.1f} ms "
+            f"from the table: predictions x {factor:.3f}"
+        )
+    return "\n".join(lines)
+
+
 def _load_profile(file: Path):
     """Load a profile; print a warning naming what differs where it was measured on other hardware or settings."""
     from modformer.profiling.profile import load_profile
@@ -1590,6 +1644,8 @@ def _print_profile(result) -> None:
                 f"{export.get('outputs_match')}",
                 highlight=False,
             )
+    if meta.get("refresh"):
+        console.print(_refresh_lines(meta["refresh"]), highlight=False)
 
 
 def _fmt(value) -> str:

@@ -175,6 +175,18 @@ def _plain_name(value: str | None) -> str | None:
     return value
 
 
+class ProfileRefresh(BaseModel):
+    """A profile's refresh (`modformer profile refresh`): the teacher re-timed later, and the factors predictions are
+    scaled by since."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    date: str = Field("", description="when the teacher was re-timed (UTC, ISO 8601)")
+    factors: dict[str, dict[str, Annotated[float, Field(gt=0)]]] = Field(
+        description="per target, per batch size: the teacher's latency now over its prediction from the table"
+    )
+
+
 class ProfileMeta(Record):
     """`profile.json` (or `NAME.json`): what the table beside it was measured on, and how to check the table."""
 
@@ -193,6 +205,7 @@ class ProfileMeta(Record):
     table_sha256: Sha256 = Field(description="sha256 of the table file")
     engines_table: str | None = Field(None, description="file name of the engines' table, if measured")
     engines_sha256: Sha256 | None = Field(None, description="its sha256")
+    refresh: ProfileRefresh | None = Field(None, description="latest refresh: factors that scale every prediction")
 
     @field_validator("table", "engines_table")
     @classmethod

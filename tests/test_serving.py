@@ -291,3 +291,77 @@ def test_engine_models_are_timed_round_robin_in_a_process_without_torch(tmp_path
     broken = {**spec, "folders": [str(tmp_path / "missing")]}
     with pytest.raises(ConfigError, match="failed in its own process"):
         real_run(broken, "timing")
+
+
+def test_refresh_retimes_the_teacher_in_every_target_and_scales_every_prediction(tmp_path, tokenizer):
+    """`modformer profile refresh`: the teacher timed now in torch and in the engine; from then on every latency the
+    profile predicts in a target is the table's times that target's factor (memory unchanged); a second refresh is
+    taken against the table, not compounded; a corrupt factor is refused on load."""
+    from conftest import save_teacher, tiny_t5
+
+    from modformer.profiling.cost_model import predict
+    from modformer.profiling.engines import EngineCosts, profile_engine_targets
+    from modformer.profiling.measure import ProfileConfig, profile_modules
+    from modformer.profiling.profile import LatencyProfile, Workload, refresh_factor
+
+    teacher_dir = save_teacher(tiny_t5(layers=4), tokenizer, tmp_path / "teacher")
+    modular = perturbed_modules(teacher_dir)
+    modular.save(tmp_path / "mods")
+    grid = {"batch_sizes": (1, 2), "src_lens": (8,), "gen_lens": (4,)}
+    config = ProfileConfig(**grid, warmup=1, repeats=2, generate_repeats=1, memory=False, threads=1)
+    profile = profile_modules(modular, config)
+    profile.engines = profile_engine_targets(modular, config, [Target.parse("ctranslate2:int8")])
+    profile.save(tmp_path / "profile.json")
+
+    done = cli("profile", "refresh", tmp_path / "profile.json", "--modules", tmp_path / "mods", "--out",
+               tmp_path / "now.json", "--repeats", 2)  # fmt: skip
+    assert done.exit_code == 0, done.stderr + done.stdout
+    assert "ctranslate2:int8 batch 2:" in done.stdout and "predictions x" in done.stdout
+    stale, fresh = LatencyProfile.load(tmp_path / "profile.json"), LatencyProfile.load(tmp_path / "now.json")
+    assert "refresh" not in stale.meta  # --out: the profile given is left as it was
+    record = fresh.meta["refresh"]
+    assert set(record["factors"]) == {"torch:fp32", "ctranslate2:int8"}
+    assert all(set(f) == {"1", "2"} for f in record["factors"].values())
+    teacher = Assembly.teacher(4, 4)
+    for row in record["rows"]:  # each factor is the teacher's time now over the table's prediction
+        w = Workload(row["batch"], row["src_len"], row["gen_len"])
+        if row["target"] == "torch:fp32":
+            table = predict(stale, teacher, w).latency_ms
+        else:
+            table = float(EngineCosts.of(stale).predict(row["target"], 4, 4, w)[0])
+        assert row["predicted_ms"] == pytest.approx(table)
+        assert record["factors"][row["target"]][str(row["batch"])] == pytest.approx(row["measured_ms"] / table)
+
+    a, w = Assembly(encoder=(2, 1, 1), decoder=(2, 2)), Workload(2, 8, 4)
+    factor = record["factors"]["torch:fp32"]["2"]
+    before, after = predict(stale, a, w), predict(fresh, a, w)
+    assert after.latency_ms == pytest.approx(factor * before.latency_ms)
+    assert after.memory_bytes == before.memory_bytes
+    ms, mb = EngineCosts.of(fresh).predict("ctranslate2:int8", 3, 2, w)
+    ms0, mb0 = EngineCosts.of(stale).predict("ctranslate2:int8", 3, 2, w)
+    assert float(ms) == pytest.approx(record["factors"]["ctranslate2:int8"]["2"] * float(ms0)) and mb == mb0
+
+    again = cli("profile", "refresh", tmp_path / "now.json", "--modules", tmp_path / "mods", "--repeats", 2)
+    assert again.exit_code == 0, again.stderr + again.stdout  # in place, against the table
+    second = LatencyProfile.load(tmp_path / "now.json").meta["refresh"]
+    assert [r["predicted_ms"] for r in second["rows"]] == pytest.approx([r["predicted_ms"] for r in record["rows"]])
+    shown = cli("profile", "show", tmp_path / "now.json")
+    assert shown.exit_code == 0 and "refreshed " in shown.stdout
+
+    # the nearest measured batch size, on a log scale; none recorded: 1.0
+    assert refresh_factor({"factors": {"t": {"1": 0.9, "8": 1.2}}}, "t", 2) == 0.9
+    assert refresh_factor({"factors": {"t": {"1": 0.9, "8": 1.2}}}, "t", 4) == 1.2
+    assert refresh_factor(None, "t", 4) == refresh_factor({"factors": {}}, "t", 4) == 1.0
+
+    refused = cli("profile", "refresh", tmp_path / "profile.json", "--modules", tmp_path / "mods", "--out",
+                  tmp_path / "now.json")  # fmt: skip
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1 and "--overwrite" in refused.stderr
+    other = perturbed_modules(save_teacher(tiny_t5(layers=6), tokenizer, tmp_path / "deeper"))
+    other.save(tmp_path / "other")
+    mismatch = cli("profile", "refresh", tmp_path / "now.json", "--modules", tmp_path / "other")
+    assert mismatch.exit_code == 1 and "measured on another model" in mismatch.stderr
+    meta = json.loads((tmp_path / "now.json").read_text())
+    meta["refresh"]["factors"]["torch:fp32"]["1"] = -1.0
+    (tmp_path / "now.json").write_text(json.dumps(meta))
+    corrupt = cli("profile", "show", tmp_path / "now.json")
+    assert corrupt.exit_code == 1 and "refresh" in corrupt.stderr and corrupt.stderr.count("\n") == 1

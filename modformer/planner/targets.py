@@ -59,7 +59,7 @@ def engine_rows(
     (`speed_ratio`: the teacher's predicted torch latency over this one's)."""
     if not targets or profile.engines is None:
         return scored.iloc[0:0]
-    costs = EngineCosts(profile.engines)
+    costs = EngineCosts.of(profile)
     counts = pd.DataFrame(
         [(len(a.encoder), len(a.decoder)) for a in map(Assembly.parse, scored["assembly"])],
         columns=["encoder_blocks", "decoder_blocks"],

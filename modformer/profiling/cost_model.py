@@ -108,6 +108,8 @@ def predict(profile: LatencyProfile, assembly: Assembly, workload: Workload) -> 
         ]
     )
     breakdown = pd.concat([fixed, parts], ignore_index=True)
+    # a refreshed profile: every part scaled by how much faster or slower the machine runs now (1.0 without one)
+    breakdown["latency_ms"] *= profile.refresh_factor(profile.targets[0], workload.batch)
     memory = float(breakdown["memory_bytes"].sum()) if alpha is not None else None
     return Prediction(
         latency_ms=float(breakdown["latency_ms"].sum()),

@@ -45,7 +45,7 @@ from modformer.checkpoints import load_tokenizer
 from modformer.errors import ConfigError
 from modformer.modular.families import adapter_for
 from modformer.profiling import engine_process
-from modformer.profiling.profile import Workload
+from modformer.profiling.profile import LatencyProfile, Workload, refresh_factor
 from modformer.profiling.timer import Timing, check_statistic
 from modformer.serving.ctranslate2_engine import TOKENIZER_DIR, convert
 from modformer.serving.targets import Target
@@ -77,6 +77,14 @@ class EngineCosts:
     """Measured engine costs (`table`) and the fit through them per (target, threads, workload)."""
 
     table: pd.DataFrame
+    refresh: dict | None = None  # a profile's refresh record (`modformer.profiling.refresh`): latencies scaled by it
+
+    @classmethod
+    def of(cls, profile: LatencyProfile) -> EngineCosts:
+        """The engine costs a profile predicts, with its refresh (if any)."""
+        if profile.engines is None:
+            raise ConfigError("the profile measured no engine target")
+        return cls(profile.engines, profile.meta.get("refresh"))
 
     def __post_init__(self) -> None:
         if "peak_bytes" not in self.table.columns:
@@ -122,7 +130,8 @@ class EngineCosts:
         latency, memory = self._fit(target, w)
         e, d = np.atleast_1d(encoder_blocks), np.atleast_1d(decoder_blocks)
         shape = np.shape(encoder_blocks)
-        return (_features(e, d) @ latency).reshape(shape), (_features(e, d, memory=True) @ memory).reshape(
+        scale = refresh_factor(self.refresh, target, w.batch)
+        return (scale * (_features(e, d) @ latency)).reshape(shape), (_features(e, d, memory=True) @ memory).reshape(
             shape
         ) / 2**20
 

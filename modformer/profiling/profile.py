@@ -142,6 +142,11 @@ class LatencyProfile:
         engines = [] if self.engines is None else list(dict.fromkeys(self.engines["target"]))
         return [torch_target, *engines]
 
+    def refresh_factor(self, target: str, batch: int) -> float:
+        """What predictions of `target` at `batch` are scaled by since `modformer profile refresh` (1.0 without one):
+        see `modformer.profiling.refresh`."""
+        return refresh_factor(self.meta.get("refresh"), target, batch)
+
     # --- grid and blocks ------------------------------------------------------------------------------------------
     @property
     def fingerprint(self) -> dict:
@@ -230,6 +235,16 @@ class LatencyProfile:
         if expect_fingerprint is not None:
             warn_if_mismatch(profile.fingerprint, expect_fingerprint, str(meta_path))
         return profile
+
+
+def refresh_factor(refresh: dict | None, target: str, batch: int) -> float:
+    """The factor a refresh record (`meta["refresh"]`) holds for `target` at the batch size nearest `batch` (on a log
+    scale: a refresh times the profile's own batch sizes); 1.0 where it holds none."""
+    factors = (refresh or {}).get("factors", {}).get(target)
+    if not factors:
+        return 1.0
+    nearest = min(factors, key=lambda b: (abs(np.log(int(b)) - np.log(batch)), int(b)))
+    return float(factors[nearest])
 
 
 def _read_engines(meta_path: Path, meta: dict) -> pd.DataFrame | None:
