@@ -334,3 +334,13 @@ def test_the_screenshot_script_renders_the_report(real_plan, tmp_path):
     assert out.read_bytes()[:8] == PNG_MAGIC and done.stdout.strip() == str(out)
     missing = subprocess.run([str(script), str(tmp_path), str(out)], capture_output=True, text=True)
     assert missing.returncode == 1 and "report.html not found" in missing.stderr
+
+
+def test_the_report_says_whether_and_by_how_much_a_refresh_scaled_the_predictions():
+    from modformer.planner.report import refresh_words
+
+    assert "not refreshed" in refresh_words(None, {"batch": 1})
+    refresh = {"date": "2026-12-05T11:00:00+00:00", "factors": {"torch:fp32": {"1": 0.9, "8": 1.1}}}
+    words = refresh_words(refresh, {"batch": 8})
+    assert "refresh of 2026-12-05T11:00:00+00:00" in words and "torch:fp32 x 1.100" in words
+    assert "torch:fp32 x 0.900" in refresh_words(refresh, {"batch": 2})  # the nearest refreshed batch size

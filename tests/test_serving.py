@@ -188,14 +188,21 @@ def test_a_plan_over_two_targets_names_both_on_its_frontier(tmp_path, tokenizer,
     assert set(plan.scored["target"]) == {"torch:fp32", "ctranslate2:int8"}
     page = read_report(out / REPORT_HTML)  # the answer names the chosen target, in words too
     assert f"served as {plan.chosen['target']}" in page.section_text["answer"]
+    assert "not refreshed" in page.section_text["budget"] and "profile_refresh" not in plan.summary
     assert page.h1.endswith(f" in {target_name(plan.chosen['target'])}")
     assert set(page.table("served as")["served as"]) == {"torch:fp32", "ctranslate2:int8"}
 
     # A budget torch cannot meet (a tiny model's fixed costs keep every torch assembly within 2x of its teacher) but
     # the engine can: the search keeps what is too slow in torch, and the plan ships an engine point.
+    # (over a refreshed profile: factors of 1.0 leave every figure as it was; the plan says it was refreshed)
+    profile.meta["refresh"] = {"date": "now", "factors": {t: {"1": 1.0} for t in profile.targets}}
+    profile.save(tmp_path / "profile.json")
     fast = cli(*args[:-1], tmp_path / "fast", *data, *validation, "--budget", "speedup>=2")
     assert fast.exit_code == 0, fast.stderr + fast.stdout
     fast_plan = Plan.load(tmp_path / "fast")
+    assert fast_plan.summary["profile_refresh"]["factors"]["ctranslate2:int8"] == {"1": 1.0}
+    words = read_report(tmp_path / "fast" / REPORT_HTML).section_text["budget"]
+    assert "refresh of now:" in words and "torch:fp32 x 1.000" in words and "ctranslate2:int8 x 1.000" in words
     assert fast_plan.chosen["target"] == "ctranslate2:int8"
     rows = fast_plan.frontier[fast_plan.frontier["within_budget"]]
     assert set(rows["target"]) == {"ctranslate2:int8"} and (rows["speed_ratio"] >= 2).all()

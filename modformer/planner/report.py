@@ -82,7 +82,8 @@ def report_html(*, png: bytes, frontier: pd.DataFrame, rules: pd.DataFrame, chos
         answer_section(chosen, row, validated, teacher, summary),
         "<section id='budget'><h2>Budget</h2>",
         f"<p>{_e(budget_words(summary.get('budget'), summary.get('workload')))}</p>",
-        f"<p class='muted'>{_e(workload_words(summary.get('workload')))}</p></section>",
+        f"<p class='muted'>{_e(workload_words(summary.get('workload')))} "
+        f"{_e(refresh_words(summary.get('profile_refresh'), summary.get('workload')))}</p></section>",
         "<section id='figure'><h2>Quality against latency</h2>",
         f"<img alt='Pareto figure: the search on the left, the validated points on the right' "
         f"src='data:image/png;base64,{picture}'>",
@@ -251,6 +252,17 @@ def workload_words(workload: dict | None) -> str:
         f"Every latency on this page is one call at batch {workload['batch']}: {workload['src_len']} source tokens "
         f"in, exactly {workload['gen_len']} new tokens out, greedy."
     )
+
+
+def refresh_words(refresh: dict | None, workload: dict | None) -> str:
+    """Whether the profile's predictions were scaled by a refresh (`modformer profile refresh`), and by how much."""
+    if not refresh:
+        return "Predictions are the profile's, as measured (not refreshed: `modformer profile refresh`)."
+    from modformer.profiling.profile import refresh_factor
+
+    batch = (workload or {}).get("batch", 1)
+    scaled = [f"{target} x {refresh_factor(refresh, target, batch):.3f}" for target in refresh["factors"]]
+    return f"Predictions are scaled by the profile's refresh of {refresh['date']}: " + ", ".join(scaled) + "."
 
 
 # --- the tables ----------------------------------------------------------------------------------------------------

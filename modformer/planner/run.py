@@ -207,6 +207,8 @@ def run_plan(
         memory_source=space.memory_source,
     )
     summary["model"] = profile.meta.get("model")  # what the plan is for: `export --plan` checks modules against it
+    if profile.meta.get("refresh"):  # the predictions were scaled by the machine's speed at the refresh
+        summary["profile_refresh"] = {k: profile.meta["refresh"][k] for k in ("date", "factors")}
     proxy_pairs = loaded.pairs.take(settings.proxy_samples)
     summary["data_report"] = data_report({"proxy": (proxy_pairs, loaded.proxy_data), "validation": (pairs, pairs_ids)})
     chosen = planning.choose(frontier, settings.metric)
