@@ -95,6 +95,15 @@ def test_split_batch_needs_a_row_per_hybrid():
         TrainConfig(batch_size=2, hybrids_per_step=3, split_batch=True)
 
 
+def test_split_batch_on_a_short_last_batch_trains_one_hybrid_per_row(sample_pairs, tokenizer):
+    """An epoch's last batch can hold fewer rows than there are hybrids (Multi30k's 29,000 pairs in batches of 32 end
+    with 8): the first hybrids get a row each, the rest sit the step out (it crashed here before)."""
+    split = _trainer(tiny_t5, sample_pairs, tokenizer, hybrids_per_step=3, split_batch=True)
+    batch = {k: v[:2] for k, v in next(split.train.stream(8)).items()}
+    result = split.step(batch)
+    assert len(result.hybrid.split(" | ")) == 2 and result.loss == result.loss > 0
+
+
 def _probs(shape, g):
     return torch.softmax(torch.randn(shape, generator=g), dim=-1)
 

@@ -205,6 +205,8 @@ class ReplacingTrainer(Recipe):
             for _ in range(cfg.hybrids_per_step)
         ]
         batch = self._share(batch)
+        if cfg.split_batch:  # a short batch (an epoch's last) may hold fewer rows than hybrids: one row each at least
+            hybrids = hybrids[: len(batch["input_ids"])]
         targets = self.teacher_targets(batch, hybrids)
         weights = {"ce": cfg.w_ce, "hidden": cfg.w_hidden, "attn": cfg.w_attn, "logit": cfg.w_logit}
         self.optimizer.zero_grad(set_to_none=True)
