@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from harness import (
 
 from modformer.data import load_split
 from modformer.evaluation import text_scores
+from modformer.io import atomic_path
 from modformer.modular.export import export_assembly
 from modformer.modular.model import CONFIG_NAME, ModularModel
 from modformer.modular.strategies import assembly_for_shape
@@ -63,7 +65,23 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
     "h3s-no-attn-dep": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--deployed-share", "0.33"],
     "h3s-no-attn-no-hidden": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--w-hidden", "0"],
     "h6s-no-attn": ["--hybrids-per-step", "6", "--split-batch", "--w-attn", "0"],
+    "h6s-no-attn-no-hidden": ["--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0"],
+    "h6s-no-attn-no-hidden-lr1e-3": [
+        *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--lr", "1e-3")
+    ],
+    "h6s-no-attn-no-hidden-lr2e-3": [
+        *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--lr", "2e-3")
+    ],
+    "h12s-no-attn-no-hidden-lr1e-3": [
+        *("--hybrids-per-step", "12", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--lr", "1e-3")
+    ],
 }
+# Recipes trained on the teacher's own greedy outputs for the training sources (sequence-level distillation, what
+# the `pseudo` students train on) instead of the references: `pseudo_data` makes that data set once.
+PSEUDO = {
+    "h6s-no-attn-no-hidden-lr1e-3-pseudo": RECIPES["h6s-no-attn-no-hidden-lr1e-3"],
+}
+RECIPES |= PSEUDO
 # Diagnostic students (`modformer baseline`), trained and scored the same way: name -> (method, shape, options).
 # `kd-12-3-decoder-only` trains what a modular 12-3 trains (three decoder layers, everything else the teacher's):
 # set beside the KD student of seed_claims.json it says how much of the gap the frozen context explains.
@@ -91,12 +109,38 @@ def completed(out: Path) -> int:
     return completed_steps(out)[0]
 
 
+def pseudo_data(work: Path) -> Path:
+    """Multi30k with the teacher's greedy outputs (64 new tokens at most, as `modformer baseline pseudo`) as the
+    training targets, the held-out splits as they are: `<work>/pseudo-data`, made once. Generated through a
+    CTranslate2 float32 conversion of the teacher (token for token what transformers generates: `export_parity`)."""
+    out = work / "pseudo-data"
+    data = DATASETS["multi30k"]
+    if not (out / f"train.{data.tgt_ext}").is_file():
+        print("pseudo-labels: the teacher's outputs for the training sources", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        target = Target.parse(TARGET)
+        with tempfile.TemporaryDirectory() as tmp:
+            generator = CTranslate2Generator(convert(TEACHER, Path(tmp) / "ct2", target), target, threads=THREADS)
+            sources = (data.path / f"train.{data.src_ext}").read_text(encoding="utf-8").splitlines()
+            labels = generator.generate(sources, max_new_tokens=64, batch_size=64)
+        for split in (data.val, data.test):
+            for ext in (data.src_ext, data.tgt_ext):
+                shutil.copy(data.path / f"{split}.{ext}", out / f"{split}.{ext}")
+        shutil.copy(data.path / f"train.{data.src_ext}", out / f"train.{data.src_ext}")
+        with atomic_path(out / f"train.{data.tgt_ext}") as tmp:
+            tmp.write_text("\n".join(labels) + "\n", encoding="utf-8")
+    return out
+
+
 def train(work: Path, recipe: str, seed: int, steps: int) -> Path:
     out = run_folder(work, recipe, seed)
     if completed(out) < steps:
         again = ["--resume"] if (out / STATE_NAME).is_file() else ["--overwrite"]
         print(f"training {out.name} ({steps} steps, {THREADS} thread)", flush=True)
-        command = ["train", "--teacher", TEACHER, *data_args("multi30k"), "--steps", steps, *COMMON]
+        data = data_args("multi30k")
+        if recipe in PSEUDO:
+            data = ["--data", pseudo_data(work), *data[2:]]  # the same extensions and held-out split
+        command = ["train", "--teacher", TEACHER, *data, "--steps", steps, *COMMON]
         options = [*RECIPES[recipe], "--seed", seed, "--out", out, *again]
         run([*command, *options], out.with_name(f"{out.name}.log"), threads=THREADS)
     return out
