@@ -1553,7 +1553,9 @@ def profile_refresh(
     out: Annotated[
         Path | None, typer.Option(help="Write the refreshed profile here (default: update FILE in place).")
     ] = None,
-    repeats: Annotated[int, typer.Option(help="Timed rounds of the teacher per target and batch size.")] = 10,
+    repeats: Annotated[
+        int, typer.Option(help="Timed rounds of the teacher per batch size in torch (engines: twice as many).")
+    ] = 20,
     teacher: MovedTeacherOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:

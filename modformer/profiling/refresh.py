@@ -9,7 +9,11 @@ milliseconds, so a capacity plan made on such a machine should start from its sp
 `refresh` times the teacher, the one model whose prediction comes straight from a measured call (the profile's
 `calibration_generate` rows and the engines' full-depth grid point), at every batch size of the profile (its
 shortest source, its longest generation) in every target: torch in this process at the profile's threads and dtype,
-engines in their own torch-free process as the profile timed them. The factor per (target, batch) is the teacher's
+engines in their own torch-free process as the profile timed them. The rounds are spread over passes through the
+batch sizes (four for torch, eight for an engine, as the profile spreads its own), and summarised by the profile's
+statistic: such a VM also has bursts of several seconds in which every call runs up to twice as long, and rounds
+timed back to back can all fall inside one (a first version timed 20 rounds in two quick passes and read a
+CTranslate2 float32 teacher at 1.46x its prediction, where 21 models round-robin a minute later read 0.95x). The factor per (target, batch) is the teacher's
 measured latency over the table's prediction; from then on `predict` and `EngineCosts` scale every latency of that
 target by the factor of the nearest batch size (memory is not scaled). A second refresh replaces the first: its
 factors are taken against the table, never compounded. Rankings and speed-ups do not change; milliseconds and which
@@ -34,10 +38,11 @@ from modformer.profiling.hardware import torch_dtype
 from modformer.profiling.measure import torch_threads
 from modformer.profiling.profile import LatencyProfile, Workload
 from modformer.profiling.timer import Timer, Timing
-from modformer.profiling.validate import check_profile_model, time_models
+from modformer.profiling.validate import check_profile_model, sample_models
 from modformer.serving.targets import Target
 
 Progress = Callable[[int, int, str], None]
+PASSES = 4  # a refresh's rounds are spread over this many walks through the batch sizes (engines: twice as many)
 
 
 def refresh_workloads(profile: LatencyProfile) -> list[Workload]:
@@ -51,7 +56,7 @@ def refresh(
     profile: LatencyProfile,
     modular: ModularModel,
     *,
-    repeats: int = 10,
+    repeats: int = 20,
     seed: int = 0,
     on_progress: Progress | None = None,
 ) -> dict:
@@ -75,9 +80,14 @@ def refresh(
     with torch_threads(threads), torch.no_grad():
         model = modular.assemble(teacher).to(settings.get("device", "cpu"), torch_dtype(settings.get("dtype", "fp32")))
         timer, vocab = Timer(settings.get("device", "cpu")), int(modular.teacher.config.vocab_size)
-        for w in workloads:
-            timed = time_models([model], w, timer, vocab, seed, warmup=2, repeats=repeats)[0]
-            rows.append(_row(targets[0], w, predict(profile, teacher, w).latency_ms, timed, profile.statistic))
+        samples: list[list[float]] = [[] for _ in workloads]
+        for pass_ in range(PASSES):  # the batch sizes in turn, each pass a share of the rounds
+            for w, kept in zip(workloads, samples, strict=True):
+                warmup = 2 if pass_ == 0 else 1
+                kept += sample_models([model], w, timer, vocab, seed, warmup, -(-repeats // PASSES))[0]
+        for w, kept in zip(workloads, samples, strict=True):
+            predicted = predict(profile, teacher, w).latency_ms
+            rows.append(_row(targets[0], w, predicted, Timing.from_samples(kept), profile.statistic))
         del model
     if len(targets) > 1:
         costs = EngineCosts(profile.engines)
@@ -87,11 +97,11 @@ def refresh(
                 target = Target.parse(name)
                 folder = Path(tmp) / f"teacher-{n}"
                 export_assembly(modular, teacher, folder, target=target)
-                # as the profile times engines: twice the rounds, in passes
-                samples = time_engine_models(
-                    [folder], target, workloads, threads=threads, warmup=3, repeats=2 * repeats, passes=2
+                # as the profile times engines: twice the rounds, in twice the passes
+                timed = time_engine_models(
+                    [folder], target, workloads, threads=threads, warmup=3, repeats=2 * repeats, passes=2 * PASSES
                 )
-                for w, per_model in zip(workloads, samples, strict=True):
+                for w, per_model in zip(workloads, timed, strict=True):
                     predicted = float(costs.predict(name, c.encoder_layers, c.decoder_layers, w)[0])
                     rows.append(_row(name, w, predicted, Timing.from_samples(per_model[0]), profile.statistic))
     factors: dict[str, dict[str, float]] = {}
