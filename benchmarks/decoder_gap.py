@@ -75,6 +75,10 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
     "h12s-no-attn-no-hidden-lr1e-3": [
         *("--hybrids-per-step", "12", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--lr", "1e-3")
     ],
+    "h6s-no-attn-no-hidden-lr1e-3-uniform": [
+        *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--lr", "1e-3"),
+        "--no-curriculum",
+    ],
 }
 # Recipes trained on the teacher's own greedy outputs for the training sources (sequence-level distillation, what
 # the `pseudo` students train on) instead of the references: `pseudo_data` makes that data set once.
