@@ -1,6 +1,6 @@
 """Screening recipes for the decoder's coarse modules: train each candidate once, score the shapes that trail.
 
-    python benchmarks/decoder_gap.py [--work runs/seed-claims] [--steps 2000] [--recipes a,b] [--seeds 0]
+    python benchmarks/decoder_gap.py [--work runs/seed-claims] [--steps 2000] [--recipes a,b] [--seeds 0] [--also a:1]
     python benchmarks/decoder_gap.py --from-results benchmarks/results/decoder_gap.json --results DIR
 
 `benchmarks/seed_claims.py` is the judge (students beside modular runs, two seeds, torch generation, timing); it
@@ -78,6 +78,9 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
     "h6s-no-attn-no-hidden-lr1e-3-uniform": [
         *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--lr", "1e-3"),
         "--no-curriculum",
+    ],
+    "h6s-no-attn-no-hidden-uniform": [
+        *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--no-curriculum")
     ],
 }
 # Recipes trained on the teacher's own greedy outputs for the training sources (sequence-level distillation, what
@@ -206,7 +209,7 @@ def measure(args) -> dict:
     splits = {name: load_split(DATASETS["multi30k"].spec(), name) for name in SPLITS}
     runs = []
     for recipe in args.recipes:
-        for seed in args.seeds:
+        for seed in [*args.seeds, *args.also.get(recipe, [])]:
             out = train(args.work, recipe, seed, args.steps)
             info = training(out)
             runs.append(
@@ -260,7 +263,7 @@ def vars_of(args) -> dict:
 
 
 def report(measured: dict) -> dict:
-    """`summary`: per recipe, the mean over seeds of each shape's test BLEU and val BLEU; the best student's test BLEU
+    """`summary`: per recipe, the mean over seeds (listed) of each shape's test BLEU and val BLEU; the best student's test BLEU
     per shape (mean of its seeds) from seed_claims.json."""
     summary = {"recipes": {}, "best_student": {}}
     for recipe in dict.fromkeys(r["recipe"] for r in measured["runs"]):
@@ -270,6 +273,7 @@ def report(measured: dict) -> dict:
             for shape in SHAPES
         }
         summary["recipes"][recipe]["train_s"] = round(sum(r["train_s"] or 0 for r in runs) / len(runs), 1)
+        summary["recipes"][recipe]["seeds"] = [r["seed"] for r in runs]
     for shape in SHAPES:
         by_method: dict[str, list[float]] = {}
         for row in measured["seed_claims_rows"]:
@@ -299,7 +303,9 @@ def markdown(result: dict) -> str:
     ]
     for recipe, row in s["recipes"].items():
         cells = " | ".join(f"{row[shape]['val']:.2f} / {row[shape]['test_2016_flickr']:.2f}" for shape in SHAPES)
-        lines.append(f"| {recipe} | {result['settings']['steps']} | {row['train_s']:.0f} | {cells} |")
+        seeds = row.get("seeds", [0])
+        name = recipe if len(seeds) == 1 else f"{recipe} (mean of seeds {', '.join(map(str, seeds))})"
+        lines.append(f"| {name} | {result['settings']['steps']} | {row['train_s']:.0f} | {cells} |")
     students = " | ".join(
         f"{s['best_student'][shape]['bleu']:.2f} test ({s['best_student'][shape]['method']})"
         if shape in s["best_student"]
@@ -356,6 +362,13 @@ def main() -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
     parser.add_argument("--students", default=",".join(STUDENTS), help=f"comma-separated, of {', '.join(STUDENTS)}")
     parser.add_argument("--seeds", default="0", help="comma-separated")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="RECIPE:SEED",
+        help="one more seed of one recipe (repeatable), e.g. the leading candidate's second seed",
+    )
     add_results_options(parser, NAME)
     args = parser.parse_args()
     args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
@@ -367,6 +380,13 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown student(s) {', '.join(unknown)}; known: {', '.join(STUDENTS)}")
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    also: dict[str, list[int]] = {}
+    for item in args.also:
+        recipe, _, seed = item.partition(":")
+        if recipe not in args.recipes or not seed.isdigit():
+            parser.error(f"--also takes RECIPE:SEED with a recipe of --recipes, got {item!r}")
+        also.setdefault(recipe, []).append(int(seed))
+    args.also = also
     measured = measured_or_recorded(args, measure, DERIVED)
     if args.from_results:
         measured.update(recorded_provenance(read_results(args.from_results)))
