@@ -305,7 +305,7 @@ def test_a_missing_or_malformed_option_is_one_error_line():
 
 
 def test_profile_usage_needs_no_subcommand_and_plan_worker_names_its_database():
-    assert "Usage: modformer profile [OPTIONS] [show FILE]" in ok("profile", "--help").stdout
+    assert "Usage: modformer profile [OPTIONS] [show FILE | refresh FILE]" in ok("profile", "--help").stdout
     worker = " ".join(ok("plan-worker", "--help").stdout.split())
     assert "--remote-workers" in worker and "database" in worker and "--storage" in worker
     assert ok().stdout.startswith("Usage: modformer")  # alone: the help, exit 0
