@@ -263,8 +263,8 @@ def vars_of(args) -> dict:
 
 
 def report(measured: dict) -> dict:
-    """`summary`: per recipe, the mean over seeds (listed) of each shape's test BLEU and val BLEU; the best student's test BLEU
-    per shape (mean of its seeds) from seed_claims.json."""
+    """`summary`: per recipe, the mean over seeds (listed) of each shape's test BLEU and val BLEU; the best student's
+    test BLEU per shape (mean of its seeds) from seed_claims.json."""
     summary = {"recipes": {}, "best_student": {}}
     for recipe in dict.fromkeys(r["recipe"] for r in measured["runs"]):
         runs = [r for r in measured["runs"] if r["recipe"] == recipe]

@@ -22,9 +22,8 @@ Stages, each cached under --work (a rerun skips what is done):
    the MAPE of the predictions scaled by it beside the plain MAPE (the acceptance figure). Right before a thread
    count's rows, `modformer profile refresh` re-times the teacher in every target (`profile-tN-refreshed.json`, the
    profile itself kept): `latency_mape_refreshed` is the MAPE of that refreshed profile's predictions, what a user
-   gets by refreshing a profile before planning. The engine exports' peak
-   memory (a fresh process loads the export and runs one call) is compared with the fit's prediction at the first
-   thread count. Predictions are recomputed from the cached profiles on every run (only measurements are cached).
+   gets by refreshing a profile before planning. The engine exports' peak memory (a fresh process loads the export
+   and runs one call) is compared with the fit's prediction at the first thread count. Predictions are recomputed from the cached profiles on every run (only measurements are cached).
 5. plans: `modformer plan` with the 1-thread profile, default settings, once over torch:fp32 only and once over every
    target (timed: `plan_seconds`); the teacher's BLEU on the same validation pairs, generated under torch fp32.
    `joint_vs_torch_only` states each latency budget as a speed-up over the teacher (every plan times its points
@@ -429,20 +428,19 @@ def per_target(held_out: pd.DataFrame) -> dict:
             )
         else:
             entry["memory"] = "not measured here (benchmarks/profiler.py measures torch peak memory)"
-        entry["met"] = (
-            all(c["latency_mape"] <= TARGET_MAPE and c["latency_spearman"] >= TARGET_SPEARMAN for c in cells.values())
-            and entry.get("memory_mape", 0.0) <= TARGET_MEMORY_MAPE
-        )
+        entry["met"] = met(cells, "latency_mape", entry)
         if all("latency_mape_refreshed" in c for c in cells.values()):  # the same, from the refreshed profiles
-            entry["met_refreshed"] = (
-                all(
-                    c["latency_mape_refreshed"] <= TARGET_MAPE and c["latency_spearman"] >= TARGET_SPEARMAN
-                    for c in cells.values()
-                )
-                and entry.get("memory_mape", 0.0) <= TARGET_MEMORY_MAPE
-            )
+            entry["met_refreshed"] = met(cells, "latency_mape_refreshed", entry)
         out[target] = entry
     return out
+
+
+def met(cells: dict, mape_key: str, entry: dict) -> bool:
+    """Whether every cell's `mape_key` and Spearman, and the target's memory MAPE, are within the acceptance."""
+    return (
+        all(c[mape_key] <= TARGET_MAPE and c["latency_spearman"] >= TARGET_SPEARMAN for c in cells.values())
+        and entry.get("memory_mape", 0.0) <= TARGET_MEMORY_MAPE
+    )
 
 
 def best_at_least(points: list[dict], speedup: float) -> float | None:

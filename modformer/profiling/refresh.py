@@ -13,9 +13,11 @@ engines in their own torch-free process as the profile timed them. The rounds ar
 batch sizes (four for torch, eight for an engine, as the profile spreads its own), and summarised by the profile's
 statistic: such a VM also has bursts of several seconds in which every call runs up to twice as long, and rounds
 timed back to back can all fall inside one (a first version timed 20 rounds in two quick passes and read a
-CTranslate2 float32 teacher at 1.46x its prediction, where 21 models round-robin a minute later read 0.95x). The factor per (target, batch) is the teacher's
-measured latency over the table's prediction; from then on `predict` and `EngineCosts` scale every latency of that
-target by the factor of the nearest batch size (memory is not scaled). A second refresh replaces the first: its
+CTranslate2 float32 teacher at 1.46x its prediction, where 21 models round-robin a minute later read 0.95x).
+
+The factor per (target, batch) is the teacher's measured latency over the table's prediction; from then on
+`predict` and `EngineCosts` scale every latency of that target by the factor of the nearest batch size (memory is
+not scaled). A second refresh replaces the first: its
 factors are taken against the table, never compounded. Rankings and speed-ups do not change; milliseconds and which
 points fit a latency budget do.
 """
@@ -90,7 +92,7 @@ def refresh(
             rows.append(_row(targets[0], w, predicted, Timing.from_samples(kept), profile.statistic))
         del model
     if len(targets) > 1:
-        costs = EngineCosts(profile.engines)
+        costs = EngineCosts.of(profile)  # without a refresh: it was taken out above
         with tempfile.TemporaryDirectory() as tmp:
             for n, name in enumerate(targets[1:], start=1):
                 tick(n, f"{name}: the teacher, {len(workloads)} batch size(s)")
