@@ -79,6 +79,15 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
         *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--lr", "1e-3"),
         "--no-curriculum",
     ],
+    # each row through 2 (3) of the 6 hybrids: every module sees about 2x (3x) the rows per step, at about that cost
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform": [
+        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "2", "--w-attn", "0", "--w-hidden", "0"),
+        *("--lr", "1e-3", "--no-curriculum"),
+    ],
+    "h6s3-no-attn-no-hidden-lr1e-3-uniform": [
+        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "3", "--w-attn", "0", "--w-hidden", "0"),
+        *("--lr", "1e-3", "--no-curriculum"),
+    ],
     "h6s-no-attn-no-hidden-uniform": [
         *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--no-curriculum")
     ],
@@ -92,8 +101,11 @@ RECIPES |= PSEUDO
 # Diagnostic students (`modformer baseline`), trained and scored the same way: name -> (method, shape, options).
 # `kd-12-3-decoder-only` trains what a modular 12-3 trains (three decoder layers, everything else the teacher's):
 # set beside the KD student of seed_claims.json it says how much of the gap the frozen context explains.
+# `-b8` trains it on 8 rows a step, the rows each module gets with `--split-batch` (every module is in a quarter of
+# the hybrids, so it sees a quarter of the batch): what the student scores on a module's share of the data.
 STUDENTS = {
     "kd-12-3-decoder-only": ("kd", "12-3", ["--train-only", "decoder"]),
+    "kd-12-3-decoder-only-b8": ("kd", "12-3", ["--train-only", "decoder", "--batch-size", "8"]),
 }
 SHAPES = ("6-6", "4-4", "12-3", "12-2")
 SPLITS = ("val", "test_2016_flickr")

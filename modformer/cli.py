@@ -549,6 +549,9 @@ def train(
     w_attn: Annotated[float, typer.Option(help="Weight of attention distillation.")] = 1.0,
     w_logit: Annotated[float, typer.Option(help="Weight of logit distillation (0 = off).")] = 1.0,
     curriculum: Annotated[bool, typer.Option(help="Coarse-to-fine curriculum (--no-curriculum: uniform).")] = True,
+    coarse_bias: Annotated[
+        float, typer.Option(help="With --no-curriculum, granularity k is drawn with weight k**B (0: uniform).")
+    ] = 0.0,
     hybrids_per_step: Annotated[
         int, typer.Option(help="Hybrids sampled per step (they share one teacher pass): more updates per module.")
     ] = 1,
@@ -558,6 +561,10 @@ def train(
             "--split-batch", help="Each hybrid trains on its own 1/H of the batch: H hybrids at about one's cost."
         ),
     ] = False,
+    hybrids_per_row: Annotated[
+        int,
+        typer.Option(help="With --split-batch, each row trains R of the H hybrids (R/H of the batch each): R's cost."),
+    ] = 1,
     deployed_share: Annotated[
         float, typer.Option(help="Share of hybrid stacks drawn from those the strategies deploy (e.g. dec=4,4,4).")
     ] = 0.0,
@@ -598,8 +605,10 @@ def train(
         w_attn=w_attn,
         w_logit=w_logit,
         curriculum=curriculum,
+        coarse_bias=coarse_bias,
         hybrids_per_step=hybrids_per_step,
         split_batch=split_batch,
+        hybrids_per_row=hybrids_per_row,
         top_init=top_init,
         deployed_share=deployed_share,
         eval_every=eval_every,

@@ -90,6 +90,33 @@ def test_split_batch_gives_each_hybrid_its_own_rows(sample_pairs, tokenizer):
     _assert_same_gradients(split, one)
 
 
+def test_hybrids_per_row_runs_each_row_through_that_many_hybrids(sample_pairs, tokenizer):
+    """--hybrids-per-row 2 with 3 hybrids: row r trains hybrids r and r-1 (mod 3), so hybrid 0 sees rows 0, 1, 3, 4,
+    6, 7 (two thirds of the batch); the step's gradient is the mean of the three hybrids' gradients on their rows."""
+    split = _trainer(
+        tiny_t5, sample_pairs, tokenizer, hybrids_per_step=3, split_batch=True, hybrids_per_row=2, grad_clip=1e9
+    )
+    one = _trainer(tiny_t5, sample_pairs, tokenizer)
+    one.model.blocks.load_state_dict(split.model.blocks.state_dict())
+    batch = next(split.train.stream(8))
+    torch.manual_seed(1)
+    result = split.step(batch)
+    hybrids = [Assembly.parse(h) for h in result.hybrid.split(" | ")]
+    torch.manual_seed(1)
+    for h, rows in zip(hybrids, ([0, 1, 3, 4, 6, 7], [1, 2, 4, 5, 7], [0, 2, 3, 5, 6]), strict=True):
+        parts = one.losses({k: v[rows].contiguous() for k, v in batch.items()}, h)
+        (sum(parts.values()) / 3).backward()
+    _assert_same_gradients(split, one)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"hybrids_per_step": 3}, {"hybrids_per_step": 3, "split_batch": True, "hybrids_per_row": 4}]
+)
+def test_hybrids_per_row_needs_split_batch_and_enough_hybrids(settings):
+    with pytest.raises(ConfigError, match="hybrids_per_row"):
+        TrainConfig(**{"hybrids_per_row": 2, **settings})
+
+
 def test_split_batch_needs_a_row_per_hybrid():
     with pytest.raises(ConfigError, match="split_batch"):
         TrainConfig(batch_size=2, hybrids_per_step=3, split_batch=True)
@@ -183,6 +210,21 @@ def test_curriculum_goes_coarse_to_fine_with_a_growing_rate():
     assert set(flat.granularity_weights([2, 6], 0.3).values()) == {1.0}
     with pytest.raises(ConfigError):
         Curriculum(replace_start=0.0)
+
+
+def test_a_coarse_bias_draws_granularity_k_with_weight_k_to_that_power():
+    coarse = Curriculum(coarse_to_fine=False, coarse_bias=1.0)
+    assert coarse.granularity_weights([2, 3, 6], 0.9) == {2: 2.0, 3: 3.0, 6: 6.0}
+    rng = random.Random(0)  # at the first layer every k fits: 6 is drawn about 6/15 of the time, 2 about 2/15
+    firsts = [
+        sample_stack(12, [2, 3, 4, 6], 1.0, coarse.granularity_weights([2, 3, 4, 6], 0.5), rng)[0] for _ in range(3000)
+    ]
+    assert abs(firsts.count(6) / 3000 - 6 / 15) < 0.03 and abs(firsts.count(2) / 3000 - 2 / 15) < 0.03
+    for bad in ({"coarse_bias": 1.0}, {"coarse_to_fine": False, "coarse_bias": float("nan")}):
+        with pytest.raises(ConfigError, match="coarse_bias"):
+            Curriculum(**bad)
+    with pytest.raises(ConfigError, match="coarse_bias"):
+        TrainConfig(coarse_bias=0.5)  # with the curriculum on
 
 
 def test_sampled_hybrids_are_valid_mix_granularities_and_always_hold_a_module():

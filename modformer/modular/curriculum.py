@@ -14,7 +14,9 @@ Curriculum (p = step / total steps, from 0 to 1):
 - coarse-to-fine: granularity k is drawn with weight k ** (1 - 2p). At p = 0 the weight is proportional to k
   (coarse modules, which have the most to learn, are sampled most); at p = 0.5 all are equal; at p = 1 the weight
   is proportional to 1/k, so the fine modules finish training in hybrids whose coarse parts have settled.
-Without the curriculum (`coarse_to_fine=False`) the weights are uniform and the rate is fixed at `replace_end`.
+Without the curriculum (`coarse_to_fine=False`) the rate is fixed at `replace_end` and k is drawn with the constant
+weight k ** `coarse_bias`: uniform at 0 (the default), proportional to k at 1 (coarse modules, which have the most
+to learn and cost the least per layer they replace, drawn most).
 
 Deployed stacks (`deployed_share` > 0): with that probability a stack is not walked but drawn uniformly from the
 stacks the strategies deploy (`strategies.stack_sequence`: one preferred stack per block count, the teacher's left
@@ -37,13 +39,20 @@ from modformer.modular.strategies import stack_sequence
 class Curriculum:
     replace_start: float = 0.5  # replacement rate at the first step
     replace_end: float = 1.0  # ... and at the last
-    coarse_to_fine: bool = True  # False: uniform granularity weights and a constant rate (an ablation)
+    coarse_to_fine: bool = True  # False: constant granularity weights k ** coarse_bias and a constant rate
+    coarse_bias: float = 0.0  # without the curriculum: weight k ** coarse_bias (0 = uniform)
 
     def __post_init__(self):
         for name in ("replace_start", "replace_end"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ConfigError(f"{name} must be in (0, 1], got {value}")
+        if not -4.0 <= self.coarse_bias <= 4.0:  # also catches NaN
+            raise ConfigError(f"coarse_bias must be in [-4, 4], got {self.coarse_bias}")
+        if self.coarse_bias != 0.0 and self.coarse_to_fine:
+            raise ConfigError(
+                "coarse_bias sets constant granularity weights: it needs the curriculum off (--no-curriculum)"
+            )
 
     def replace_rate(self, progress: float) -> float:
         if not self.coarse_to_fine:
@@ -53,7 +62,7 @@ class Curriculum:
 
     def granularity_weights(self, granularities: Sequence[int], progress: float) -> dict[int, float]:
         if not self.coarse_to_fine:
-            return dict.fromkeys(granularities, 1.0)
+            return {k: float(k) ** self.coarse_bias for k in granularities}
         p = min(max(progress, 0.0), 1.0)
         return {k: float(k) ** (1.0 - 2.0 * p) for k in granularities}
 

@@ -68,11 +68,13 @@ class TrainConfig:
     temperature: float = 2.0  # logit distillation temperature
     replace_start: float = 0.5  # curriculum: replacement rate at step 0
     replace_end: float = 1.0  # ... at the last step
-    curriculum: bool = True  # coarse-to-fine schedule; False = uniform granularities at a fixed rate
+    curriculum: bool = True  # coarse-to-fine schedule; False = constant granularity weights at a fixed rate
+    coarse_bias: float = 0.0  # without the curriculum, granularity k is drawn with weight k ** coarse_bias
     hybrids_per_step: int = 1  # hybrids sampled per step; they share one teacher pass and one optimizer step
     deployed_share: float = 0.0  # share of hybrid stacks drawn from those the strategies deploy (see curriculum)
     top_init: bool = False  # a module whose span ends at the top of its stack starts as the stack's top layer
     split_batch: bool = False  # each hybrid runs on its own 1/H of the batch's rows: H hybrids at about one's cost
+    hybrids_per_row: int = 1  # with split_batch, each row runs through R of the H hybrids: about R hybrids' cost
     eval_every: int = 200  # held-out loss every N steps (0 = only at the end)
     save_every: int = 200  # checkpoint every N steps (0 = only at the end)
     eval_pairs: int = 256  # held-out pairs for the periodic loss
@@ -81,7 +83,16 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        positive = ("steps", "batch_size", "lr", "max_source_len", "max_target_len", "temperature", "hybrids_per_step")
+        positive = (
+            "steps",
+            "batch_size",
+            "lr",
+            "max_source_len",
+            "max_target_len",
+            "temperature",
+            "hybrids_per_step",
+            "hybrids_per_row",
+        )
         for name in positive:
             if not getattr(self, name) > 0:  # also catches NaN
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -97,11 +108,16 @@ class TrainConfig:
                 f"split_batch gives each of the {self.hybrids_per_step} hybrids its own rows, but batch_size is "
                 f"{self.batch_size}"
             )
-        Curriculum(self.replace_start, self.replace_end, self.curriculum)  # validates the rates
+        if self.hybrids_per_row > 1 and not (self.split_batch and self.hybrids_per_row <= self.hybrids_per_step):
+            raise ConfigError(
+                f"hybrids_per_row {self.hybrids_per_row} needs split_batch and at most hybrids_per_step "
+                f"({self.hybrids_per_step}) hybrids"
+            )
+        Curriculum(self.replace_start, self.replace_end, self.curriculum, self.coarse_bias)  # validates them
 
     @property
     def schedule(self) -> Curriculum:
-        return Curriculum(self.replace_start, self.replace_end, self.curriculum)
+        return Curriculum(self.replace_start, self.replace_end, self.curriculum, self.coarse_bias)
 
 
 @dataclass
@@ -212,8 +228,8 @@ class ReplacingTrainer(Recipe):
         self.optimizer.zero_grad(set_to_none=True)
         summed = None
         for i, hybrid in enumerate(hybrids):
-            if cfg.split_batch:  # hybrid i sees rows i, i+H, ...: every hybrid's share is as long as the others'
-                rows = slice(i, None, len(hybrids))
+            if cfg.split_batch:  # hybrid i sees rows i, i+H, ... (and the R-1 rows after each): equal shares
+                rows = split_rows(len(batch["input_ids"]), i, len(hybrids), cfg.hybrids_per_row)
                 parts = self.hybrid_losses(_rows(batch, rows), hybrid, _rows(targets, rows))
             else:
                 parts = self.hybrid_losses(batch, hybrid, targets)
@@ -394,7 +410,13 @@ class ReplacingTrainer(Recipe):
             )
 
 
-def _rows(value, rows: slice):
+def split_rows(n: int, i: int, hybrids: int, per_row: int = 1) -> torch.Tensor:
+    """The rows of an n-row batch that hybrid i of `hybrids` trains on when each row runs through `per_row` of them:
+    row r goes to hybrids r, r-1, ..., r-per_row+1 (mod `hybrids`). per_row 1 = rows i, i+H, ...; per_row H = all."""
+    return torch.tensor([r for r in range(n) if (r - i) % hybrids < per_row], dtype=torch.long)
+
+
+def _rows(value, rows: torch.Tensor):
     """`value` (a batch, or the teacher's targets: dicts of tensors and `BlockRecord`s) cut to some rows."""
     if isinstance(value, torch.Tensor):
         return value[rows].contiguous()
