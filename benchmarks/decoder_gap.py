@@ -88,6 +88,15 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
         *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "3", "--w-attn", "0", "--w-hidden", "0"),
         *("--lr", "1e-3", "--no-curriculum"),
     ],
+    # a third (a half) of the hybrids keep the teacher's encoder whole, as 12-3 and every 12-x assembly does
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te33": [
+        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "2", "--w-attn", "0", "--w-hidden", "0"),
+        *("--lr", "1e-3", "--no-curriculum", "--teacher-encoder-share", "0.33"),
+    ],
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50": [
+        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "2", "--w-attn", "0", "--w-hidden", "0"),
+        *("--lr", "1e-3", "--no-curriculum", "--teacher-encoder-share", "0.5"),
+    ],
     "h6s-no-attn-no-hidden-uniform": [
         *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--no-curriculum")
     ],

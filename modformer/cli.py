@@ -568,6 +568,12 @@ def train(
     deployed_share: Annotated[
         float, typer.Option(help="Share of hybrid stacks drawn from those the strategies deploy (e.g. dec=4,4,4).")
     ] = 0.0,
+    teacher_encoder_share: Annotated[
+        float,
+        typer.Option(
+            help="Share of hybrids whose encoder is the teacher's own, as in 12-3 (its decoder modules' input)."
+        ),
+    ] = 0.0,
     top_init: Annotated[
         bool,
         typer.Option(
@@ -611,6 +617,7 @@ def train(
         hybrids_per_row=hybrids_per_row,
         top_init=top_init,
         deployed_share=deployed_share,
+        teacher_encoder_share=teacher_encoder_share,
         eval_every=eval_every,
         save_every=save_every,
         max_source_len=max_source_len,

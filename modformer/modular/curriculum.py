@@ -22,6 +22,12 @@ Deployed stacks (`deployed_share` > 0): with that probability a stack is not wal
 stacks the strategies deploy (`strategies.stack_sequence`: one preferred stack per block count, the teacher's left
 out), so that the stacks people assemble, e.g. `dec=4,4,4`, are trained whole, each module on the input it gets
 when deployed. A random walk draws such a stack whole rarely (`dec=4,4,4`: about 2 % of late steps).
+
+Teacher encoder (`teacher_encoder_share` > 0): with that probability the hybrid's encoder is the teacher's own, whole.
+Every assembly that keeps the encoder (12-6, 12-3, 12-2, ...: the speed-first end, where the decoder's per-token cost
+is cut) feeds its decoder modules the teacher encoder's output, but at a replacement rate of 1 (late in the
+curriculum, and always without it) a walk never leaves the whole encoder as the teacher's, so the decoder modules
+would never be trained on that input.
 """
 
 from __future__ import annotations
@@ -91,9 +97,11 @@ def sample_hybrid(
     progress: float,
     rng: random.Random,
     deployed_share: float = 0.0,
+    teacher_encoder_share: float = 0.0,
 ) -> Assembly:
     """A hybrid assembly for one training step; always holds at least one module (else nothing would learn).
-    Each stack is, with probability `deployed_share`, one the strategies deploy (module docstring)."""
+    Each stack is, with probability `deployed_share`, one the strategies deploy, and the encoder, with probability
+    `teacher_encoder_share`, the teacher's own (module docstring)."""
     rate = curriculum.replace_rate(progress)
     weights = curriculum.granularity_weights(granularities, progress)
 
@@ -103,6 +111,10 @@ def sample_hybrid(
         return sample_stack(depth, granularities, rate, weights, rng)
 
     while True:
-        enc, dec = stack(encoder_layers), stack(decoder_layers)
+        if teacher_encoder_share > 0 and rng.random() < teacher_encoder_share:  # no draw at 0, as above
+            enc = (1,) * encoder_layers
+        else:
+            enc = stack(encoder_layers)
+        dec = stack(decoder_layers)
         if max(enc + dec) > 1:
             return Assembly(encoder=enc, decoder=dec)

@@ -72,6 +72,7 @@ class TrainConfig:
     coarse_bias: float = 0.0  # without the curriculum, granularity k is drawn with weight k ** coarse_bias
     hybrids_per_step: int = 1  # hybrids sampled per step; they share one teacher pass and one optimizer step
     deployed_share: float = 0.0  # share of hybrid stacks drawn from those the strategies deploy (see curriculum)
+    teacher_encoder_share: float = 0.0  # share of hybrids whose encoder is the teacher's own (see curriculum)
     top_init: bool = False  # a module whose span ends at the top of its stack starts as the stack's top layer
     split_batch: bool = False  # each hybrid runs on its own 1/H of the batch's rows: H hybrids at about one's cost
     hybrids_per_row: int = 1  # with split_batch, each row runs through R of the H hybrids: about R hybrids' cost
@@ -101,8 +102,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.w_ce + self.w_hidden + self.w_attn + self.w_logit == 0:
             raise ConfigError("all loss weights are 0: nothing would be trained")
-        if not 0.0 <= self.deployed_share <= 1.0:  # also catches NaN
-            raise ConfigError(f"deployed_share must be in [0, 1], got {self.deployed_share}")
+        for name in ("deployed_share", "teacher_encoder_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:  # also catches NaN
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.split_batch and self.batch_size < self.hybrids_per_step:
             raise ConfigError(
                 f"split_batch gives each of the {self.hybrids_per_step} hybrids its own rows, but batch_size is "
@@ -217,6 +219,7 @@ class ReplacingTrainer(Recipe):
                 progress,
                 self.rng,
                 deployed_share=cfg.deployed_share,
+                teacher_encoder_share=cfg.teacher_encoder_share,
             )
             for _ in range(cfg.hybrids_per_step)
         ]
