@@ -243,6 +243,21 @@ def _stacks(a: Assembly) -> tuple[tuple[int, ...], ...]:
     return a.encoder, a.decoder
 
 
+def test_a_teacher_encoder_share_keeps_that_share_of_encoders_whole():
+    """At a replacement rate of 1 (no curriculum) a walk never leaves the encoder whole; with the share it does, and the
+    decoder then always holds a module (something must learn)."""
+    flat = Curriculum(coarse_to_fine=False)
+    teacher = (1,) * 12
+    never = [sample_hybrid(12, 12, [2, 3, 4, 6], flat, 0.5, random.Random(i)) for i in range(300)]
+    assert not any(a.encoder == teacher for a in never)
+    rng = random.Random(0)
+    some = [sample_hybrid(12, 12, [2, 3, 4, 6], flat, 0.5, rng, teacher_encoder_share=0.4) for _ in range(3000)]
+    whole = [a for a in some if a.encoder == teacher]
+    assert abs(len(whole) / 3000 - 0.4) < 0.03 and all(max(a.decoder) > 1 for a in whole)
+    with pytest.raises(ConfigError, match="teacher_encoder_share"):
+        TrainConfig(teacher_encoder_share=1.5)
+
+
 def test_a_deployed_share_draws_that_share_of_stacks_from_the_strategies_stacks():
     deployed = set(stack_sequence(12, [2, 3, 4, 6])[1:])
     assert (4, 4, 4) in deployed and (1,) * 12 not in deployed
