@@ -125,11 +125,21 @@ SHAPES = ("6-6", "4-4", "12-3", "12-2")
 SPLITS = ("val", "test_2016_flickr")
 TARGET = "ctranslate2:float32"
 THREADS = 1
+STEPS = 2000  # the screening budget (--steps); other budgets train into their own folders (`budget`)
 
 
-def run_folder(work: Path, recipe: str, seed: int) -> Path:
+def budget(steps: int) -> str:
+    """The folder-name part of a longer (or shorter) budget than STEPS, as seed_claims.py names its longer variants
+    (`-2x-steps`): a run is never resumed into another budget, which would overwrite it on another schedule."""
+    if steps == STEPS:
+        return ""
+    return f"-{steps // STEPS}x-steps" if steps % STEPS == 0 else f"-{steps}-steps"
+
+
+def run_folder(work: Path, recipe: str, seed: int, steps: int = STEPS) -> Path:
     """seed_claims.py's folder name for a variant `modular-<recipe>` (seed s > 0 adds `-s<s>`)."""
-    return work / (f"modular-{recipe}-s{seed}" if seed else f"modular-{recipe}")
+    name = f"modular-{recipe}{budget(steps)}"
+    return work / (f"{name}-s{seed}" if seed else name)
 
 
 def training(out: Path) -> dict:
@@ -166,7 +176,7 @@ def pseudo_data(work: Path) -> Path:
 
 
 def train(work: Path, recipe: str, seed: int, steps: int) -> Path:
-    out = run_folder(work, recipe, seed)
+    out = run_folder(work, recipe, seed, steps)
     if completed(out) < steps:
         again = ["--resume"] if (out / STATE_NAME).is_file() else ["--overwrite"]
         print(f"training {out.name} ({steps} steps, {THREADS} thread)", flush=True)
@@ -179,12 +189,13 @@ def train(work: Path, recipe: str, seed: int, steps: int) -> Path:
     return out
 
 
-def student_folder(work: Path, name: str, seed: int) -> Path:
-    return work / (f"student-{name}-s{seed}" if seed else f"student-{name}")
+def student_folder(work: Path, name: str, seed: int, steps: int = STEPS) -> Path:
+    name = f"student-{name}{budget(steps)}"
+    return work / (f"{name}-s{seed}" if seed else name)
 
 
 def train_student(work: Path, name: str, seed: int, steps: int) -> Path:
-    out = student_folder(work, name, seed)
+    out = student_folder(work, name, seed, steps)
     if completed(out) < steps:
         method, shape, options = STUDENTS[name]
         again = ["--resume"] if (out / STATE_NAME).is_file() else ["--overwrite"]
@@ -384,7 +395,7 @@ def plot(result: dict, results: Results) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=RUNS / "seed-claims")
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of {', '.join(RECIPES)}")
     parser.add_argument("--students", default=",".join(STUDENTS), help=f"comma-separated, of {', '.join(STUDENTS)}")
     parser.add_argument("--seeds", default="0", help="comma-separated")
