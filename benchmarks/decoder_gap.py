@@ -101,6 +101,11 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
         *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "2", "--w-attn", "0", "--w-hidden", "0"),
         *("--lr", "1e-3", "--no-curriculum", "--teacher-encoder-share", "0.67"),
     ],
+    # cross-entropy alone needs no teacher pass: its cost goes to each row running through four of the six hybrids
+    "h6s4-ce-lr1e-3-uniform": [
+        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "4", "--w-attn", "0", "--w-hidden", "0"),
+        *("--w-logit", "0", "--lr", "1e-3", "--no-curriculum"),
+    ],
     "h6s-no-attn-no-hidden-uniform": [
         *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--no-curriculum")
     ],
@@ -115,10 +120,12 @@ RECIPES |= PSEUDO
 # `kd-12-3-decoder-only` trains what a modular 12-3 trains (three decoder layers, everything else the teacher's):
 # set beside the KD student of seed_claims.json it says how much of the gap the frozen context explains.
 # `-b8` trains it on 8 rows a step, the rows each module gets with `--split-batch` (every module is in a quarter of
-# the hybrids, so it sees a quarter of the batch): what the student scores on a module's share of the data.
+# the hybrids, so it sees a quarter of the batch): what the student scores on a module's share of the data; `-b16`
+# on a module's share with `--hybrids-per-row 2`.
 STUDENTS = {
     "kd-12-3-decoder-only": ("kd", "12-3", ["--train-only", "decoder"]),
     "kd-12-3-decoder-only-b8": ("kd", "12-3", ["--train-only", "decoder", "--batch-size", "8"]),
+    "kd-12-3-decoder-only-b16": ("kd", "12-3", ["--train-only", "decoder", "--batch-size", "16"]),
     "kd-6-6": ("kd", "6-6", []),  # the yardstick for the modular run's wall time (train_once)
 }
 SHAPES = ("6-6", "4-4", "12-3", "12-2")
