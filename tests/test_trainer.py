@@ -72,29 +72,18 @@ def test_several_hybrids_per_step_average_their_gradients(sample_pairs, tokenize
     _assert_same_gradients(both, one)
 
 
-def test_split_batch_gives_each_hybrid_its_own_rows(sample_pairs, tokenizer):
-    """With --split-batch, one step with 2 hybrids = the mean of each hybrid's gradient on its half of the rows
-    (rows 0, 2, ... and 1, 3, ...), against the teacher's targets for those rows."""
-    split = _trainer(tiny_t5, sample_pairs, tokenizer, hybrids_per_step=2, split_batch=True, grad_clip=1e9)
-    one = _trainer(tiny_t5, sample_pairs, tokenizer)
-    one.model.blocks.load_state_dict(split.model.blocks.state_dict())
-    batch = next(split.train.stream(8))
-    torch.manual_seed(1)
-    result = split.step(batch)
-    hybrids = [Assembly.parse(h) for h in result.hybrid.split(" | ")]
-    torch.manual_seed(1)
-    for i, h in enumerate(hybrids):
-        rows = {k: v[i::2].contiguous() for k, v in batch.items()}
-        parts = one.losses(rows, h)
-        (sum(parts.values()) / 2).backward()
-    _assert_same_gradients(split, one)
-
-
-def test_hybrids_per_row_runs_each_row_through_that_many_hybrids(sample_pairs, tokenizer):
-    """--hybrids-per-row 2 with 3 hybrids: row r trains hybrids r and r-1 (mod 3), so hybrid 0 sees rows 0, 1, 3, 4,
-    6, 7 (two thirds of the batch); the step's gradient is the mean of the three hybrids' gradients on their rows."""
+@pytest.mark.parametrize(
+    "per_row, rows",
+    [
+        (1, ([0, 3, 6], [1, 4, 7], [2, 5])),  # --split-batch alone: hybrid i sees rows i, i+3, ...
+        (2, ([0, 1, 3, 4, 6, 7], [1, 2, 4, 5, 7], [0, 2, 3, 5, 6])),  # row r trains hybrids r and r-1 (mod 3)
+    ],
+)
+def test_split_batch_gives_each_hybrid_its_rows(sample_pairs, tokenizer, per_row, rows):
+    """With --split-batch (and --hybrids-per-row), one step with 3 hybrids = the mean of each hybrid's gradient on its
+    rows, against the teacher's targets for those rows."""
     split = _trainer(
-        tiny_t5, sample_pairs, tokenizer, hybrids_per_step=3, split_batch=True, hybrids_per_row=2, grad_clip=1e9
+        tiny_t5, sample_pairs, tokenizer, hybrids_per_step=3, split_batch=True, hybrids_per_row=per_row, grad_clip=1e9
     )
     one = _trainer(tiny_t5, sample_pairs, tokenizer)
     one.model.blocks.load_state_dict(split.model.blocks.state_dict())
@@ -103,8 +92,8 @@ def test_hybrids_per_row_runs_each_row_through_that_many_hybrids(sample_pairs, t
     result = split.step(batch)
     hybrids = [Assembly.parse(h) for h in result.hybrid.split(" | ")]
     torch.manual_seed(1)
-    for h, rows in zip(hybrids, ([0, 1, 3, 4, 6, 7], [1, 2, 4, 5, 7], [0, 2, 3, 5, 6]), strict=True):
-        parts = one.losses({k: v[rows].contiguous() for k, v in batch.items()}, h)
+    for h, mine in zip(hybrids, rows, strict=True):
+        parts = one.losses({k: v[mine].contiguous() for k, v in batch.items()}, h)
         (sum(parts.values()) / 3).backward()
     _assert_same_gradients(split, one)
 
