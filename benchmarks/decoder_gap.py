@@ -59,6 +59,21 @@ NAME = "decoder_gap"
 DERIVED = ("summary",)
 SEED_CLAIMS = RESULTS / "seed_claims.json"
 COMMON = ["--granularities", "2,3,4,6", "--batch-size", "32"]
+UNIFORM_1E3 = ("--lr", "1e-3", "--no-curriculum")
+
+
+def _per_row(rows: int, *more: str) -> list[str]:
+    """Six hybrids per step on a split batch, each row through `rows` of them, no attention or hidden-state loss."""
+    return [
+        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", str(rows)),
+        "--w-attn",
+        "0",
+        "--w-hidden",
+        "0",
+        *more,
+    ]
+
+
 RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step, each on a third of the batch
     "h3s-no-attn": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0"],
     "h3s-no-attn-top": ["--hybrids-per-step", "3", "--split-batch", "--w-attn", "0", "--top-init"],
@@ -80,32 +95,15 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
         "--no-curriculum",
     ],
     # each row through 2 (3) of the 6 hybrids: every module sees about 2x (3x) the rows per step, at about that cost
-    "h6s2-no-attn-no-hidden-lr1e-3-uniform": [
-        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "2", "--w-attn", "0", "--w-hidden", "0"),
-        *("--lr", "1e-3", "--no-curriculum"),
-    ],
-    "h6s3-no-attn-no-hidden-lr1e-3-uniform": [
-        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "3", "--w-attn", "0", "--w-hidden", "0"),
-        *("--lr", "1e-3", "--no-curriculum"),
-    ],
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform": _per_row(2, *UNIFORM_1E3),
+    "h6s3-no-attn-no-hidden-lr1e-3-uniform": _per_row(3, *UNIFORM_1E3),
     # a third (a half, two thirds) of the hybrids keep the teacher's encoder whole, as 12-3 and every 12-x assembly does
-    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te33": [
-        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "2", "--w-attn", "0", "--w-hidden", "0"),
-        *("--lr", "1e-3", "--no-curriculum", "--teacher-encoder-share", "0.33"),
-    ],
-    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50": [
-        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "2", "--w-attn", "0", "--w-hidden", "0"),
-        *("--lr", "1e-3", "--no-curriculum", "--teacher-encoder-share", "0.5"),
-    ],
-    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te67": [
-        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "2", "--w-attn", "0", "--w-hidden", "0"),
-        *("--lr", "1e-3", "--no-curriculum", "--teacher-encoder-share", "0.67"),
-    ],
+    **{
+        f"h6s2-no-attn-no-hidden-lr1e-3-uniform-te{name}": _per_row(2, *UNIFORM_1E3, "--teacher-encoder-share", share)
+        for name, share in (("33", "0.33"), ("50", "0.5"), ("67", "0.67"))
+    },
     # cross-entropy alone needs no teacher pass: its cost goes to each row running through four of the six hybrids
-    "h6s4-ce-lr1e-3-uniform": [
-        *("--hybrids-per-step", "6", "--split-batch", "--hybrids-per-row", "4", "--w-attn", "0", "--w-hidden", "0"),
-        *("--w-logit", "0", "--lr", "1e-3", "--no-curriculum"),
-    ],
+    "h6s4-ce-lr1e-3-uniform": _per_row(4, "--w-logit", "0", *UNIFORM_1E3),
     "h6s-no-attn-no-hidden-uniform": [
         *("--hybrids-per-step", "6", "--split-batch", "--w-attn", "0", "--w-hidden", "0", "--no-curriculum")
     ],

@@ -17,9 +17,8 @@ CTranslate2 float32 teacher at 1.46x its prediction, where 21 models round-robin
 
 The factor per (target, batch) is the teacher's measured latency over the table's prediction; from then on
 `predict` and `EngineCosts` scale every latency of that target by the factor of the nearest batch size (memory is
-not scaled). A second refresh replaces the first: its
-factors are taken against the table, never compounded. Rankings and speed-ups do not change; milliseconds and which
-points fit a latency budget do.
+not scaled). A second refresh replaces the first: its factors are taken against the table, never compounded.
+Rankings and speed-ups do not change; milliseconds and which points fit a latency budget do.
 """
 
 from __future__ import annotations
