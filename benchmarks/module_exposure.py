@@ -8,7 +8,8 @@ drawn by `curriculum.sample_hybrid` `hybrids_per_step` times per step at progres
 a resumed run restores that generator). So calling the same sampler with the same seed replays, exactly, which
 modules every step of a benchmarked run trained, without the teacher or the data (tests/test_benchmarks.py checks
 this against the draws benchmarks/train_step.py recorded from a real trainer). Three recipes (`RECIPES`), each at
-every `--steps`: the default of `modformer train` (`TrainConfig()`: one hybrid per step, coarse-to-fine curriculum),
+every `--steps`: the seed recipe (`modformer train`'s default when this was measured: one hybrid per step,
+coarse-to-fine curriculum; `SEED`),
 the best recipe of benchmarks/seed_claims.py (`modular-h3-no-attn`: three hybrids per step; attention distillation
 off, which changes no draw, so `modular-h3` shares its draws) and the `--no-curriculum` ablation. Granularities
 2,3,4,6 as in the benchmark (and the CLI's default for 12 layers).
@@ -58,21 +59,33 @@ class ReplayedRecipe:
     methods: dict  # steps -> methods in seed_claims.json (w_attn changes no draw: no-attn shares the default's)
 
 
-RECIPES = {
-    "default": ReplayedRecipe((), {}, {2000: ("modular", "no-attn")}),
+# The seed recipe: `modformer train`'s default when these were measured (one hybrid per step on the whole batch, the
+# curriculum, every loss; seed_claims.py's SEED_RECIPE), spelled out so that a new default does not change them.
+SEED = {
+    "hybrids_per_step": 1,
+    "split_batch": False,
+    "hybrids_per_row": 1,
+    "teacher_encoder_share": 0.0,
+    "curriculum": True,
+    "lr": 5e-4,
+    "w_hidden": 1.0,
+    "w_attn": 1.0,
+}
+RECIPES = {  # "default": the seed recipe, benchmarked as `modular` then (now `modular-v0`)
+    "default": ReplayedRecipe((), SEED, {2000: ("modular-v0", "no-attn")}),
     "h3-no-attn": ReplayedRecipe(
         ("--hybrids-per-step", "3", "--w-attn", "0"),
-        {"hybrids_per_step": 3, "w_attn": 0.0},
+        SEED | {"hybrids_per_step": 3, "w_attn": 0.0},
         {2000: ("modular-h3-no-attn", "modular-h3"), 4000: ("modular-h3-no-attn-2x-steps",)},
     ),
-    "no-curriculum": ReplayedRecipe(("--no-curriculum",), {"curriculum": False}, {2000: ("no-curriculum",)}),
+    "no-curriculum": ReplayedRecipe(("--no-curriculum",), SEED | {"curriculum": False}, {2000: ("no-curriculum",)}),
 }
 PHASES = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))  # curriculum progress, right-open but the last
 SHAPES = ("12-6", "12-4", "12-3", "12-2", "6-6", "4-4", "3-3")  # the headline table's named assemblies
 
 
 def recipe_config(recipe: str, steps: int, seed: int) -> TrainConfig:
-    """The recipe's training settings: TrainConfig's defaults (those of `modformer train`) with its changes."""
+    """The recipe's training settings: TrainConfig with its changes (each recipe names every sampling setting)."""
     return replace(TrainConfig(), steps=steps, seed=seed, **RECIPES[recipe].changes)
 
 
@@ -104,7 +117,15 @@ def replay(config: TrainConfig, depths: tuple[int, int], granularities: list[int
     rng = random.Random(config.seed)
     return [
         [
-            sample_hybrid(*depths, granularities, config.schedule, step / config.steps, rng)
+            sample_hybrid(
+                *depths,
+                granularities,
+                config.schedule,
+                step / config.steps,
+                rng,
+                deployed_share=config.deployed_share,
+                teacher_encoder_share=config.teacher_encoder_share,
+            )
             for _ in range(config.hybrids_per_step)
         ]
         for step in range(config.steps)

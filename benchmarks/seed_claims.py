@@ -57,35 +57,44 @@ import json
 from pathlib import Path
 
 import torch
-from claims.config import OPTIONAL_STAGES, Settings
+from claims.carry import Carry
+from claims.config import OPTIONAL_STAGES, Settings, parse_rename
 from claims.report import NAME, result_record, write
 from claims.stages import multi30k, squad
-from claims.work import NotDone, Work
+from claims.work import Carried, NotDone, Work
 from harness import RUNS, Results, add_results_options, provenance, read_results, recorded_provenance
 
 
 def measure(settings: Settings) -> dict:
     """Run (or, --report-only, look up) every stage asked for; the results record."""
     torch.set_num_threads(settings.threads)
-    work = Work(settings)
+    carry = Carry.load(settings.carry, dict(settings.carry_as)) if settings.carry else None
+    work = Work(settings, carry)
     rows: list[dict] = []
     for name, stage in (("multi30k", multi30k), ("squad", squad)):
         if name == "multi30k" or work.asked(name):
             try:
                 stage(work, rows)
+            except Carried as err:  # --carry has the rest of the stage
+                work.not_done(err)
             except NotDone as err:  # --report-only: the stage's rows so far are kept
                 work.not_done(f"{name} from here on: {err}")
-        else:
+        elif carry is None:
             work.skipped.append("squad_qg")
-    return result_record(rows, work.walls.data, settings.record(), provenance(settings.threads), work.left_out())
+    walls = work.walls.data
+    if carry is not None:
+        rows, walls = carry.merge(rows, walls)
+    record = result_record(rows, walls, settings.record(), provenance(settings.threads), work.left_out())
+    return record | ({"carried": carry.record()} if carry else {})
 
 
 def rebuild(recorded: dict) -> dict:
-    """The results record from a results file's raw part: its rows, stage walls, settings, what it left out and its
-    provenance; the claims and the machine summary are computed again."""
-    return result_record(
+    """The results record from a results file's raw part: its rows, stage walls, settings, what it left out, what it
+    carried and its provenance; the claims and the machine summary are computed again."""
+    record = result_record(
         recorded["rows"], recorded["walls"], recorded["settings"], recorded_provenance(recorded), recorded["missing"]
     )
+    return record | ({"carried": recorded["carried"]} if "carried" in recorded else {})
 
 
 def main() -> None:
@@ -107,8 +116,27 @@ def main() -> None:
         action="store_true",
         help="train, score and time nothing: write the results from what is cached, listing the rest",
     )
+    parser.add_argument(
+        "--carry",
+        type=Path,
+        help="an earlier results file (e.g. the committed one): its rows stand in for runs this --work lacks, "
+        "which are then not trained (see benchmarks/claims/carry.py)",
+    )
+    parser.add_argument(
+        "--carry-as",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="rename a method of the carried rows (repeatable), e.g. modular=modular-v0 when the default changed",
+    )
     add_results_options(parser, NAME)
     args = parser.parse_args()
+    if args.carry_as and not args.carry:
+        parser.error("--carry-as renames carried rows: give --carry FILE too")
+    try:
+        [parse_rename(r) for r in args.carry_as]
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
     if args.from_results:
         result = rebuild(read_results(args.from_results))
     else:

@@ -543,28 +543,31 @@ def train(
     ] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(help="Sentence pairs per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 5e-4,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
     w_ce: Annotated[float, typer.Option(help="Weight of the task cross-entropy.")] = 1.0,
-    w_hidden: Annotated[float, typer.Option(help="Weight of hidden-state distillation.")] = 1.0,
-    w_attn: Annotated[float, typer.Option(help="Weight of attention distillation.")] = 1.0,
+    w_hidden: Annotated[float, typer.Option(help="Weight of hidden-state distillation.")] = 0.0,
+    w_attn: Annotated[float, typer.Option(help="Weight of attention distillation.")] = 0.0,
     w_logit: Annotated[float, typer.Option(help="Weight of logit distillation (0 = off).")] = 1.0,
-    curriculum: Annotated[bool, typer.Option(help="Coarse-to-fine curriculum (--no-curriculum: uniform).")] = True,
+    curriculum: Annotated[
+        bool, typer.Option(help="Coarse-to-fine curriculum (default off: every granularity equally often).")
+    ] = False,
     coarse_bias: Annotated[
         float, typer.Option(help="With --no-curriculum, granularity k is drawn with weight k**B (0: uniform).")
     ] = 0.0,
     hybrids_per_step: Annotated[
         int, typer.Option(help="Hybrids sampled per step (they share one teacher pass): more updates per module.")
-    ] = 1,
+    ] = 6,
     split_batch: Annotated[
         bool,
         typer.Option(
-            "--split-batch", help="Each hybrid trains on its own 1/H of the batch: H hybrids at about one's cost."
+            "--split-batch/--no-split-batch",
+            help="Each hybrid trains on its own share of the batch's rows (--no-split-batch: every hybrid on all).",
         ),
-    ] = False,
+    ] = True,
     hybrids_per_row: Annotated[
         int,
         typer.Option(help="With --split-batch, each row trains R of the H hybrids (R/H of the batch each): R's cost."),
-    ] = 1,
+    ] = 2,
     deployed_share: Annotated[
         float, typer.Option(help="Share of hybrid stacks drawn from those the strategies deploy (e.g. dec=4,4,4).")
     ] = 0.0,
@@ -573,7 +576,7 @@ def train(
         typer.Option(
             help="Share of hybrids whose encoder is the teacher's own, as in 12-3 (its decoder modules' input)."
         ),
-    ] = 0.0,
+    ] = 0.5,
     top_init: Annotated[
         bool,
         typer.Option(

@@ -61,11 +61,7 @@ class DemoConfig:
     teacher_steps: int = 300  # only when the teacher is trained here
     data: str = "full"  # "full": the whole bundled Multi30k; "sample": the small bundled slice
     test_split: str = "test_2016_flickr"
-    module_steps: int = 600
-    # The recipe `benchmarks/seed_claims.py` found best: three hybrids per step sharing one teacher pass, no
-    # attention distillation (the CLI's defaults stay one hybrid with attention).
-    hybrids_per_step: int = 3
-    w_attn: float = 0.0
+    module_steps: int = 600  # the modules train with `modformer train`'s default recipe (TrainConfig)
     batch_size: int = 32
     threads: int = 1  # torch and engine threads for every stage (1: steady next to other jobs on a small machine)
     budget: str = "speedup>=2"  # the plan's budget (see `planner.space.Budget`)
@@ -260,8 +256,6 @@ def _modules_stage(config: DemoConfig, spec: DataSpec, teacher: Path, out: Path,
         eval_every=0,
         save_every=100,
         warmup_steps=min(100, config.module_steps // 5),
-        hybrids_per_step=config.hybrids_per_step,
-        w_attn=config.w_attn,
     )
     trainer = ReplacingTrainer.start_or_resume(
         load_seq2seq(teacher, eager=True),

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def train(out: Path, teacher: Path, data: Path, processes: int) -> dict:
+def train(out: Path, teacher: Path, data: Path, processes: int, recipe: tuple = ()) -> dict:
     # A high rate: the 100 warm-up steps would leave 8 steps at a few % of it, and nothing to compare.
     args = [
         "train",
@@ -45,6 +45,7 @@ def train(out: Path, teacher: Path, data: Path, processes: int) -> dict:
         4,
         "--lr",
         0.05,
+        *recipe,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     if processes == 1:
@@ -78,7 +79,16 @@ def distance(a: dict, b: dict) -> float:
     return sum(float(((a[k] - b[k]) ** 2).sum()) for k in a) ** 0.5
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tokenizer, data_dir):
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        (),  # the default: six hybrids, each row through two of them, rows split by their place in the global batch
+        # one row per hybrid: each process holds the rows of only half of the hybrids (and averages zeros for the rest)
+        ("--hybrids-per-step", 16, "--hybrids-per-row", 1),
+    ],
+    ids=["default", "hybrids-apart"],
+)
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tokenizer, data_dir, recipe):
     # No dropout: then 2 processes with averaged gradients compute what 1 process computes, up to the weighting of
     # the two halves' mean losses; without the averaging each process would follow its own half of the data.
     model = tiny_t5()
@@ -86,8 +96,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, token
     teacher = save_teacher(model, tokenizer, tmp_path / "teacher")
     start = ModularModel.from_teacher(load_seq2seq(teacher), teacher, [2])
     initial = {f"{k}.{n}": t for k, layer in start.blocks.items() for n, t in layer.state_dict().items()}
-    one = train(tmp_path / "one", teacher, data_dir, 1)
-    two = train(tmp_path / "two", teacher, data_dir, 2)
+    one = train(tmp_path / "one", teacher, data_dir, 1, recipe)
+    two = train(tmp_path / "two", teacher, data_dir, 2, recipe)
     assert one["completed"] == two["completed"] == 8
     assert "2 processes share each batch of 16" in " ".join(two["stdout"].split())  # rich wraps long lines
     assert two["stdout"].count("modules written to") == 1  # only the main process speaks

@@ -208,7 +208,10 @@ def trained(request, tmp_path_factory, sample_pairs):
     root = tmp_path_factory.mktemp(model_type)
     teacher_dir = save_teacher(teacher, tokenizer, root / "teacher")
     train, val = sample_pairs
-    config = TrainConfig(steps=3, batch_size=8, warmup_steps=1, eval_every=0, save_every=0, eval_pairs=16)
+    # every loss on (hidden states and maps are off by default): each family's are read
+    config = TrainConfig(
+        steps=3, batch_size=8, warmup_steps=1, eval_every=0, save_every=0, eval_pairs=16, w_hidden=1.0, w_attn=1.0
+    )
     trainer = ReplacingTrainer.start_or_resume(
         load_seq2seq(teacher_dir, eager=True),
         teacher_dir,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import fields
 
 import pytest
 import torch
@@ -13,13 +14,25 @@ from modformer.modular.curriculum import Curriculum, sample_hybrid, sample_stack
 from modformer.modular.losses import AttentionLoss, HiddenStateLoss, LogitLoss
 from modformer.modular.model import ModularModel
 from modformer.modular.strategies import stack_sequence
-from modformer.modular.trainer import ReplacingTrainer, TrainConfig
+from modformer.modular.trainer import ReplacingTrainer, TrainConfig, split_rows
 from tests.conftest import tiny_bart, tiny_t5
+
+# The tests below check one mechanism at a time, so they start from one hybrid per step on the whole batch with every
+# loss on; the default recipe (six hybrids, rows split, logits and cross-entropy only) is checked on its own.
+ONE_HYBRID = {
+    "hybrids_per_step": 1,
+    "split_batch": False,
+    "w_hidden": 1.0,
+    "w_attn": 1.0,
+    "curriculum": True,  # a varied draw: at rate 1 every hybrid of a 4-layer tiny teacher is 2,2 | 2,2
+    "teacher_encoder_share": 0.0,
+}
 
 
 def _trainer(make, sample_pairs, tokenizer, **overrides) -> ReplacingTrainer:
     train, val = sample_pairs
-    settings = {"steps": 4, "batch_size": 8, "eval_every": 0, "save_every": 0, "warmup_steps": 1, **overrides}
+    settings = {"steps": 4, "batch_size": 8, "eval_every": 0, "save_every": 0, "warmup_steps": 1, **ONE_HYBRID}
+    settings |= overrides
     model = ModularModel.from_teacher(make(vocab=len(tokenizer)), "in-memory")
     return ReplacingTrainer(model, TrainConfig(**settings), train.tokenize(tokenizer), val.tokenize(tokenizer))
 
@@ -49,7 +62,7 @@ def _assert_same_gradients(stepped, reference) -> None:
     assert grads
     for name, p in stepped.model.blocks.named_parameters():
         if name in grads:
-            assert torch.allclose(p.grad, grads[name], atol=1e-5), name
+            assert torch.allclose(p.grad, grads[name], atol=1e-5), (name, (p.grad - grads[name]).abs().max())
         else:
             assert p.grad is None, name  # a module in no hybrid gets no update
 
@@ -73,18 +86,18 @@ def test_several_hybrids_per_step_average_their_gradients(sample_pairs, tokenize
 
 
 @pytest.mark.parametrize(
-    "per_row, rows",
+    "count, per_row, rows",
     [
-        (1, ([0, 3, 6], [1, 4, 7], [2, 5])),  # --split-batch alone: hybrid i sees rows i, i+3, ...
-        (2, ([0, 1, 3, 4, 6, 7], [1, 2, 4, 5, 7], [0, 2, 3, 5, 6])),  # row r trains hybrids r and r-1 (mod 3)
+        (3, 1, ([0, 3, 6], [1, 4, 7], [2, 5])),  # --split-batch alone: hybrid i sees rows i, i+3, ...
+        (3, 2, ([0, 1, 3, 4, 6, 7], [1, 2, 4, 5, 7], [0, 2, 3, 5, 6])),  # row r trains hybrids r and r-1 (mod 3)
+        (6, 2, ([0, 1, 6, 7], [1, 2, 7], [2, 3], [3, 4], [4, 5], [0, 5, 6])),  # the default: 6 hybrids, 2 per row
     ],
 )
-def test_split_batch_gives_each_hybrid_its_rows(sample_pairs, tokenizer, per_row, rows):
-    """With --split-batch (and --hybrids-per-row), one step with 3 hybrids = the mean of each hybrid's gradient on its
+def test_split_batch_gives_each_hybrid_its_rows(sample_pairs, tokenizer, count, per_row, rows):
+    """With --split-batch (and --hybrids-per-row), one step with H hybrids = the mean of each hybrid's gradient on its
     rows, against the teacher's targets for those rows."""
-    split = _trainer(
-        tiny_t5, sample_pairs, tokenizer, hybrids_per_step=3, split_batch=True, hybrids_per_row=per_row, grad_clip=1e9
-    )
+    recipe = {"hybrids_per_step": count, "split_batch": True, "hybrids_per_row": per_row}
+    split = _trainer(tiny_t5, sample_pairs, tokenizer, **recipe, grad_clip=1e9)
     one = _trainer(tiny_t5, sample_pairs, tokenizer)
     one.model.blocks.load_state_dict(split.model.blocks.state_dict())
     batch = next(split.train.stream(8))
@@ -94,30 +107,61 @@ def test_split_batch_gives_each_hybrid_its_rows(sample_pairs, tokenizer, per_row
     torch.manual_seed(1)
     for h, mine in zip(hybrids, rows, strict=True):
         parts = one.losses({k: v[mine].contiguous() for k, v in batch.items()}, h)
-        (sum(parts.values()) / 3).backward()
+        (sum(parts.values()) / count).backward()
     _assert_same_gradients(split, one)
 
 
-@pytest.mark.parametrize(
-    "settings", [{"hybrids_per_step": 3}, {"hybrids_per_step": 3, "split_batch": True, "hybrids_per_row": 4}]
-)
-def test_hybrids_per_row_needs_split_batch_and_enough_hybrids(settings):
-    with pytest.raises(ConfigError, match="hybrids_per_row"):
-        TrainConfig(**{"hybrids_per_row": 2, **settings})
+def test_the_defaults_are_the_measured_recipe_and_the_cli_gives_the_same():
+    """TrainConfig's defaults are the recipe docs/decoder-gap.md measured best, and `modformer train` with no recipe
+    flags builds exactly that config (a default changed in one place only would fail here)."""
+    import inspect
+
+    from modformer import cli
+
+    config = TrainConfig()
+    recipe = {
+        "hybrids_per_step": 6,
+        "split_batch": True,
+        "hybrids_per_row": 2,
+        "teacher_encoder_share": 0.5,
+        "curriculum": False,
+        "lr": 1e-3,
+        "w_ce": 1.0,
+        "w_logit": 1.0,
+        "w_hidden": 0.0,
+        "w_attn": 0.0,
+    }
+    assert {k: getattr(config, k) for k in recipe} == recipe
+    options = inspect.signature(cli.train).parameters
+    shared = [f.name for f in fields(TrainConfig) if f.name in options]
+    assert len(shared) >= 20
+    assert {n: options[n].default for n in shared} == {n: getattr(config, n) for n in shared}
 
 
-def test_split_batch_needs_a_row_per_hybrid():
-    with pytest.raises(ConfigError, match="split_batch"):
-        TrainConfig(batch_size=2, hybrids_per_step=3, split_batch=True)
+@pytest.mark.parametrize("per_row", [3, 5])
+def test_hybrids_per_row_at_or_past_the_hybrids_gives_every_hybrid_every_row(per_row):
+    """R >= H (e.g. the default R=2 with --hybrids-per-step 1 or 2) is no error: every row runs through every hybrid."""
+    TrainConfig(hybrids_per_step=3, hybrids_per_row=per_row)
+    TrainConfig(hybrids_per_step=1, split_batch=False)  # the default R=2 with one hybrid on the whole batch
+    for i in range(3):
+        assert split_rows(7, i, 3, per_row).tolist() == list(range(7))
 
 
-def test_split_batch_on_a_short_last_batch_trains_one_hybrid_per_row(sample_pairs, tokenizer):
+def test_a_batch_smaller_than_the_hybrids_trains_one_hybrid_per_row(sample_pairs, tokenizer):
     """An epoch's last batch can hold fewer rows than there are hybrids (Multi30k's 29,000 pairs in batches of 32 end
-    with 8): the first hybrids get a row each, the rest sit the step out (it crashed here before)."""
-    split = _trainer(tiny_t5, sample_pairs, tokenizer, hybrids_per_step=3, split_batch=True)
-    batch = {k: v[:2] for k, v in next(split.train.stream(8)).items()}
-    result = split.step(batch)
-    assert len(result.hybrid.split(" | ")) == 2 and result.loss == result.loss > 0
+    with 8), and so can a small --batch-size under the default six hybrids: the first hybrids get a row each, the
+    rest sit the step out (it crashed here before)."""
+    TrainConfig(batch_size=2)  # under the default six hybrids: no error
+    for settings in ({"hybrids_per_step": 3, "split_batch": True, "hybrids_per_row": 1}, {}):
+        split = _trainer(tiny_t5, sample_pairs, tokenizer, **(settings or _defaults()))
+        batch = {k: v[:2] for k, v in next(split.train.stream(8)).items()}
+        result = split.step(batch)
+        assert len(result.hybrid.split(" | ")) == 2 and result.loss == result.loss > 0
+
+
+def _defaults() -> dict:
+    """The recipe fields of TrainConfig's defaults (what ONE_HYBRID overrides)."""
+    return {k: getattr(TrainConfig(), k) for k in ONE_HYBRID}
 
 
 def _probs(shape, g):
@@ -213,7 +257,8 @@ def test_a_coarse_bias_draws_granularity_k_with_weight_k_to_that_power():
         with pytest.raises(ConfigError, match="coarse_bias"):
             Curriculum(**bad)
     with pytest.raises(ConfigError, match="coarse_bias"):
-        TrainConfig(coarse_bias=0.5)  # with the curriculum on
+        TrainConfig(coarse_bias=0.5, curriculum=True)
+    TrainConfig(coarse_bias=0.5)  # the default has no curriculum
 
 
 def test_sampled_hybrids_are_valid_mix_granularities_and_always_hold_a_module():

@@ -27,7 +27,34 @@ NAMED = {
 TEACHER_DEPTHS = (12, 12)  # both teachers here are 12+12 (checked when their modules load)
 COMPARED = ("6-6", "12-3")  # the shapes the students and ablations are trained / scored at
 METHODS = ("sft", "kd", "pseudo")
-ABLATIONS = {"no-curriculum": ["--no-curriculum"], "no-attn": ["--w-attn", "0"]}
+# The recipe that was `modformer train`'s default until the decoder-gap sieves (docs/decoder-gap.md): one hybrid per
+# step on the whole batch, the coarse-to-fine curriculum, every loss at weight 1, lr 5e-4. The older runs below are
+# this recipe with one setting changed; their options name it whole, so that they mean the same under any default.
+SEED_RECIPE = {
+    "--hybrids-per-step": "1",
+    "--split-batch": False,
+    "--hybrids-per-row": "1",
+    "--teacher-encoder-share": "0",
+    "--curriculum": True,
+    "--lr": "5e-4",
+    "--w-hidden": "1",
+    "--w-attn": "1",
+}
+
+
+def seed_recipe(**changes: str | bool) -> list[str]:
+    """`modformer train` options of the seed's recipe with some changed (`hybrids_per_step="3"`, `curriculum=False`)."""
+    recipe = SEED_RECIPE | {f"--{k.replace('_', '-')}": v for k, v in changes.items()}
+    options: list[str] = []
+    for flag, value in recipe.items():
+        if isinstance(value, bool):
+            options.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            options += [flag, value]
+    return options
+
+
+ABLATIONS = {"no-curriculum": seed_recipe(curriculum=False), "no-attn": seed_recipe(w_attn="0")}  # of the seed recipe
 
 
 class Variant(NamedTuple):
@@ -38,20 +65,32 @@ class Variant(NamedTuple):
     steps_x: int = 1  # a longer budget: --steps times this; its students are trained for the same steps
 
 
+DEFAULT_SEEDS = 2  # the default run (`modular`, no recipe options) always has two seeds: `modular`, `modular-s1`
 VARIANTS = {
-    "modular-h3": Variant(["--hybrids-per-step", "3"], 2),
-    "modular-h3-no-attn": Variant(["--hybrids-per-step", "3", "--w-attn", "0"], 2),
-    "modular-h3-no-attn-2x-steps": Variant(["--hybrids-per-step", "3", "--w-attn", "0"], 2, steps_x=2),
+    "modular-2x-steps": Variant([], 2, steps_x=2),  # the default recipe at twice the steps
+    "modular-v0": Variant(seed_recipe(), 1),  # the seed's recipe, the default until the decoder-gap sieves
+    "modular-h3": Variant(seed_recipe(hybrids_per_step="3"), 2),
+    "modular-h3-no-attn": Variant(seed_recipe(hybrids_per_step="3", w_attn="0"), 2),
+    "modular-h3-no-attn-2x-steps": Variant(seed_recipe(hybrids_per_step="3", w_attn="0"), 2, steps_x=2),
 }
 PLAN_SIZE_RATIO = 2.0  # plans ask for assemblies at least this much smaller than the teacher (acceptance line 2)
 PLAN_VALIDATE_PAIRS = 500
 RANDOM_ORDERS = 5
 CLOSE_BLEU = 0.5  # margins under this get a second seed
+TRAIN_ONCE_RATIO = 1.5  # the modular run's wall time at most this many KD 6-6 students' of the same steps
 DROP_TARGET_PCT = 5.0  # the largest relative BLEU drop from the teacher allowed at 2x size (acceptance line 2)
 TIMING = Workload(batch=1, src_len=32, gen_len=32)
 TIMING_REPEATS = 10  # the least of them is a call's cost without interference (see the README's profiling section)
 OPTIONAL_STAGES = ("students", "ablations", "variants", "seeds", "plans", "squad")
 DECODING = "greedy, max 64 new tokens, batch 64"
+
+
+def parse_rename(text: str) -> tuple[str, str]:
+    """`--carry-as OLD=NEW`: (OLD, NEW); a clear error otherwise."""
+    old, sep, new = text.partition("=")
+    if not (sep and old.strip() and new.strip()):
+        raise argparse.ArgumentTypeError(f"--carry-as takes OLD=NEW (a method name each), got {text!r}")
+    return old.strip(), new.strip()
 
 
 @dataclass(frozen=True)
@@ -67,6 +106,8 @@ class Settings:
     threads: int = 2
     stages: frozenset[str] = frozenset(OPTIONAL_STAGES)
     report_only: bool = False  # train, score and time nothing: report what is cached, listing the rest
+    carry: Path | None = None  # an earlier results file whose rows stand in for runs this work folder lacks
+    carry_as: tuple[tuple[str, str], ...] = ()  # (old, new) method renames of the carried rows
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -80,6 +121,8 @@ class Settings:
             threads=args.threads,
             stages=frozenset(s.strip() for s in args.stages.split(",") if s.strip()),
             report_only=args.report_only,
+            carry=args.carry,
+            carry_as=tuple(parse_rename(r) for r in args.carry_as),
         )
 
     def budgets(self) -> list[int]:

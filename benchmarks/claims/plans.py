@@ -32,6 +32,7 @@ def planned(work: Work, name: str, modules: Path, profile: Path, teacher_params:
     assembly. Cached: the plan folder is written whole when the plan is done."""
     out, stage = work.folder / "plans" / name, f"multi30k-plan-{name}"
     if not Plan.is_complete(out):
+        work.check_carried(stage, out, started=False)  # a plan is written whole: one not complete starts afresh
         if work.report_only:
             raise NotDone(f"{stage}: no plan in {out}")
         limit = math.floor(teacher_params / PLAN_SIZE_RATIO) / 1e6  # millions, rounded down: at least 2x smaller

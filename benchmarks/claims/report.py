@@ -18,6 +18,7 @@ from claims.config import (
     PLAN_SIZE_RATIO,
     PLAN_VALIDATE_PAIRS,
     TASKS,
+    TRAIN_ONCE_RATIO,
     VARIANTS,
 )
 
@@ -111,7 +112,18 @@ def method_claims(rows: list[dict], method: str, walls: dict) -> dict:
         for s in COMPARED
         if out[s]["modular_bleu"] is not None and out[s]["random_order_mean_bleu"] is not None
     }
-    out["deterministic_beats_random"] = {"per_shape": beats, "met": bool(beats) and all(beats.values())}
+    per_seed = {}  # seed -> shape -> the rule's assembly beats that seed's random orders (their mean)
+    for seed in sorted({r["seed"] for r in m30 if r["method"] == method}):
+        mine = [r for r in rows if r["seed"] == seed]
+        for s in COMPARED:
+            rule, rnd = mean_bleu(mine, method, s, named_only=True), mean_bleu(mine, f"{method}-random", s)
+            if rule and rnd:
+                per_seed.setdefault(str(seed), {})[s] = rule[0] > rnd[0]
+    out["deterministic_beats_random"] = {
+        "per_shape": beats,
+        "per_seed": per_seed,
+        "met": bool(beats) and all(beats.values()) and all(all(v.values()) for v in per_seed.values()),
+    }
     out["train_once"] = train_once(m30, first, steps, walls)
     return out
 
@@ -122,8 +134,15 @@ def train_once(m30: list[dict], first: dict | None, steps: int | None, walls: di
     students = [r for r in m30 if r["rule"] == "student" and r["seed"] == 0 and r["steps"] == steps]
     labels = walls.get("multi30k-pseudo-labels", 0.0)
     replaced = sum(r["wall_s"] for r in students) - labels * max(sum(r["method"] == "pseudo" for r in students) - 1, 0)
+    kd = next((r for r in students if r["method"] == "kd" and r["shape"] == "6-6"), None)
+    # Like for like only: both measured by this run (a carried row's wall time is another machine's).
+    alike = first is not None and kd is not None and not first.get("carried") and not kd.get("carried")
     return {
         "modular_wall_s": first["wall_s"] if first else None,
+        "kd_6_6_wall_s": kd["wall_s"] if kd else None,
+        "ratio_to_kd_6_6": first["wall_s"] / kd["wall_s"] if alike else None,
+        "ratio_target": TRAIN_ONCE_RATIO,
+        "ratio_met": alike and first["wall_s"] / kd["wall_s"] <= TRAIN_ONCE_RATIO,
         "students_wall_s": replaced,
         "students_runs": len(students),
         "students_steps": steps,
@@ -137,10 +156,11 @@ def claims(rows: list[dict], walls: dict) -> dict:
     """The issue's acceptance lines, each with the figures behind it: for the default modular run, then for each
     variant of its recipe."""
     out = method_claims(rows, "modular", walls)
-    for shape in COMPARED:
-        for name in ABLATIONS:
+    out["ablations"] = {"of": "modular-v0 (the seed recipe)"}
+    for name in ABLATIONS:
+        for shape in COMPARED:
             a = mean_bleu(rows, name, shape)
-            out[shape][f"{name}_bleu"] = a[0] if a else None
+            out["ablations"].setdefault(name, {})[shape] = a[0] if a else None
     m30 = [r for r in rows if r["task"] == "multi30k"]
     for name, variant in VARIANTS.items():
         first = next((r for r in m30 if r["method"] == name and r["seed"] == 0), None)
@@ -186,6 +206,15 @@ def markdown(result: dict) -> str:
         + (f" (missing: {', '.join(result['missing'])})" if result["missing"] else "")
         + "\n"
     ]
+    if "carried" in result:
+        c = result["carried"]
+        renamed = ", ".join(f"`{old}` as `{new}`" for old, new in c["renamed"].items())
+        lines.append(
+            f"Rows marked † are carried from `{c['from']}` ({c['date']}): {len(c['stages'])} training runs of an "
+            "earlier run of this benchmark whose folders this one lacks, not trained again"
+            + (f"; renamed: {renamed}" if renamed else "")
+            + ". Their wall times are that run's machine's.\n"
+        )
     for task in TASKS:
         picked = [r for r in rows if r["task"] == task]
         if not picked:
@@ -204,6 +233,7 @@ def markdown(result: dict) -> str:
                 r["method"]
                 + (" planned" if r["rule"] == "planned" else "")
                 + (f" (seed {r['seed']})" if r["seed"] else "")
+                + (" †" if r.get("carried") else "")
             )
             lines.append(
                 f"| {method} | {r['shape']} | `{r['assembly']}` | {r['size_ratio']:.2f} | {speed} | "

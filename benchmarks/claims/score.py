@@ -103,7 +103,7 @@ def modular_rows(
         try:
             scores = score(work, f"{task.name}|{name}", task.loaders[name], task.pairs, f"{method} {a}")
         except NotDone as missing:
-            work.not_done(str(missing))
+            work.not_done(missing)
             del task.loaders[name]
             continue
         cost = modular().cost_model()

@@ -10,10 +10,20 @@ from harness import data_args
 from transformers import AutoConfig
 from transformers.utils import CONFIG_NAME as HF_CONFIG
 
-from claims.config import ABLATIONS, COMPARED, METHODS, MULTI30K_TEACHER, NAMED, RANDOM_ORDERS, TASKS, VARIANTS
+from claims.config import (
+    ABLATIONS,
+    COMPARED,
+    DEFAULT_SEEDS,
+    METHODS,
+    MULTI30K_TEACHER,
+    NAMED,
+    RANDOM_ORDERS,
+    TASKS,
+    VARIANTS,
+)
 from claims.plans import planned, profiled
 from claims.score import Task, modular_rows, random_orders, score, spread_assemblies, teacher_row
-from claims.students import ensure_pseudo_labels, second_seeds, student, student_name, student_row
+from claims.students import second_seeds, student, student_name, student_row
 from claims.timing import add_speed
 from claims.train import completed_steps, seeded, train, train_command
 from claims.work import NotDone, Work
@@ -54,6 +64,20 @@ def multi30k(work: Work, rows: list[dict]) -> None:
     cost = modular.cost_model()
     at_2x = min(strategy_sequence("size-first", cost), key=lambda a: abs(cost.size_ratio(a) - 2.0))
     del modular
+    picked = named + ([("size-first", at_2x)] if at_2x not in shape_of.values() else [])
+    for seed in range(1, DEFAULT_SEEDS):  # the default's further seeds: what a variant's seeds are scored at
+        out = work.folder / seeded("modular", seed)
+        try:
+            s_wall = train(
+                work, f"multi30k-{seeded('modular', seed)}", [*train_cmd, "--seed", seed], out, settings.steps
+            )
+        except NotDone as err:
+            work.not_done(err)
+            continue
+        started = time.perf_counter()
+        rows += modular_rows(work, task, "modular", out, picked, settings.steps, s_wall, seed)
+        rows += modular_rows(work, task, "modular-random", out, random_pick, settings.steps, s_wall, seed)
+        work.add_wall("multi30k-scoring", time.perf_counter() - started)
 
     if work.asked("students"):
         students(work, task, rows)
@@ -64,13 +88,12 @@ def multi30k(work: Work, rows: list[dict]) -> None:
     else:
         work.skipped.append("multi30k ablations")
     if work.asked("variants"):
-        picked = named + ([("size-first", at_2x)] if at_2x not in shape_of.values() else [])
         variants(work, task, rows, picked, random_pick)
     else:
         work.skipped.append("multi30k variants")
     if work.asked("seeds") and work.asked("students"):
         try:
-            rows += second_seeds(work, task, rows, shape_of, train_cmd)
+            rows += second_seeds(work, task, rows)
         except NotDone as err:  # --report-only
             work.not_done(f"multi30k second seeds: {err}")
     elif not work.asked("seeds"):
@@ -84,14 +107,13 @@ def multi30k(work: Work, rows: list[dict]) -> None:
 
 def students(work: Work, task: Task, rows: list[dict]) -> None:
     """Every method at every compared shape, at every budget a modular run has (like for like with each)."""
-    ensure_pseudo_labels(work)
     for steps in work.settings.budgets():
         for shape in COMPARED:
             for method in METHODS:
                 try:
                     rows.append(student(work, task, method, shape, steps, 0))
                 except NotDone as err:
-                    work.not_done(str(err))
+                    work.not_done(err)
 
 
 def ablations(work: Work, task: Task, rows: list[dict], shape_of: dict, train_cmd: list) -> None:
@@ -101,7 +123,7 @@ def ablations(work: Work, task: Task, rows: list[dict], shape_of: dict, train_cm
         try:
             ab_wall = train(work, f"multi30k-{name}", [*train_cmd, *extra], out, work.settings.steps)
         except NotDone as err:
-            work.not_done(str(err))
+            work.not_done(err)
             continue
         started = time.perf_counter()
         compared = [(NAMED[s], shape_of[s]) for s in COMPARED]
@@ -120,7 +142,7 @@ def variants(work: Work, task: Task, rows: list[dict], picked: list, random_pick
             try:
                 v_wall = train(work, stage, [*cmd, *variant.options, "--seed", seed], out, steps)
             except NotDone as err:
-                work.not_done(str(err))
+                work.not_done(err)
                 continue
             started = time.perf_counter()
             rows += modular_rows(work, task, name, out, picked, steps, v_wall, seed)
@@ -130,18 +152,19 @@ def variants(work: Work, task: Task, rows: list[dict], picked: list, random_pick
 
 def plans(work: Work, task: Task, rows: list[dict], main: Path) -> None:
     """The planner's pick within half the teacher's parameters, for every modular run (each seed)."""
-    runs = [("modular", 0)] + [(name, seed) for name, v in VARIANTS.items() for seed in range(v.seeds)]
+    runs = [("modular", s) for s in range(DEFAULT_SEEDS)]
+    runs += [(name, seed) for name, v in VARIANTS.items() for seed in range(v.seeds)]
     try:
         profile = profiled(work, main)
     except NotDone as err:
-        work.not_done(str(err))
+        work.not_done(err)
         runs = []
     for name, seed in runs:
         folder = work.folder / seeded(name, seed)
         try:
             chosen = planned(work, seeded(name, seed), folder, profile, task.teacher_params)
         except NotDone as err:
-            work.not_done(str(err))
+            work.not_done(err)
             continue
         started = time.perf_counter()
         run_steps, run_wall = completed_steps(folder)  # the run's own: variants differ in steps

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from harness import data_args
 
-from claims.config import CLOSE_BLEU, COMPARED, MULTI30K_TEACHER, NAMED, TASKS, VARIANTS
+from claims.config import CLOSE_BLEU, COMPARED, MULTI30K_TEACHER, TASKS, VARIANTS
 from claims.report import mean_bleu
-from claims.score import Task, modular_rows, score
+from claims.score import Task, score
 from claims.train import seeded, train
-from claims.work import Work
+from claims.work import Carried, Work
 from modformer.baselines import INFO_NAME, PSEUDO_NAME, pseudo_labels
 from modformer.checkpoints import load_seq2seq, load_tokenizer
 from modformer.data import load_split
@@ -61,7 +61,8 @@ def student(work: Work, task: Task, method: str, shape: str, steps: int, seed: i
         *extra,
     ]
     budget = f"-{steps}steps" if steps != base else ""
-    train(work, seeded(f"multi30k-{method}{budget}", seed), cmd, out, steps)
+    labels = (lambda: ensure_pseudo_labels(work)) if method == "pseudo" else None  # made when a pseudo student trains
+    train(work, seeded(f"multi30k-{method}{budget}", seed), cmd, out, steps, before=labels)
     started = time.perf_counter()
     labels_wall = work.wall(LABELS_STAGE) if method == "pseudo" else 0.0
     row = student_row(work, task, method, shape, out, name, labels_wall, seed)
@@ -97,10 +98,10 @@ def student_row(
     }
 
 
-def second_seeds(work: Work, task: Task, rows: list[dict], shape_of: dict, train_cmd: list) -> list[dict]:
+def second_seeds(work: Work, task: Task, rows: list[dict]) -> list[dict]:
     """Seed 1 of each student within CLOSE_BLEU of a modular run at its shape and steps (the default run's and
-    every variant's named assembly, mean over the run's seeds), and seed 1 of the default run where it is close:
-    their rows. A variant has its seeds already (VARIANTS)."""
+    every variant's named assembly, mean over the run's seeds): their rows. Every modular run has its seeds already
+    (DEFAULT_SEEDS, VARIANTS)."""
     new: list[dict] = []
     students: set[tuple[str, str, int]] = set()  # (method, shape, steps) given seed 1: once, even if close to several
     base = work.settings.steps
@@ -119,14 +120,12 @@ def second_seeds(work: Work, task: Task, rows: list[dict], shape_of: dict, train
                 and r["steps"] == steps
                 and abs(mod[0] - r["bleu"]) < CLOSE_BLEU
             ]
-            if close and method == "modular" and mod[1] == 1:
-                out = work.folder / seeded("modular", 1)
-                s1_wall = train(work, f"multi30k-{seeded('modular', 1)}", [*train_cmd, "--seed", "1"], out, base)
-                assembly = [(NAMED[shape], shape_of[shape])]
-                new += modular_rows(work, task, "modular", out, assembly, base, s1_wall, seed=1)
             for r in close:
                 if (r["method"], shape, steps) in students:
                     continue
                 students.add((r["method"], shape, steps))
-                new.append(student(work, task, r["method"], shape, steps, 1))
+                try:
+                    new.append(student(work, task, r["method"], shape, steps, 1))
+                except Carried as err:
+                    work.not_done(err)
     return new

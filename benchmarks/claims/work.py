@@ -16,18 +16,28 @@ class NotDone(Exception):
     """--report-only: this result is not in the cache (the report leaves it out and lists it as missing)."""
 
 
+class Carried(NotDone):
+    """--carry: this run is not trained here, an earlier results file has its rows (not missing: see claims.carry)."""
+
+
 class Work:
     """The work folder (cached scores, stage wall times, training runs, logs), the settings, and what this run left
     out: stages not asked for (`skipped`) and, with --report-only, results not in the cache (`missing`)."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, carry=None):
         self.settings = settings
         self.folder: Path = settings.work
         self.folder.mkdir(parents=True, exist_ok=True)
         self.scores = JsonCache(self.folder / SCORES_NAME)
         self.walls = JsonCache(self.folder / WALLS_NAME)
+        self.carry = carry  # claims.carry.Carry (--carry): runs not trained here because an earlier file has them
         self.skipped: list[str] = []
         self.missing: list[str] = []
+
+    def check_carried(self, stage: str, out: Path, started: bool) -> None:
+        """Raise claims.carry.Carried if --carry stands in for this run (it has not started here)."""
+        if self.carry is not None:
+            self.carry.check(stage, out, started)
 
     @property
     def report_only(self) -> bool:
@@ -50,9 +60,10 @@ class Work:
     def wall(self, stage: str, default: float | None = 0.0) -> float | None:
         return self.walls.data.get(stage, default)
 
-    def not_done(self, what: str) -> None:
-        """Note a result a report found missing."""
-        self.missing.append(what)
+    def not_done(self, what: str | NotDone) -> None:
+        """Note a result a report found missing (a carried run is not missing: its rows come from --carry)."""
+        if not isinstance(what, Carried):
+            self.missing.append(str(what))
 
     def left_out(self) -> list[str]:
         """What the results lack: stages not asked for, then results not in the cache."""

@@ -10,14 +10,19 @@ One step:
    in the decoder cross-attention too) + w_logit * LogitLoss; the step's loss is the mean over its hybrids (each
    hybrid's backward pass runs before the next forward, so memory is that of one hybrid). Only module parameters
    get gradients; one optimizer step follows.
-With one hybrid per step (the default) a module of a 12-layer stack is in about one step in four to eight; several
-hybrids share the teacher's pass and give every module more updates per step (see the README's results).
+With one hybrid per step a module of a 12-layer stack is in about one step in four to eight; several hybrids share
+the teacher's pass and give every module more updates per step. The defaults (`TrainConfig`) are the recipe
+`benchmarks/decoder_gap.py` found best: six hybrids per step, each row of the batch through two of them
+(`split_batch`, `hybrids_per_row`), half of them on the teacher's whole encoder, no curriculum, logit
+distillation and cross-entropy only, lr 1e-3 (the README's "The default recipe" has the figures).
 
 Several processes (data parallel, launched with `torchrun` or `accelerate launch`; `accelerate.PartialState` reads
 the launcher's environment and sets up the process group: gloo on CPUs, NCCL on GPUs): every process draws the same
 global batch and the same hybrid (same seeds), takes its share of the batch's rows (`rank::world`), and the module
-gradients are averaged across processes (one all-reduce of one flat buffer) before the step. So N processes with a
-global batch B train like one process with batch B. Only the main process evaluates, logs and writes checkpoints.
+gradients are averaged across processes (one all-reduce of one flat buffer) before the step. With `split_batch`
+the rows go to hybrids by their place in the global batch, so a process runs each hybrid on its own part of that
+hybrid's rows (weighted by that part) and may hold none of some hybrid's. So N processes with a global batch B train
+like one process with batch B. Only the main process evaluates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -53,29 +58,35 @@ from modformer.recipe import (
 
 @dataclass
 class TrainConfig:
-    """Settings of one modular training run. Defaults are the ones `benchmarks/loss_weights.py` supports."""
+    """Settings of one modular training run. The defaults are the recipe `benchmarks/decoder_gap.py` measured best
+    (docs/decoder-gap.md, section 2c): module quality is bound by the rows each module learns from, so six hybrids
+    share each step's teacher pass and every row runs through two of them.
+
+    With `split_batch`, each row runs through min(hybrids_per_row, hybrids_per_step) hybrids, and a batch with fewer
+    rows than hybrids (an epoch's short last batch, or a small --batch-size) trains one hybrid per row. Without it,
+    every row runs through every hybrid and hybrids_per_row does not apply."""
 
     steps: int = 2000  # optimizer steps
     batch_size: int = 32  # sentence pairs per step
-    lr: float = 5e-4  # AdamW peak learning rate (modules start from teacher layers: a fine-tuning rate)
+    lr: float = 1e-3  # AdamW peak learning rate (modules start from teacher layers: a fine-tuning rate)
     warmup_steps: int = 100  # linear warm-up, then linear decay to 10 % of lr
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm
     w_ce: float = 1.0  # task cross-entropy of the hybrid
-    w_hidden: float = 1.0  # hidden-state distillation
-    w_attn: float = 1.0  # attention distillation
-    w_logit: float = 1.0  # logit distillation (0 = off); on by default: lowest held-out loss in loss_weights.json
+    w_hidden: float = 0.0  # hidden-state distillation (off by default: see DEFAULT_RECIPE)
+    w_attn: float = 0.0  # attention distillation (off by default: see DEFAULT_RECIPE)
+    w_logit: float = 1.0  # logit distillation (0 = off)
     temperature: float = 2.0  # logit distillation temperature
     replace_start: float = 0.5  # curriculum: replacement rate at step 0
     replace_end: float = 1.0  # ... at the last step
-    curriculum: bool = True  # coarse-to-fine schedule; False = constant granularity weights at a fixed rate
+    curriculum: bool = False  # coarse-to-fine schedule; False = constant granularity weights at replace_end's rate
     coarse_bias: float = 0.0  # without the curriculum, granularity k is drawn with weight k ** coarse_bias
-    hybrids_per_step: int = 1  # hybrids sampled per step; they share one teacher pass and one optimizer step
+    hybrids_per_step: int = 6  # hybrids sampled per step; they share one teacher pass and one optimizer step
     deployed_share: float = 0.0  # share of hybrid stacks drawn from those the strategies deploy (see curriculum)
-    teacher_encoder_share: float = 0.0  # share of hybrids whose encoder is the teacher's own (see curriculum)
+    teacher_encoder_share: float = 0.5  # share of hybrids whose encoder is the teacher's own (see curriculum)
     top_init: bool = False  # a module whose span ends at the top of its stack starts as the stack's top layer
-    split_batch: bool = False  # each hybrid runs on its own 1/H of the batch's rows: H hybrids at about one's cost
-    hybrids_per_row: int = 1  # with split_batch, each row runs through R of the H hybrids: about R hybrids' cost
+    split_batch: bool = True  # each hybrid runs on its own share of the batch's rows (see hybrids_per_row)
+    hybrids_per_row: int = 2  # with split_batch, each row runs through R of the H hybrids: about R hybrids' cost
     eval_every: int = 200  # held-out loss every N steps (0 = only at the end)
     save_every: int = 200  # checkpoint every N steps (0 = only at the end)
     eval_pairs: int = 256  # held-out pairs for the periodic loss
@@ -105,16 +116,6 @@ class TrainConfig:
         for name in ("deployed_share", "teacher_encoder_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # also catches NaN
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.split_batch and self.batch_size < self.hybrids_per_step:
-            raise ConfigError(
-                f"split_batch gives each of the {self.hybrids_per_step} hybrids its own rows, but batch_size is "
-                f"{self.batch_size}"
-            )
-        if self.hybrids_per_row > 1 and not (self.split_batch and self.hybrids_per_row <= self.hybrids_per_step):
-            raise ConfigError(
-                f"hybrids_per_row {self.hybrids_per_row} needs split_batch and at most hybrids_per_step "
-                f"({self.hybrids_per_step}) hybrids"
-            )
         Curriculum(self.replace_start, self.replace_end, self.curriculum, self.coarse_bias)  # validates them
 
     @property
@@ -223,25 +224,38 @@ class ReplacingTrainer(Recipe):
             )
             for _ in range(cfg.hybrids_per_step)
         ]
+        rows_in_batch = len(batch["input_ids"])  # the global batch's: every process splits it alike
         batch = self._share(batch)
         if cfg.split_batch:  # a short batch (an epoch's last) may hold fewer rows than hybrids: one row each at least
-            hybrids = hybrids[: len(batch["input_ids"])]
+            hybrids = hybrids[:rows_in_batch]
         targets = self.teacher_targets(batch, hybrids)
         weights = {"ce": cfg.w_ce, "hidden": cfg.w_hidden, "attn": cfg.w_attn, "logit": cfg.w_logit}
         self.optimizer.zero_grad(set_to_none=True)
-        summed = None
+        summed, counted = None, 0
         for i, hybrid in enumerate(hybrids):
+            share = 1.0  # this process's rows of the hybrid's, times the processes (1: an equal share)
             if cfg.split_batch:  # hybrid i sees rows i, i+H, ... (and the R-1 rows after each): equal shares
-                rows = split_rows(len(batch["input_ids"]), i, len(hybrids), cfg.hybrids_per_row)
-                parts = self.hybrid_losses(_rows(batch, rows), hybrid, _rows(targets, rows))
+                rows = split_rows(rows_in_batch, i, len(hybrids), cfg.hybrids_per_row)
+                mine = self._local_rows(rows)
+                if len(mine) == 0:  # with several processes, all of this hybrid's rows can be another's
+                    continue
+                share = len(mine) * self.processes.num_processes / len(rows)
+                parts = self.hybrid_losses(_rows(batch, mine), hybrid, _rows(targets, mine))
             else:
                 parts = self.hybrid_losses(batch, hybrid, targets)
             loss = sum(weights[k] * v for k, v in parts.items())
             figures = torch.stack([loss.detach(), *(v.detach() for v in parts.values())])
-            summed = figures if summed is None else summed + figures
+            summed, counted = (figures if summed is None else summed + figures), counted + 1
             if torch.isfinite(figures).all():  # a non-finite loss stops the run below, before any update
-                (loss / len(hybrids)).backward()
-        shown = self._mean_across_processes(summed / len(hybrids))
+                (loss * share / len(hybrids)).backward()  # averaged over processes: each hybrid's mean loss
+        if summed is None:
+            summed = torch.zeros(
+                1 + len(weights), device=self.device
+            )  # the total and each part, as hybrid_losses gives them
+        # The mean over every hybrid run in every process (a process may have run fewer than the others).
+        totals = self._sum_across_processes(torch.cat([summed, summed.new_tensor([float(counted)])]))
+        shown = totals[:-1] / totals[-1]
+        parts = dict.fromkeys(weights)  # hybrid_losses' parts, in its order
         if not torch.isfinite(shown).all():  # every process sees the same figures, so all stop together
             named = dict(zip(["total", *parts], shown.tolist(), strict=True))
             bad = next((k for k in parts if not np.isfinite(named[k])), "total")
@@ -276,24 +290,40 @@ class ReplacingTrainer(Recipe):
         n, rank = self.processes.num_processes, self.processes.process_index
         return {k: (v[rank::n] if n > 1 else v).to(self.device) for k, v in batch.items()}
 
-    def _mean_across_processes(self, values: torch.Tensor) -> torch.Tensor:
+    def _local_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of the global batch (indices) as this process's rows: it holds rows rank, rank + n, ... (`_share`)."""
+        n, rank = self.processes.num_processes, self.processes.process_index
+        return rows if n == 1 else rows[rows % n == rank] // n
+
+    def _sum_across_processes(self, values: torch.Tensor) -> torch.Tensor:
         if self.processes.num_processes == 1:
             return values
         values = values.clone()
         dist.all_reduce(values)
-        return values / self.processes.num_processes
+        return values
+
+    def _mean_across_processes(self, values: torch.Tensor) -> torch.Tensor:
+        if self.processes.num_processes == 1:
+            return values
+        return self._sum_across_processes(values) / self.processes.num_processes
 
     def _average_gradients(self) -> None:
-        """Mean of the module gradients over processes. All processes ran the same hybrid, so the same parameters
-        have gradients everywhere; they travel as one flat buffer."""
+        """Mean of the module gradients over processes, as one flat buffer. All processes ran the same hybrids, but
+        with --split-batch one may hold none of a hybrid's rows: a parameter with a gradient in any process gets the
+        mean (zero where a process had none); one with a gradient in none keeps none (the optimizer skips it)."""
         if self.processes.num_processes == 1:
             return
-        grads = [p.grad for p in self.params if p.grad is not None]
-        flat = self._mean_across_processes(torch.cat([g.reshape(-1) for g in grads]))
+        used = torch.tensor([float(p.grad is not None) for p in self.params], device=self.device)
+        anywhere = self._sum_across_processes(used) > 0
+        params = [p for p, used in zip(self.params, anywhere.tolist(), strict=True) if used]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = self._mean_across_processes(torch.cat([p.grad.reshape(-1) for p in params]))
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for p in params:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
 
     def losses(self, batch: dict[str, torch.Tensor], hybrid: Assembly) -> dict[str, torch.Tensor]:
         """Each loss part of running `hybrid` on `batch`, against the frozen teacher."""
