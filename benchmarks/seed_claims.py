@@ -1,6 +1,7 @@
 """The seed's claims on real data: one modular run against SFT, KD and pseudo-labelling students of fixed shapes.
 
     python benchmarks/seed_claims.py [--work runs/seed-claims] [--steps 2000] [--stages ...] [--report-only]
+        [--carry FILE [--carry-as OLD=NEW]]
     python benchmarks/seed_claims.py --from-results benchmarks/results/seed_claims.json --results DIR
 
 Every training run and every score is cached under --work; a rerun skips what is done, and a run that was stopped
@@ -11,26 +12,28 @@ Multi30k En->De (../shared/data/multi30k_en_de; train to train, val for held-out
 test_2016_flickr, greedy, sacrebleu BLEU and chrF). Teacher: ../shared/models/multi30k-t5-12x12, used as any
 user's checkpoint.
 
-1. modular: `modformer train` (granularities 2,3,4,6; --steps, --batch-size).
+1. modular: `modformer train` with its defaults (granularities 2,3,4,6; --steps, --batch-size), two seeds (`modular`,
+   `modular-s1`; DEFAULT_SEEDS).
 2. assemblies: the teacher; 12-6, 6-6, 4-4 (size-first shapes), 12-3, 12-2 (speed-first), 3-3, 2-2; and --spread
    assemblies from the size-first and speed-first sequences with depth ratios (teacher layers / assembly blocks)
-   spread log-evenly over 1.1x-6x.
+   spread log-evenly over 1.1x-6x (seed 0); seed 1 at the named shapes and the size-first assembly nearest 2x.
 3. random orders: at 6-6 and 12-3, up to 5 other valid assemblies with the same block counts, drawn at random
-   (granularities and their order): the same modules, no training.
+   (granularities and their order): the same modules, no training; for each seed.
 4. students: `modformer baseline sft|kd|pseudo` at 6-6 and 12-3, the modular run's steps and batch size; and again
    at every longer variant's steps (5b), so that each modular run is compared with students of its own budget
    (`students/<method>-<shape>-<steps>steps-s0`). The teacher's greedy outputs for the 29,000 training sources are
-   generated once (timed) and shared by every pseudo student (`--pseudo-labels`).
-5. ablations: `modformer train --no-curriculum` and `--w-attn 0` (same steps), scored at 6-6 and 12-3.
-5b. variants: the modular run with one setting changed (`--hybrids-per-step 3`: three hybrids share each step's
-   teacher pass, so every module gets about three times the updates in the same steps and batch size), two seeds,
-   each scored at the named shapes, the size-first assembly nearest 2x, and the same random orders as 3; claims
-   reported for it (means over its seeds) beside the default run's. And the same without attention distillation
-   (`--w-attn 0`), two seeds; and that recipe once more at twice the steps (two seeds), which asks whether a longer
-   budget closes the gaps. It is compared with students trained for its steps (4).
+   generated once (timed), before the first pseudo student trains, and shared by every pseudo student.
+5. ablations of the seed recipe (`modular-v0`): without the curriculum, and without attention distillation (same
+   steps), scored at 6-6 and 12-3.
+5b. variants (`VARIANTS`): the default recipe at twice the steps (`modular-2x-steps`, two seeds); and the older
+   recipes, each named in full (`config.seed_recipe`) so that a new default leaves them as they were: the seed's
+   recipe (`modular-v0`: one hybrid per step with attention distillation and the curriculum, the default until the
+   decoder-gap sieves), with three hybrids per step (`modular-h3`), that without attention distillation, and that
+   at twice the steps (two seeds each). Each is scored at the named shapes, the size-first assembly nearest 2x, and
+   the same random orders as 3; claims are reported for it (means over its seeds) beside the default run's, against
+   students trained for its steps (4).
 6. seeds: where a modular run's assembly (the default run or a variant, mean over its seeds) and a student of the
-   same shape and steps are within 0.5 BLEU, the student gets a second seed (and the default run too; a variant has
-   its two) and the comparison uses the means.
+   same shape and steps are within 0.5 BLEU, the student gets a second seed and the comparison uses the means.
 6b. plans: `modformer profile` once, then `modformer plan` of every modular run (each seed) with the budget
    `params_m<=` half the teacher's parameters (at least 2x smaller), searched and validated on `val` (500 pairs);
    the chosen assembly is scored on test like the others (rule `planned`).
@@ -46,6 +49,10 @@ Writes benchmarks/results/seed_claims.json (`rows`: one per model), seed_claims.
 with the command, the machine and the wall time of each stage. A partial run writes them too, marking what is missing.
 `--report-only` trains, scores and times nothing and reports what is cached; `--from-results` reads nothing but a
 results file and rebuilds the claims, the table and the plot from its rows (and keeps its provenance).
+`--carry FILE [--carry-as OLD=NEW]` takes the rows of the runs this --work lacks from an earlier results file
+instead of training them again (benchmarks/claims/carry.py; the table marks them †), e.g. after the default changed:
+
+    python benchmarks/seed_claims.py --carry benchmarks/results/seed_claims.json --carry-as modular=modular-v0
 
 The stages live in benchmarks/claims/ (one module per group: train, score, students, plans, timing, report).
 """

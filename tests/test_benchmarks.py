@@ -161,3 +161,74 @@ def test_module_exposure_probabilities_match_the_sampler(module_exposure) -> Non
     assert set(seen) <= set(exact)
     for blocks, p in exact.items():
         assert seen[blocks] / draws == pytest.approx(p, abs=0.01)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# seed_claims --carry: an earlier results file stands in for runs whose folders are gone
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def claims(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from claims import carry, train, work
+
+    return carry, train, work
+
+
+def _row(method: str, steps: int = 2000, seed: int = 0, rule: str = "size-first", shape: str = "6-6") -> dict:
+    return {"task": "multi30k", "method": method, "steps": steps, "seed": seed, "rule": rule, "shape": shape}
+
+
+def test_carry_skips_recorded_runs_and_fills_in_only_what_was_not_measured(claims, tmp_path: Path) -> None:
+    carry_mod, train_mod, work_mod = claims
+    earlier = {
+        "date": "2026-12-01",
+        "walls": {"multi30k-modular": 1000.0, "multi30k-kd": 800.0, "multi30k-plan-modular": 400.0},
+        "rows": [
+            {**_row("modular"), "bleu": 33.0},
+            {**_row("modular-random", rule="random"), "bleu": 31.0},
+            {**_row("kd", rule="student"), "bleu": 34.0},
+            {**_row("kd", rule="student", shape="12-3"), "bleu": 32.0},
+        ],
+    }
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier), encoding="utf-8")
+    carry = carry_mod.Carry.load(path, {"modular": "modular-v0"})
+    assert carry.walls.keys() == {"multi30k-modular-v0", "multi30k-kd", "multi30k-plan-modular-v0"}
+    assert [r["method"] for r in carry.rows] == ["modular-v0", "modular-v0-random", "kd", "kd"]
+    assert carry_mod.renamed_stage("multi30k-modular-h3-s1", {"modular": "v0"}) == "multi30k-modular-h3-s1"
+    assert carry_mod.renamed_stage("multi30k-modular-s1", {"modular": "v0"}) == "multi30k-v0-s1"
+
+    from claims.config import Settings
+
+    settings = Settings(work=tmp_path / "work")
+    work = work_mod.Work(settings, carry)
+    # A recorded run that has not started here is not trained: Carried, and not listed as missing.
+    with pytest.raises(work_mod.Carried):
+        train_mod.train(work, "multi30k-kd", ["baseline"], tmp_path / "work" / "kd", 2000)
+    try:
+        train_mod.train(work, "multi30k-kd", ["baseline"], tmp_path / "work" / "kd", 2000)
+    except work_mod.NotDone as err:
+        work.not_done(err)
+    assert work.missing == [] and carry.record()["stages"] == ["multi30k-kd"]
+    # A run the file does not know is trained as usual (here the command fails: it was run, not carried).
+    with pytest.raises(SystemExit, match="no-such-command"):
+        train_mod.train(work, "multi30k-modular", ["no-such-command"], tmp_path / "work" / "modular", 2000)
+
+    # Measured groups replace the file's; the rest is added, marked carried; measured walls win.
+    measured = [{**_row("modular"), "bleu": 35.0}, {**_row("kd", rule="student"), "bleu": 34.5}]
+    rows, walls = carry.merge(measured, {"multi30k-modular": 1300.0})
+    assert [(r["method"], r["shape"], r["bleu"], r.get("carried")) for r in rows] == [
+        ("modular", "6-6", 35.0, None),
+        ("kd", "6-6", 34.5, None),
+        ("modular-v0", "6-6", 33.0, "2026-12-01"),
+        ("modular-v0-random", "6-6", 31.0, "2026-12-01"),
+        ("kd", "12-3", 32.0, "2026-12-01"),
+    ]
+    assert walls["multi30k-modular"] == 1300.0 and walls["multi30k-modular-v0"] == 1000.0
+
+
+def test_seed_claims_refuses_a_malformed_carry_rename() -> None:
+    script = ROOT / "benchmarks" / "seed_claims.py"
+    for args in (["--carry-as", "modular=v0"], ["--carry", "x.json", "--carry-as", "modular"]):
+        done = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 2 and "--carry" in done.stderr.splitlines()[-1], done.stderr

@@ -73,8 +73,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global grad norm
     w_ce: float = 1.0  # task cross-entropy of the hybrid
-    w_hidden: float = 0.0  # hidden-state distillation (off by default: see DEFAULT_RECIPE)
-    w_attn: float = 0.0  # attention distillation (off by default: see DEFAULT_RECIPE)
+    w_hidden: float = 0.0  # hidden-state distillation (off by default: see the docstring)
+    w_attn: float = 0.0  # attention distillation (off by default: see the docstring)
     w_logit: float = 1.0  # logit distillation (0 = off)
     temperature: float = 2.0  # logit distillation temperature
     replace_start: float = 0.5  # curriculum: replacement rate at step 0
