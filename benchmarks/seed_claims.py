@@ -75,7 +75,7 @@ from harness import RUNS, Results, add_results_options, provenance, read_results
 def measure(settings: Settings) -> dict:
     """Run (or, --report-only, look up) every stage asked for; the results record."""
     torch.set_num_threads(settings.threads)
-    carry = Carry.load(settings.carry, dict(settings.carry_as)) if settings.carry else None
+    carry = Carry.load(settings.carry, dict(settings.carry_as), settings.steps) if settings.carry else None
     work = Work(settings, carry)
     rows: list[dict] = []
     for name, stage in (("multi30k", multi30k), ("squad", squad)):

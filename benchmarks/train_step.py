@@ -1,12 +1,14 @@
 """Cost of one modular training step against one plain fine-tuning step of the same teacher, side by side.
 
     python benchmarks/train_step.py [--teacher ../shared/models/multi30k-t5-12x12] [--batch-size 32] [--repeats 20]
+        [--threads 1]
     python benchmarks/train_step.py --from-results benchmarks/results/train_step.json --results DIR
 
 Both steps see the same batches, alternating (modular, fine-tune, modular, ...) so that machine noise hits both
-alike. The modular step is `ReplacingTrainer.step` with the default loss weights (CE + hidden + attention
-distillation), its hybrid sampled by the curriculum at progress spread evenly over a run; the fine-tuning step is
-a forward and backward pass of the whole teacher with AdamW on all its parameters. Writes
+alike. The modular step is `ReplacingTrainer.step` with `modformer train`'s defaults (`TrainConfig`: six hybrids
+sharing one teacher pass, each row of the batch through two of them, cross-entropy and logit distillation), its
+hybrids sampled at progress spread evenly over a run; the fine-tuning step is a forward and backward pass of the
+whole teacher with AdamW on all its parameters. Writes
 benchmarks/results/train_step.json: every step's time (`*_step_s_all`) as measured, and the medians and ratios
 computed from them by `report()` (which `--from-results` reruns on a results file's step times).
 """
@@ -33,6 +35,7 @@ DERIVED = ("modular_step_s", "finetune_step_s", "ratio", "ratio_of_pairs_median"
 
 def measure(args) -> dict:
     """Alternating modular and fine-tuning steps on the same batches: every step's seconds after warm-up."""
+    torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(args.teacher)
     spec = DATASETS["multi30k"].spec()
     train = load_split(spec, "train", limit=5000).tokenize(tokenizer)
@@ -66,7 +69,7 @@ def measure(args) -> dict:
             hybrids.append(result.hybrid)
         print(f"{i:3d} modular {result.seconds:.3f}s finetune {ft:.3f}s {result.hybrid}", flush=True)
     return {
-        **provenance(),
+        **provenance(args.threads),
         "teacher": args.teacher,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
@@ -97,6 +100,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady beside other jobs)")
     add_results_options(parser, NAME)
     args = parser.parse_args()
     result = report(measured_or_recorded(args, measure, DERIVED))

@@ -210,6 +210,10 @@ def test_carry_skips_recorded_runs_and_fills_in_only_what_was_not_measured(claim
     except work_mod.NotDone as err:
         work.not_done(err)
     assert work.missing == [] and carry.record()["stages"] == ["multi30k-kd"]
+    # A file whose walls lack a run's stage still has its rows: the run's folder is known from them.
+    assert "students/kd-12-3-s0" in carry.runs and "modular-v0" in carry.runs
+    with pytest.raises(work_mod.Carried):
+        train_mod.train(work, "multi30k-kd-old-name", ["baseline"], tmp_path / "work" / "students" / "kd-12-3-s0", 2000)
     # A run the file does not know is trained as usual (here the command fails: it was run, not carried).
     with pytest.raises(SystemExit, match="no-such-command"):
         train_mod.train(work, "multi30k-modular", ["no-such-command"], tmp_path / "work" / "modular", 2000)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from harness import read_results
 
+from claims.config import ABLATIONS
 from claims.work import Carried
 
 TASK_PREFIXES = ("multi30k-plan-", "multi30k-", "squad-")  # stage names: <prefix><method or run>[-s<seed>]
@@ -47,6 +48,21 @@ def renamed_stage(stage: str, renames: dict[str, str]) -> str:
     return stage
 
 
+def run_folder(row: dict, base_steps: int, ablations) -> str | None:
+    """The work folder (relative) of the Multi30k run a row came from, as the stages name it; None for the teacher
+    and SQuAD (whose stages are named in `walls`). A file's `walls` may lack a run's stage (older runs kept their
+    times elsewhere), so its rows say which runs it has too."""
+    if row["task"] != "multi30k" or row["rule"] == "teacher":
+        return None
+    if row["rule"] == "student":  # claims.students.student_name, `|` as `-`
+        budget = [f"{row['steps']}steps"] if row["steps"] != base_steps else []
+        return "students/" + "-".join([row["method"], row["shape"], *budget, f"s{row['seed']}"])
+    method = row["method"].removesuffix("-random")
+    name = f"modular-{method}" if method in ablations else method
+    name = f"{name}-s{row['seed']}" if row["seed"] else name  # claims.train.seeded
+    return f"plans/{name}" if row["rule"] == "planned" else name
+
+
 def group(row: dict) -> tuple:
     """The rows one run gives: a modular run's assemblies (its random orders and its plan apart), or one student."""
     kind = row["rule"] if row["rule"] in ("planned", "teacher") else row["shape"] if row["rule"] == "student" else ""
@@ -63,17 +79,20 @@ class Carry:
     walls: dict[str, float]
     renames: dict[str, str] = field(default_factory=dict)
     stages: list[str] = field(default_factory=list)  # the runs this run did not train because the file has them
+    runs: set[str] = field(default_factory=set)  # the run folders (relative to --work) the file's rows came from
 
     @classmethod
-    def load(cls, path: Path, renames: dict[str, str]) -> Carry:
+    def load(cls, path: Path, renames: dict[str, str], base_steps: int = 2000) -> Carry:
         recorded = read_results(path)
         rows = [{**r, "method": renamed_method(r["method"], renames)} for r in recorded["rows"]]
         walls = {renamed_stage(k, renames): v for k, v in recorded["walls"].items()}
-        return cls(str(path), recorded["date"], rows, walls, dict(renames))
+        runs = {f for r in rows if (f := run_folder(r, base_steps, ABLATIONS)) is not None}
+        return cls(str(path), recorded["date"], rows, walls, dict(renames), runs=runs)
 
-    def check(self, stage: str, out: Path, started: bool) -> None:
-        """Raise Carried if the run `stage` into `out` has not started here and the file recorded it."""
-        if not started and stage in self.walls:
+    def check(self, stage: str, run: str, started: bool) -> None:
+        """Raise Carried if the run `stage` into the folder `run` (relative to --work) has not started here and the
+        file has it (its stage in `walls`, or rows from that folder)."""
+        if not started and (stage in self.walls or run in self.runs):
             self.stages.append(stage)
             raise Carried(f"{stage}: carried from {self.source} ({self.date})")
 

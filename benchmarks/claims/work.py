@@ -37,7 +37,8 @@ class Work:
     def check_carried(self, stage: str, out: Path, started: bool) -> None:
         """Raise claims.carry.Carried if --carry stands in for this run (it has not started here)."""
         if self.carry is not None:
-            self.carry.check(stage, out, started)
+            run = out.relative_to(self.folder).as_posix() if out.is_relative_to(self.folder) else str(out)
+            self.carry.check(stage, run, started)
 
     @property
     def report_only(self) -> bool:
