@@ -142,7 +142,7 @@ def train_once(m30: list[dict], first: dict | None, steps: int | None, walls: di
         "kd_6_6_wall_s": kd["wall_s"] if kd else None,
         "ratio_to_kd_6_6": first["wall_s"] / kd["wall_s"] if alike else None,
         "ratio_target": TRAIN_ONCE_RATIO,
-        "ratio_met": alike and first["wall_s"] / kd["wall_s"] <= TRAIN_ONCE_RATIO,
+        "ratio_met": first["wall_s"] / kd["wall_s"] <= TRAIN_ONCE_RATIO if alike else None,
         "students_wall_s": replaced,
         "students_runs": len(students),
         "students_steps": steps,
@@ -285,7 +285,12 @@ def plot(rows: list[dict]) -> Figure | None:
             "no-curriculum": ("D", "C4"),
             "no-attn": ("P", "C5"),
             "teacher": ("*", "k"),
-            **dict(zip(VARIANTS, itertools.cycle((("h", "C6"), ("h", "C8"), ("p", "goldenrod"))))),
+            **dict(
+                zip(
+                    VARIANTS,
+                    itertools.cycle((("h", "C6"), ("H", "C8"), ("p", "goldenrod"), ("d", "teal"), ("8", "slategray"))),
+                )
+            ),
         }
         for method, (marker, color) in styles.items():
             pts = [r for r in m30 if r["method"] == method and r.get(x)]
