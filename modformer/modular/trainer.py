@@ -19,10 +19,10 @@ distillation and cross-entropy only, lr 1e-3 (the README's "The default recipe" 
 Several processes (data parallel, launched with `torchrun` or `accelerate launch`; `accelerate.PartialState` reads
 the launcher's environment and sets up the process group: gloo on CPUs, NCCL on GPUs): every process draws the same
 global batch and the same hybrid (same seeds), takes its share of the batch's rows (`rank::world`), and the module
-gradients are averaged across processes (one all-reduce of one flat buffer) before the step. With `split_batch`
-the rows go to hybrids by their place in the global batch, so a process runs each hybrid on its own part of that
-hybrid's rows (weighted by that part) and may hold none of some hybrid's. So N processes with a global batch B train
-like one process with batch B. Only the main process evaluates, logs and writes checkpoints.
+gradients are averaged across processes (one all-reduce of one flat buffer) before the step. So N processes with a
+global batch B train like one process with batch B, except with `split_batch`: each process splits its own rows
+among the hybrids, so the hybrids see the same rows in expectation, not the same rows (a short batch can leave a
+process fewer hybrids than another; a parameter with a gradient in any process then gets the mean). Only the main process evaluates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -224,38 +224,25 @@ class ReplacingTrainer(Recipe):
             )
             for _ in range(cfg.hybrids_per_step)
         ]
-        rows_in_batch = len(batch["input_ids"])  # the global batch's: every process splits it alike
         batch = self._share(batch)
         if cfg.split_batch:  # a short batch (an epoch's last) may hold fewer rows than hybrids: one row each at least
-            hybrids = hybrids[:rows_in_batch]
+            hybrids = hybrids[: len(batch["input_ids"])]
         targets = self.teacher_targets(batch, hybrids)
         weights = {"ce": cfg.w_ce, "hidden": cfg.w_hidden, "attn": cfg.w_attn, "logit": cfg.w_logit}
         self.optimizer.zero_grad(set_to_none=True)
-        summed, counted = None, 0
+        summed = None
         for i, hybrid in enumerate(hybrids):
-            share = 1.0  # this process's rows of the hybrid's, times the processes (1: an equal share)
             if cfg.split_batch:  # hybrid i sees rows i, i+H, ... (and the R-1 rows after each): equal shares
-                rows = split_rows(rows_in_batch, i, len(hybrids), cfg.hybrids_per_row)
-                mine = self._local_rows(rows)
-                if len(mine) == 0:  # with several processes, all of this hybrid's rows can be another's
-                    continue
-                share = len(mine) * self.processes.num_processes / len(rows)
-                parts = self.hybrid_losses(_rows(batch, mine), hybrid, _rows(targets, mine))
+                rows = split_rows(len(batch["input_ids"]), i, len(hybrids), cfg.hybrids_per_row)
+                parts = self.hybrid_losses(_rows(batch, rows), hybrid, _rows(targets, rows))
             else:
                 parts = self.hybrid_losses(batch, hybrid, targets)
             loss = sum(weights[k] * v for k, v in parts.items())
             figures = torch.stack([loss.detach(), *(v.detach() for v in parts.values())])
-            summed, counted = (figures if summed is None else summed + figures), counted + 1
+            summed = figures if summed is None else summed + figures
             if torch.isfinite(figures).all():  # a non-finite loss stops the run below, before any update
-                (loss * share / len(hybrids)).backward()  # averaged over processes: each hybrid's mean loss
-        if summed is None:
-            summed = torch.zeros(
-                1 + len(weights), device=self.device
-            )  # the total and each part, as hybrid_losses gives them
-        # The mean over every hybrid run in every process (a process may have run fewer than the others).
-        totals = self._sum_across_processes(torch.cat([summed, summed.new_tensor([float(counted)])]))
-        shown = totals[:-1] / totals[-1]
-        parts = dict.fromkeys(weights)  # hybrid_losses' parts, in its order
+                (loss / len(hybrids)).backward()
+        shown = self._mean_across_processes(summed / len(hybrids))
         if not torch.isfinite(shown).all():  # every process sees the same figures, so all stop together
             named = dict(zip(["total", *parts], shown.tolist(), strict=True))
             bad = next((k for k in parts if not np.isfinite(named[k])), "total")
@@ -289,11 +276,6 @@ class ReplacingTrainer(Recipe):
         """This process's rows of the global batch, on this process's device."""
         n, rank = self.processes.num_processes, self.processes.process_index
         return {k: (v[rank::n] if n > 1 else v).to(self.device) for k, v in batch.items()}
-
-    def _local_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        """Rows of the global batch (indices) as this process's rows: it holds rows rank, rank + n, ... (`_share`)."""
-        n, rank = self.processes.num_processes, self.processes.process_index
-        return rows if n == 1 else rows[rows % n == rank] // n
 
     def _sum_across_processes(self, values: torch.Tensor) -> torch.Tensor:
         if self.processes.num_processes == 1:
