@@ -7,12 +7,12 @@
 takes hours per recipe. This benchmark is the sieve before it: each candidate recipe (`RECIPES`, `modformer train`
 options on top of `COMMON` and the seed recipe `SEED`) is trained as a user runs it, on the 12+12 Multi30k teacher,
 one thread, into the same work folder and with the same folder names as seed_claims.py's variants
-(`<work>/modular-<recipe>[-s<seed>]`), so a candidate that goes on to the judge is not trained twice. Then the shapes that trail the students (12-3, 12-2) and
-two that do not (6-6, 4-4), the strategies' assemblies of those shapes, are scored on `val` (where recipes are
-chosen) and `test_2016_flickr` (reported): greedy, at most 64 new tokens, through a CTranslate2 float32 export (token
-for token what transformers generates here: `export_parity` 1.0 in benchmarks/results/targets.json; a tenth of the
-time). Each run's held-out loss of the uniform assemblies (all 2-modules, all 3-modules, ...) every 200 steps comes
-from its trainer checkpoint: the curves of `decoder_gap.png`.
+(`<work>/modular-<recipe>[-s<seed>]`), so a candidate that goes on to the judge is not trained twice. Then the
+shapes that trail the students (12-3, 12-2) and two that do not (6-6, 4-4), the strategies' assemblies of those
+shapes, are scored on `val` (where recipes are chosen) and `test_2016_flickr` (reported): greedy, at most 64 new
+tokens, through a CTranslate2 float32 export (token for token what transformers generates here: `export_parity` 1.0
+in benchmarks/results/targets.json; a tenth of the time). Each run's held-out loss of the uniform assemblies (all
+2-modules, all 3-modules, ...) every 200 steps comes from its trainer checkpoint: the curves of `decoder_gap.png`.
 
 Every training run and score is cached under --work; a rerun skips what is done and resumes a stopped run.
 Results: benchmarks/results/decoder_gap.json, .md and .png, with seed_claims.json's rows at the same shapes and steps

@@ -9,7 +9,7 @@ a resumed run restores that generator). So calling the same sampler with the sam
 modules every step of a benchmarked run trained, without the teacher or the data (tests/test_benchmarks.py checks
 this against the draws benchmarks/train_step.py recorded from a real trainer). Three recipes (`RECIPES`), each at
 every `--steps`: the seed recipe (`modformer train`'s default when this was measured: one hybrid per step,
-coarse-to-fine curriculum; `SEED`),
+coarse-to-fine curriculum; `claims.config.SEED_RECIPE`),
 the best recipe of benchmarks/seed_claims.py (`modular-h3-no-attn`: three hybrids per step; attention distillation
 off, which changes no draw, so `modular-h3` shares its draws) and the `--no-curriculum` ablation. Granularities
 2,3,4,6 as in the benchmark (and the CLI's default for 12 layers).
@@ -37,6 +37,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 
+from claims.config import SEED_RECIPE
 from harness import RESULTS, Results, add_results_options, provenance, read_results, recorded_provenance
 
 from modformer.modular.assembly import SHORT_NAMES, STACKS, Assembly, sizes_at
@@ -59,26 +60,18 @@ class ReplayedRecipe:
     methods: dict  # steps -> methods in seed_claims.json (w_attn changes no draw: no-attn shares the default's)
 
 
-# The seed recipe: `modformer train`'s default when these were measured (one hybrid per step on the whole batch, the
-# curriculum, every loss; seed_claims.py's SEED_RECIPE), spelled out so that a new default does not change them.
-SEED = {
-    "hybrids_per_step": 1,
-    "split_batch": False,
-    "hybrids_per_row": 1,
-    "teacher_encoder_share": 0.0,
-    "curriculum": True,
-    "lr": 5e-4,
-    "w_hidden": 1.0,
-    "w_attn": 1.0,
-}
+# Each recipe names every sampling setting (the seed recipe's, claims.config.SEED_RECIPE: `modformer train`'s default
+# when these were measured), so that a new default does not change them.
 RECIPES = {  # "default": the seed recipe, benchmarked as `modular` then (now `modular-v0`)
-    "default": ReplayedRecipe((), SEED, {2000: ("modular-v0", "no-attn")}),
+    "default": ReplayedRecipe((), SEED_RECIPE, {2000: ("modular-v0", "no-attn")}),
     "h3-no-attn": ReplayedRecipe(
         ("--hybrids-per-step", "3", "--w-attn", "0"),
-        SEED | {"hybrids_per_step": 3, "w_attn": 0.0},
+        SEED_RECIPE | {"hybrids_per_step": 3, "w_attn": 0.0},
         {2000: ("modular-h3-no-attn", "modular-h3"), 4000: ("modular-h3-no-attn-2x-steps",)},
     ),
-    "no-curriculum": ReplayedRecipe(("--no-curriculum",), SEED | {"curriculum": False}, {2000: ("no-curriculum",)}),
+    "no-curriculum": ReplayedRecipe(
+        ("--no-curriculum",), SEED_RECIPE | {"curriculum": False}, {2000: ("no-curriculum",)}
+    ),
 }
 PHASES = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))  # curriculum progress, right-open but the last
 SHAPES = ("12-6", "12-4", "12-3", "12-2", "6-6", "4-4", "3-3")  # the headline table's named assemblies

@@ -133,6 +133,7 @@ def main() -> None:
         "--carry-as",
         action="append",
         default=[],
+        type=parse_rename,
         metavar="OLD=NEW",
         help="rename a method of the carried rows (repeatable), e.g. modular=modular-v0 when the default changed",
     )
@@ -140,10 +141,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.carry_as and not args.carry:
         parser.error("--carry-as renames carried rows: give --carry FILE too")
-    try:
-        [parse_rename(r) for r in args.carry_as]
-    except argparse.ArgumentTypeError as err:
-        parser.error(str(err))
     if args.from_results:
         result = rebuild(read_results(args.from_results))
     else:

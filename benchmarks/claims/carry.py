@@ -1,13 +1,13 @@
 """Rows carried over from an earlier results file, for runs whose caches this work folder does not have.
 
 The benchmark's runs take hours each, and a work folder does not outlive its machine. `--carry FILE` (an earlier
-`seed_claims.json`, e.g. the committed one) stands in for what this folder lacks: a run whose folder is absent here
-and whose training stage FILE records (its `walls` name every stage that trained) is not trained again (`Carried`);
-after the stages, each (task, method, steps, seed) group of FILE's rows that this run did not measure is added,
-marked `carried` with FILE's date. A run this folder has, or that FILE does not know, is trained and measured as
-usual, and its rows replace FILE's. `--carry-as OLD=NEW` renames a method of FILE's rows (and its stages), for when
-the recipe a name stands for changed: `--carry-as modular=modular-v0` keeps the old default's rows as the seed
-recipe's when the default recipe is new.
+`seed_claims.json`, e.g. the committed one) stands in for what this folder lacks: a run that has not started here
+and that FILE has (its training stage in FILE's `walls`, or rows from its folder: older runs did not always keep
+their stage times) is not trained again (`Carried`); after the stages, each (task, method, steps, seed) group of
+FILE's rows that this run did not measure is added, marked `carried` with FILE's date. A run this folder has, or
+that FILE does not know, is trained and measured as usual, and its rows replace FILE's. `--carry-as OLD=NEW` renames
+a method of FILE's rows (and its stages), for when the recipe a name stands for changed: `--carry-as
+modular=modular-v0` keeps the old default's rows as the seed recipe's when the default recipe is new.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from pathlib import Path
 from harness import read_results
 
 from claims.config import ABLATIONS
+from claims.students import student_name
+from claims.train import seeded
 from claims.work import Carried
 
 TASK_PREFIXES = ("multi30k-plan-", "multi30k-", "squad-")  # stage names: <prefix><method or run>[-s<seed>]
@@ -48,18 +50,16 @@ def renamed_stage(stage: str, renames: dict[str, str]) -> str:
     return stage
 
 
-def run_folder(row: dict, base_steps: int, ablations) -> str | None:
+def run_folder(row: dict, base_steps: int) -> str | None:
     """The work folder (relative) of the Multi30k run a row came from, as the stages name it; None for the teacher
-    and SQuAD (whose stages are named in `walls`). A file's `walls` may lack a run's stage (older runs kept their
-    times elsewhere), so its rows say which runs it has too."""
+    and SQuAD (whose stages are named in `walls`)."""
     if row["task"] != "multi30k" or row["rule"] == "teacher":
         return None
-    if row["rule"] == "student":  # claims.students.student_name, `|` as `-`
-        budget = [f"{row['steps']}steps"] if row["steps"] != base_steps else []
-        return "students/" + "-".join([row["method"], row["shape"], *budget, f"s{row['seed']}"])
+    if row["rule"] == "student":
+        name = student_name(row["method"], row["shape"], row["steps"], row["seed"], base_steps)
+        return "students/" + name.replace("|", "-")
     method = row["method"].removesuffix("-random")
-    name = f"modular-{method}" if method in ablations else method
-    name = f"{name}-s{row['seed']}" if row["seed"] else name  # claims.train.seeded
+    name = seeded(f"modular-{method}" if method in ABLATIONS else method, row["seed"])
     return f"plans/{name}" if row["rule"] == "planned" else name
 
 
@@ -86,7 +86,7 @@ class Carry:
         recorded = read_results(path)
         rows = [{**r, "method": renamed_method(r["method"], renames)} for r in recorded["rows"]]
         walls = {renamed_stage(k, renames): v for k, v in recorded["walls"].items()}
-        runs = {f for r in rows if (f := run_folder(r, base_steps, ABLATIONS)) is not None}
+        runs = {f for r in rows if (f := run_folder(r, base_steps)) is not None}
         return cls(str(path), recorded["date"], rows, walls, dict(renames), runs=runs)
 
     def check(self, stage: str, run: str, started: bool) -> None:

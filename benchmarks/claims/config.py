@@ -30,31 +30,31 @@ METHODS = ("sft", "kd", "pseudo")
 # The recipe that was `modformer train`'s default until the decoder-gap sieves (docs/decoder-gap.md): one hybrid per
 # step on the whole batch, the coarse-to-fine curriculum, every loss at weight 1, lr 5e-4. The older runs below are
 # this recipe with one setting changed; their options name it whole, so that they mean the same under any default.
-SEED_RECIPE = {
-    "--hybrids-per-step": "1",
-    "--split-batch": False,
-    "--hybrids-per-row": "1",
-    "--teacher-encoder-share": "0",
-    "--curriculum": True,
-    "--lr": "5e-4",
-    "--w-hidden": "1",
-    "--w-attn": "1",
+SEED_RECIPE = {  # TrainConfig fields (module_exposure.py replays them); seed_recipe() spells them as options
+    "hybrids_per_step": 1,
+    "split_batch": False,
+    "hybrids_per_row": 1,
+    "teacher_encoder_share": 0.0,
+    "curriculum": True,
+    "lr": 5e-4,
+    "w_hidden": 1.0,
+    "w_attn": 1.0,
 }
 
 
-def seed_recipe(**changes: str | bool) -> list[str]:
-    """`modformer train` options of the seed's recipe with some changed (`hybrids_per_step="3"`, `curriculum=False`)."""
-    recipe = SEED_RECIPE | {f"--{k.replace('_', '-')}": v for k, v in changes.items()}
+def seed_recipe(**changes: float | bool) -> list[str]:
+    """`modformer train` options of the seed's recipe with some changed (`hybrids_per_step=3`, `curriculum=False`)."""
     options: list[str] = []
-    for flag, value in recipe.items():
+    for name, value in (SEED_RECIPE | changes).items():
+        flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             options.append(flag if value else flag.replace("--", "--no-", 1))
         else:
-            options += [flag, value]
+            options += [flag, f"{value:g}"]
     return options
 
 
-ABLATIONS = {"no-curriculum": seed_recipe(curriculum=False), "no-attn": seed_recipe(w_attn="0")}  # of the seed recipe
+ABLATIONS = {"no-curriculum": seed_recipe(curriculum=False), "no-attn": seed_recipe(w_attn=0.0)}  # of the seed recipe
 
 
 class Variant(NamedTuple):
@@ -69,9 +69,9 @@ DEFAULT_SEEDS = 2  # the default run (`modular`, no recipe options) always has t
 VARIANTS = {
     "modular-2x-steps": Variant([], 2, steps_x=2),  # the default recipe at twice the steps
     "modular-v0": Variant(seed_recipe(), 1),  # the seed's recipe, the default until the decoder-gap sieves
-    "modular-h3": Variant(seed_recipe(hybrids_per_step="3"), 2),
-    "modular-h3-no-attn": Variant(seed_recipe(hybrids_per_step="3", w_attn="0"), 2),
-    "modular-h3-no-attn-2x-steps": Variant(seed_recipe(hybrids_per_step="3", w_attn="0"), 2, steps_x=2),
+    "modular-h3": Variant(seed_recipe(hybrids_per_step=3), 2),
+    "modular-h3-no-attn": Variant(seed_recipe(hybrids_per_step=3, w_attn=0.0), 2),
+    "modular-h3-no-attn-2x-steps": Variant(seed_recipe(hybrids_per_step=3, w_attn=0.0), 2, steps_x=2),
 }
 PLAN_SIZE_RATIO = 2.0  # plans ask for assemblies at least this much smaller than the teacher (acceptance line 2)
 PLAN_VALIDATE_PAIRS = 500
@@ -122,7 +122,7 @@ class Settings:
             stages=frozenset(s.strip() for s in args.stages.split(",") if s.strip()),
             report_only=args.report_only,
             carry=args.carry,
-            carry_as=tuple(parse_rename(r) for r in args.carry_as),
+            carry_as=tuple(args.carry_as),  # (old, new) pairs: parse_rename is the option's type
         )
 
     def budgets(self) -> list[int]:

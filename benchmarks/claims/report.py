@@ -137,12 +137,13 @@ def train_once(m30: list[dict], first: dict | None, steps: int | None, walls: di
     kd = next((r for r in students if r["method"] == "kd" and r["shape"] == "6-6"), None)
     # Like for like only: both measured by this run (a carried row's wall time is another machine's).
     alike = first is not None and kd is not None and not first.get("carried") and not kd.get("carried")
+    ratio = first["wall_s"] / kd["wall_s"] if alike else None
     return {
         "modular_wall_s": first["wall_s"] if first else None,
         "kd_6_6_wall_s": kd["wall_s"] if kd else None,
-        "ratio_to_kd_6_6": first["wall_s"] / kd["wall_s"] if alike else None,
+        "ratio_to_kd_6_6": ratio,
         "ratio_target": TRAIN_ONCE_RATIO,
-        "ratio_met": first["wall_s"] / kd["wall_s"] <= TRAIN_ONCE_RATIO if alike else None,
+        "ratio_met": ratio <= TRAIN_ONCE_RATIO if ratio is not None else None,
         "students_wall_s": replaced,
         "students_runs": len(students),
         "students_steps": steps,

@@ -66,18 +66,7 @@ def multi30k(work: Work, rows: list[dict]) -> None:
     del modular
     picked = named + ([("size-first", at_2x)] if at_2x not in shape_of.values() else [])
     for seed in range(1, DEFAULT_SEEDS):  # the default's further seeds: what a variant's seeds are scored at
-        out = work.folder / seeded("modular", seed)
-        try:
-            s_wall = train(
-                work, f"multi30k-{seeded('modular', seed)}", [*train_cmd, "--seed", seed], out, settings.steps
-            )
-        except NotDone as err:
-            work.not_done(err)
-            continue
-        started = time.perf_counter()
-        rows += modular_rows(work, task, "modular", out, picked, settings.steps, s_wall, seed)
-        rows += modular_rows(work, task, "modular-random", out, random_pick, settings.steps, s_wall, seed)
-        work.add_wall("multi30k-scoring", time.perf_counter() - started)
+        rows += seed_rows(work, task, "modular", train_cmd, seed, settings.steps, picked, random_pick)
 
     if work.asked("students"):
         students(work, task, rows)
@@ -138,16 +127,25 @@ def variants(work: Work, task: Task, rows: list[dict], picked: list, random_pick
         steps = settings.steps * variant.steps_x
         cmd = train_command(task.name, MULTI30K_TEACHER, steps, settings.batch_size)
         for seed in range(variant.seeds):
-            out, stage = work.folder / seeded(name, seed), f"multi30k-{seeded(name, seed)}"
-            try:
-                v_wall = train(work, stage, [*cmd, *variant.options, "--seed", seed], out, steps)
-            except NotDone as err:
-                work.not_done(err)
-                continue
-            started = time.perf_counter()
-            rows += modular_rows(work, task, name, out, picked, steps, v_wall, seed)
-            rows += modular_rows(work, task, f"{name}-random", out, random_pick, steps, v_wall, seed)
-            work.add_wall("multi30k-scoring", time.perf_counter() - started)
+            rows += seed_rows(work, task, name, [*cmd, *variant.options], seed, steps, picked, random_pick)
+
+
+def seed_rows(
+    work: Work, task: Task, name: str, command: list, seed: int, steps: int, picked: list, random_pick: list
+) -> list[dict]:
+    """One seed of a modular run (`command`, its recipe, without --seed and --out) trained into <name>[-s<seed>] and
+    scored at `picked` and the random orders; no rows where it is not done (--report-only) or carried (--carry)."""
+    out, stage = work.folder / seeded(name, seed), f"multi30k-{seeded(name, seed)}"
+    try:
+        wall = train(work, stage, [*command, "--seed", seed], out, steps)
+    except NotDone as err:
+        work.not_done(err)
+        return []
+    started = time.perf_counter()
+    rows = modular_rows(work, task, name, out, picked, steps, wall, seed)
+    rows += modular_rows(work, task, f"{name}-random", out, random_pick, steps, wall, seed)
+    work.add_wall("multi30k-scoring", time.perf_counter() - started)
+    return rows
 
 
 def plans(work: Work, task: Task, rows: list[dict], main: Path) -> None:

@@ -22,7 +22,8 @@ global batch and the same hybrid (same seeds), takes its share of the batch's ro
 gradients are averaged across processes (one all-reduce of one flat buffer) before the step. So N processes with a
 global batch B train like one process with batch B, except with `split_batch`: each process splits its own rows
 among the hybrids, so the hybrids see the same rows in expectation, not the same rows (a short batch can leave a
-process fewer hybrids than another; a parameter with a gradient in any process then gets the mean). Only the main process evaluates, logs and writes checkpoints.
+process fewer hybrids than another; a parameter with a gradient in any process then gets the mean). Only the main
+process evaluates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -290,9 +291,10 @@ class ReplacingTrainer(Recipe):
         return self._sum_across_processes(values) / self.processes.num_processes
 
     def _average_gradients(self) -> None:
-        """Mean of the module gradients over processes, as one flat buffer. All processes ran the same hybrids, but
-        with --split-batch one may hold none of a hybrid's rows: a parameter with a gradient in any process gets the
-        mean (zero where a process had none); one with a gradient in none keeps none (the optimizer skips it)."""
+        """Mean of the module gradients over processes, as one flat buffer. All processes drew the same hybrids, but
+        with --split-batch a short batch can leave one process fewer of them: a parameter with a gradient in any
+        process gets the mean (zero where a process had none); one with a gradient in none keeps none (the optimizer
+        skips it)."""
         if self.processes.num_processes == 1:
             return
         used = torch.tensor([float(p.grad is not None) for p in self.params], device=self.device)
