@@ -1,6 +1,7 @@
 """Screening recipes for the decoder's coarse modules: train each candidate once, score the shapes that trail.
 
     python benchmarks/decoder_gap.py [--work runs/seed-claims] [--steps 2000] [--recipes a,b] [--seeds 0] [--also a:1]
+        [--carry benchmarks/results/decoder_gap.json]
     python benchmarks/decoder_gap.py --from-results benchmarks/results/decoder_gap.json --results DIR
 
 `benchmarks/seed_claims.py` is the judge (students beside modular runs, two seeds, torch generation, timing); it
@@ -15,6 +16,10 @@ in benchmarks/results/targets.json; a tenth of the time). Each run's held-out lo
 2-modules, all 3-modules, ...) every 200 steps comes from its trainer checkpoint: the curves of `decoder_gap.png`.
 
 Every training run and score is cached under --work; a rerun skips what is done and resumes a stopped run.
+`--carry FILE` (an earlier decoder_gap.json, e.g. the committed one) stands in for runs this work folder lacks: a
+recipe's seed or a student that has not started here and that FILE has is not trained again; FILE's record of it is
+kept, marked `carried` (and † in the table). So a new candidate is screened beside the old ones without retraining
+them on a machine that no longer has their folders.
 Results: benchmarks/results/decoder_gap.json, .md and .png, with seed_claims.json's rows at the same shapes and steps
 (students, the default recipe) beside them.
 """
@@ -59,7 +64,7 @@ from modformer.serving.targets import Target
 NAME = "decoder_gap"
 DERIVED = ("summary",)
 SEED_CLAIMS = RESULTS / "seed_claims.json"
-COMMON = ["--granularities", "2,3,4,6", "--batch-size", "32"]
+COMMON = ["--batch-size", "32"]  # the modules (--granularities 2,3,4,6) are part of the seed recipe, SEED
 # Every recipe is the seed recipe (the default when these were screened) with its options on top, spelled out so that
 # a new default leaves each recipe as it was (the last of a repeated option wins).
 SEED = seed_recipe()
@@ -105,6 +110,14 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
     **{
         f"h6s2-no-attn-no-hidden-lr1e-3-uniform-te{name}": _per_row(2, *UNIFORM_1E3, "--teacher-encoder-share", share)
         for name, share in (("33", "0.33"), ("50", "0.5"), ("67", "0.67"))
+    },
+    # the default's modules without the 3-modules (--granularities 2,4,6): each module is in a third of the hybrids,
+    # not a quarter, so it sees a third more rows at no extra cost; and the same with each row through three hybrids
+    **{
+        f"h6s{rows}-no-attn-no-hidden-lr1e-3-uniform-te50-g246": _per_row(
+            rows, *UNIFORM_1E3, "--teacher-encoder-share", "0.5", "--granularities", "2,4,6"
+        )
+        for rows in (2, 3)
     },
     # cross-entropy alone needs no teacher pass: its cost goes to each row running through four of the six hybrids
     "h6s4-ce-lr1e-3-uniform": _per_row(4, "--w-logit", "0", *UNIFORM_1E3),
@@ -248,14 +261,39 @@ def history(out: Path) -> list[dict]:
     return torch.load(out / STATE_NAME, weights_only=False).get("history", [])
 
 
+def started(out: Path) -> bool:
+    """Whether a run (modular or student) has begun in `out`: a finished step or a trainer checkpoint."""
+    return completed(out) > 0 or (out / STATE_NAME).is_file()
+
+
+def carried_record(carry: dict, kind: str, name: str, seed: int, steps: int, out: Path) -> dict | None:
+    """--carry's record of a recipe's (kind "runs") or a student's (kind "students") run, if it has not started in
+    `out` and the earlier file has it at these steps; marked `carried`."""
+    if not carry or started(out):
+        return None
+    key = "recipe" if kind == "runs" else "student"
+    for record in carry.get(kind, []):
+        if record[key] == name and record["seed"] == seed and record["steps"] == steps:
+            print(f"carried: {out.name} (from {carry['date']})", flush=True)
+            return record | {"carried": carry["date"]}
+    return None
+
+
 def measure(args) -> dict:
     torch.set_num_threads(THREADS)
     args.work.mkdir(parents=True, exist_ok=True)
     cache = JsonCache(args.work / "decoder_gap_scores.json")
     splits = {name: load_split(DATASETS["multi30k"].spec(), name) for name in SPLITS}
+    carry = read_results(args.carry) if args.carry else {}
     runs = []
     for recipe in args.recipes:
         for seed in [*args.seeds, *args.also.get(recipe, [])]:
+            record = carried_record(
+                carry, "runs", recipe, seed, args.steps, run_folder(args.work, recipe, seed, args.steps)
+            )
+            if record:
+                runs.append(record)
+                continue
             out = train(args.work, recipe, seed, args.steps)
             info = training(out)
             runs.append(
@@ -275,6 +313,12 @@ def measure(args) -> dict:
         if name not in args.students:
             continue
         for seed in args.seeds:
+            record = carried_record(
+                carry, "students", name, seed, args.steps, student_folder(args.work, name, seed, args.steps)
+            )
+            if record:
+                students.append(record)
+                continue
             out = train_student(args.work, name, seed, args.steps)
             key = f"{out.name}|{args.steps}"
             if key not in cache.data:
@@ -320,6 +364,8 @@ def report(measured: dict) -> dict:
         }
         summary["recipes"][recipe]["train_s"] = round(sum(r["train_s"] or 0 for r in runs) / len(runs), 1)
         summary["recipes"][recipe]["seeds"] = [r["seed"] for r in runs]
+        if all(r.get("carried") for r in runs):
+            summary["recipes"][recipe]["carried"] = True
     for shape in SHAPES:
         by_method: dict[str, list[float]] = {}
         for row in measured["seed_claims_rows"]:
@@ -351,6 +397,7 @@ def markdown(result: dict) -> str:
         cells = " | ".join(f"{row[shape]['val']:.2f} / {row[shape]['test_2016_flickr']:.2f}" for shape in SHAPES)
         seeds = row.get("seeds", [0])
         name = recipe if len(seeds) == 1 else f"{recipe} (mean of seeds {', '.join(map(str, seeds))})"
+        name += " †" if row.get("carried") else ""
         lines.append(f"| {name} | {result['settings']['steps']} | {row['train_s']:.0f} | {cells} |")
     students = " | ".join(
         f"{s['best_student'][shape]['bleu']:.2f} test ({s['best_student'][shape]['method']})"
@@ -367,8 +414,15 @@ def markdown(result: dict) -> str:
             for shape in SHAPES
         )
         lines.append(
-            f"| student `{st['student']}` (seed {st['seed']}) | {st['steps']} | {st['train_s'] or 0:.0f} | {cells} |"
+            f"| student `{st['student']}` (seed {st['seed']}){' †' if st.get('carried') else ''} | {st['steps']} "
+            f"| {st['train_s'] or 0:.0f} | {cells} |"
         )
+    carried = sorted({r["carried"] for r in [*result["runs"], *result.get("students", [])] if r.get("carried")})
+    if carried:
+        lines += [
+            "",
+            f"† carried from an earlier run of this benchmark ({', '.join(carried)}; `--carry`), not trained here.",
+        ]
     lines += ["", "Options of each recipe (on top of `" + " ".join([*COMMON, *SEED]) + "`, the seed recipe):", ""]
     lines += [f"- `{name}`: `{' '.join(RECIPES.get(name, []))}`" for name in s["recipes"]]
     for name in dict.fromkeys(st["student"] for st in result.get("students", [])):
@@ -414,6 +468,11 @@ def main() -> None:
         default=[],
         metavar="RECIPE:SEED",
         help="one more seed of one recipe (repeatable), e.g. the leading candidate's second seed",
+    )
+    parser.add_argument(
+        "--carry",
+        type=Path,
+        help="an earlier results file: its runs and students stand in for those this --work has not started",
     )
     add_results_options(parser, NAME)
     args = parser.parse_args()

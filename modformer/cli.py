@@ -539,7 +539,11 @@ def train(
     train_split: Annotated[str, typer.Option(help="Split to train on.")] = "train",
     val_split: Annotated[str, typer.Option(help="Held-out split for the periodic loss.")] = "val",
     granularities: Annotated[
-        str | None, typer.Option(help="Module sizes, e.g. 2,3,4,6. Default: divisors of the depth in [2, depth/2].")
+        str | None,
+        typer.Option(
+            help="Module sizes, e.g. 2,3,4,6. Default: the even divisors of the depth up to half of it, and half "
+            "the depth (2,4,6 for 12 layers)."
+        ),
     ] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(help="Sentence pairs per step.")] = 32,
@@ -596,7 +600,7 @@ def train(
 
         \b
         modformer train --teacher path/to/t5-checkpoint --data data/ --src-ext en --tgt-ext de \\
-            --out runs/mods --granularities 2,3,4,6 --steps 2000 --threads 1
+            --out runs/mods --steps 2000 --threads 1
     """
     refuse_overlap({"out": out}, {"teacher": teacher, "data": _data_inputs(data)})
     check_seed(seed)

@@ -13,11 +13,13 @@ from modformer.errors import AssemblyError, ModformerError
 from modformer.modular.assembly import (
     STACKS,
     Assembly,
+    all_divisors,
     count_valid_stacks,
     default_granularities,
     module_starts,
     valid_stacks,
 )
+from modformer.modular.strategies import stack_sequence
 
 G12 = (2, 3, 4, 6)
 PARSE_PREFIX = re.compile(
@@ -85,9 +87,12 @@ def test_teacher():
 
 
 def test_default_granularities():
-    assert default_granularities(12) == [2, 3, 4, 6]
-    assert default_granularities(6) == [2, 3]
-    assert default_granularities(24) == [2, 3, 4, 6, 8, 12]
+    assert default_granularities(12) == [2, 4, 6]  # the 3-modules dropped: each module trains more (decoder-gap.md)
+    assert all_divisors(12) == [2, 3, 4, 6]
+    assert default_granularities(6) == [2, 3]  # half the depth is kept even when odd: the two-block stack
+    assert default_granularities(24) == [2, 4, 6, 8, 12]
+    assert default_granularities(18) == [2, 6, 9]
+    assert [len(s) for s in stack_sequence(12, default_granularities(12))] == list(range(12, 1, -1))
     assert default_granularities(7) == []
     assert default_granularities(1) == default_granularities(3) == []
     assert default_granularities(4) == [2]
@@ -199,7 +204,8 @@ def test_issue_sanity_figure_292():
 
 
 def test_count_without_enumerating_24_layers():
-    assert count_valid_stacks(24, default_granularities(24)) == 90922
+    assert count_valid_stacks(24, all_divisors(24)) == 90922
+    assert count_valid_stacks(24, default_granularities(24)) == 23888
     assert count_valid_stacks(24, []) == 1
     assert count_valid_stacks(0, G12) == 0 and valid_stacks(0, G12) == []
 

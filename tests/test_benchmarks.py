@@ -236,3 +236,27 @@ def test_seed_claims_refuses_a_malformed_carry_rename() -> None:
     for args in (["--carry-as", "modular=v0"], ["--carry", "x.json", "--carry-as", "modular"]):
         done = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 2 and "--carry" in done.stderr.splitlines()[-1], done.stderr
+
+
+def test_decoder_gap_carries_only_runs_that_have_not_started_here(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import decoder_gap
+
+    recipe = "h3s-no-attn"
+    earlier = {
+        "date": "2026-12-01",
+        "runs": [{"recipe": recipe, "seed": s, "steps": 2000, "scores": {}, "history": []} for s in (0, 1)],
+        "students": [{"student": "kd-6-6", "seed": 0, "steps": 2000, "scores": {}}],
+    }
+    work = tmp_path / "work"
+    out = decoder_gap.run_folder(work, recipe, 1)
+    assert decoder_gap.carried_record(earlier, "runs", recipe, 1, 2000, out)["carried"] == "2026-12-01"
+    assert decoder_gap.carried_record(earlier, "runs", recipe, 2, 2000, out) is None  # a seed the file lacks
+    assert decoder_gap.carried_record(earlier, "runs", recipe, 1, 4000, out) is None  # another budget
+    student = decoder_gap.student_folder(work, "kd-6-6", 0)
+    assert decoder_gap.carried_record(earlier, "students", "kd-6-6", 0, 2000, student)["student"] == "kd-6-6"
+    # A run begun here (a trainer checkpoint) is resumed and measured, not carried.
+    out.mkdir(parents=True)
+    (out / decoder_gap.STATE_NAME).write_bytes(b"")
+    assert decoder_gap.carried_record(earlier, "runs", recipe, 1, 2000, out) is None
+    assert decoder_gap.carried_record({}, "runs", recipe, 0, 2000, decoder_gap.run_folder(work, recipe, 0)) is None

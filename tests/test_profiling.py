@@ -251,6 +251,28 @@ def test_predict_is_the_sum_of_the_table(profile):
     assert p.memory_bytes is None  # profiled without memory
 
 
+def test_no_prediction_is_faster_than_the_zero_layer_call(profile, modular, monkeypatch):
+    """A calibration fitted to noisy timings can make the smallest assemblies' sums negative: `predict` and the
+    planner's search space floor them at the zero-layer call (an infeasibly tight budget stays infeasible)."""
+    import dataclasses
+
+    from modformer.planner.space import SearchSpace
+    from modformer.profiling import cost_model
+
+    w = Workload(2, 10, 4)
+    costs = cost_model.workload_costs(profile, w)
+    broken = dataclasses.replace(costs, scales={s: -50.0 for s in costs.scales})  # every block "saves" time
+    monkeypatch.setattr(cost_model, "workload_costs", lambda *_: broken)
+    floor = cost_model.zero_floor_ms(profile, w)
+    assert floor > 0
+    small = Assembly.parse("enc=2,2 dec=2,2")
+    assert predict(profile, small, w).latency_ms == pytest.approx(floor)
+    monkeypatch.setattr("modformer.planner.space.workload_costs", lambda *_: broken)
+    space = SearchSpace.build(modular, profile, w)
+    assert space.floor_latency_ms == pytest.approx(floor)
+    assert space.latency_ms(*space.all_pairs()).min() == pytest.approx(floor)
+
+
 def test_predict_unknown_block_is_one_line(profile):
     with pytest.raises(AssemblyError) as err:
         predict(profile, Assembly.parse("enc=4 dec=2,2"), Workload(1, 6, 4))

@@ -13,8 +13,7 @@ from modformer.profiling.profile import Workload
 
 TASKS = {name: DATASETS[name] for name in ("multi30k", "squad_qg")}
 MULTI30K_TEACHER = TEACHER
-GRANULARITIES = "2,3,4,6"
-GRANULARITY_LIST = tuple(int(g) for g in GRANULARITIES.split(","))
+OLD_GRANULARITIES = "2,3,4,6"  # every divisor of 12: the modules of every recipe before the default became 2,4,6
 NAMED = {
     "12-6": "size-first",
     "6-6": "size-first",
@@ -43,8 +42,9 @@ SEED_RECIPE = {  # TrainConfig fields (module_exposure.py replays them); seed_re
 
 
 def seed_recipe(**changes: float | bool) -> list[str]:
-    """`modformer train` options of the seed's recipe with some changed (`hybrids_per_step=3`, `curriculum=False`)."""
-    options: list[str] = []
+    """`modformer train` options of the seed's recipe with some changed (`hybrids_per_step=3`, `curriculum=False`),
+    its modules (OLD_GRANULARITIES) included."""
+    options: list[str] = ["--granularities", OLD_GRANULARITIES]
     for name, value in (SEED_RECIPE | changes).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
@@ -66,8 +66,12 @@ class Variant(NamedTuple):
 
 
 DEFAULT_SEEDS = 2  # the default run (`modular`, no recipe options) always has two seeds: `modular`, `modular-s1`
+# The default of stop 28 (docs/decoder-gap.md section 4): today's recipe with every divisor of 12 as a module size.
+V1 = ["--granularities", OLD_GRANULARITIES]
 VARIANTS = {
     "modular-2x-steps": Variant([], 2, steps_x=2),  # the default recipe at twice the steps
+    "modular-v1": Variant(V1, 2),  # the default before the 3-modules were dropped (granularities 2,3,4,6)
+    "modular-v1-2x-steps": Variant(V1, 2, steps_x=2),
     "modular-v0": Variant(seed_recipe(), 1),  # the seed's recipe, the default until the decoder-gap sieves
     "modular-h3": Variant(seed_recipe(hybrids_per_step=3), 2),
     "modular-h3-no-attn": Variant(seed_recipe(hybrids_per_step=3, w_attn=0.0), 2),
@@ -134,7 +138,7 @@ class Settings:
         return {
             "steps": self.steps,
             "batch_size": self.batch_size,
-            "granularities": GRANULARITIES,
+            "granularities": "the default's (2,4,6 for 12 layers); 2,3,4,6 for modular-v0, -v1, -h3 and the ablations",
             "spread": self.spread,
             "squad_teacher_steps": self.squad_teacher_steps,
             "squad_eval_pairs": self.squad_eval,

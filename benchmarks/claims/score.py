@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from claims.config import GRANULARITY_LIST, NAMED, TEACHER_DEPTHS
+from claims.config import NAMED, TEACHER_DEPTHS
 from claims.work import NotDone, Work
 from modformer.checkpoints import load_tokenizer
 from modformer.data import Seq2SeqData
@@ -96,7 +96,7 @@ def modular_rows(
 
     tokenizer = load_tokenizer(modular().config.teacher)  # the modules' own teacher's
     rows = []
-    named = {str(assembly_for_shape(s, *TEACHER_DEPTHS, GRANULARITY_LIST)) for s in NAMED}
+    named = {str(assembly_for_shape(s, *TEACHER_DEPTHS, modular().config.granularities)) for s in NAMED}
     for rule, a in assemblies:
         name = f"{method}|{a}" + (f"|s{seed}" if seed else "")  # seed 0 keeps the key it always had
         task.loaders[name] = lambda a=a: (modular().assemble(a), tokenizer)

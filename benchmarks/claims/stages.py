@@ -54,19 +54,15 @@ def multi30k(work: Work, rows: list[dict]) -> None:
     task.loaders["teacher"] = lambda: (load_seq2seq(teacher), tokenizer)
     scores = score(work, "multi30k|teacher", task.loaders["teacher"], task.pairs, "teacher")
     rows.append(teacher_row(task, teacher_assembly, scores, steps=None, wall=None))
-    shape_of = {s: assembly_for_shape(s, c.encoder_layers, c.decoder_layers, c.granularities) for s in NAMED}
+    shape_of = shapes_of(modular)
     named = [(NAMED[s], a) for s, a in shape_of.items()]
     spread = [(r, a) for r, a in spread_assemblies(modular, settings.spread) if a not in shape_of.values()]
     rows += modular_rows(work, task, "modular", main, named + spread, settings.steps, wall)
-    random_pick = [("random", a) for s in COMPARED for a in random_orders(modular, s, RANDOM_ORDERS)]
-    rows += modular_rows(work, task, "modular-random", main, random_pick, settings.steps, wall)
+    rows += modular_rows(work, task, "modular-random", main, picks(modular)[1], settings.steps, wall)
     work.add_wall("multi30k-scoring", time.perf_counter() - started)
-    cost = modular.cost_model()
-    at_2x = min(strategy_sequence("size-first", cost), key=lambda a: abs(cost.size_ratio(a) - 2.0))
     del modular
-    picked = named + ([("size-first", at_2x)] if at_2x not in shape_of.values() else [])
-    for seed in range(1, DEFAULT_SEEDS):  # the default's further seeds: what a variant's seeds are scored at
-        rows += seed_rows(work, task, "modular", train_cmd, seed, settings.steps, picked, random_pick)
+    for seed in range(1, DEFAULT_SEEDS):  # the default's further seeds: scored as a variant's seeds are
+        rows += seed_rows(work, task, "modular", train_cmd, seed, settings.steps)
 
     if work.asked("students"):
         students(work, task, rows)
@@ -77,7 +73,7 @@ def multi30k(work: Work, rows: list[dict]) -> None:
     else:
         work.skipped.append("multi30k ablations")
     if work.asked("variants"):
-        variants(work, task, rows, picked, random_pick)
+        variants(work, task, rows)
     else:
         work.skipped.append("multi30k variants")
     if work.asked("seeds") and work.asked("students"):
@@ -120,27 +116,43 @@ def ablations(work: Work, task: Task, rows: list[dict], shape_of: dict, train_cm
         work.add_wall("multi30k-scoring", time.perf_counter() - started)
 
 
-def variants(work: Work, task: Task, rows: list[dict], picked: list, random_pick: list) -> None:
+def variants(work: Work, task: Task, rows: list[dict]) -> None:
     """Each variant of the recipe, each seed: scored at the named shapes, the 2x one and the random orders."""
     settings = work.settings
     for name, variant in VARIANTS.items():
         steps = settings.steps * variant.steps_x
         cmd = train_command(task.name, MULTI30K_TEACHER, steps, settings.batch_size)
         for seed in range(variant.seeds):
-            rows += seed_rows(work, task, name, [*cmd, *variant.options], seed, steps, picked, random_pick)
+            rows += seed_rows(work, task, name, [*cmd, *variant.options], seed, steps)
 
 
-def seed_rows(
-    work: Work, task: Task, name: str, command: list, seed: int, steps: int, picked: list, random_pick: list
-) -> list[dict]:
+def shapes_of(modular: ModularModel) -> dict[str, Assembly]:
+    """The strategies' assembly of each named shape, from the run's own modules (granularities differ by recipe)."""
+    c = modular.config
+    return {s: assembly_for_shape(s, c.encoder_layers, c.decoder_layers, c.granularities) for s in NAMED}
+
+
+def picks(modular: ModularModel) -> tuple[list, list]:
+    """What each seed of a run is scored at: the named shapes' assemblies and the size-first one nearest 2x size
+    (each with its rule), and the random orders of the compared shapes (seeded: the same for the same modules)."""
+    shape_of = shapes_of(modular)
+    cost = modular.cost_model()
+    at_2x = min(strategy_sequence("size-first", cost), key=lambda a: abs(cost.size_ratio(a) - 2.0))
+    picked = [(NAMED[s], a) for s, a in shape_of.items()]
+    picked += [("size-first", at_2x)] if at_2x not in shape_of.values() else []
+    return picked, [("random", a) for s in COMPARED for a in random_orders(modular, s, RANDOM_ORDERS)]
+
+
+def seed_rows(work: Work, task: Task, name: str, command: list, seed: int, steps: int) -> list[dict]:
     """One seed of a modular run (`command`, its recipe, without --seed and --out) trained into <name>[-s<seed>] and
-    scored at `picked` and the random orders; no rows where it is not done (--report-only) or carried (--carry)."""
+    scored at its `picks`; no rows where it is not done (--report-only) or carried (--carry)."""
     out, stage = work.folder / seeded(name, seed), f"multi30k-{seeded(name, seed)}"
     try:
         wall = train(work, stage, [*command, "--seed", seed], out, steps)
     except NotDone as err:
         work.not_done(err)
         return []
+    picked, random_pick = picks(ModularModel.from_pretrained(out))
     started = time.perf_counter()
     rows = modular_rows(work, task, name, out, picked, steps, wall, seed)
     rows += modular_rows(work, task, f"{name}-random", out, random_pick, steps, wall, seed)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from harness import data_args, run, shown
 
-from claims.config import GRANULARITIES
 from claims.work import NotDone, Work
 from modformer.baselines import INFO_NAME as STUDENT_INFO
 from modformer.modular.model import CONFIG_NAME as MODULAR_CONFIG
@@ -24,19 +23,8 @@ def seeded(name: str, seed: int) -> str:
 
 
 def train_command(task: str, teacher: Path, steps: int, batch_size: int) -> list:
-    """`modformer train` of a modular run of `task` (granularities GRANULARITIES), without --out."""
-    return [
-        "train",
-        "--teacher",
-        teacher,
-        *data_args(task),
-        "--granularities",
-        GRANULARITIES,
-        "--steps",
-        steps,
-        "--batch-size",
-        batch_size,
-    ]
+    """`modformer train` of a modular run of `task` with the default recipe (granularities included), without --out."""
+    return ["train", "--teacher", teacher, *data_args(task), "--steps", steps, "--batch-size", batch_size]
 
 
 def completed_steps(out: Path) -> tuple[int, float | None]:

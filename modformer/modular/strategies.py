@@ -12,7 +12,8 @@
 
 For 12 layers with modules {2, 3, 4, 6}: 11 blocks -> 1 x10, 2; 6 -> 2 x6; 5 -> 2,2,2,3,3; 4 -> 3 x4; 3 -> 4 x3;
 2 -> 6,6. (Rule 1 compares all sizes, not only the largest: 2,1,3,3,3 also has largest block 3 and is
-lexicographically smaller than 2,2,2,3,3, but it uses three 3-modules where two suffice.)
+lexicographically smaller than 2,2,2,3,3, but it uses three 3-modules where two suffice.) With the default modules
+{2, 4, 6}: 6 -> 2 x6; 5 -> 2,2,2,2,4; 4 -> 2,2,4,4; 3 -> 4 x3; 2 -> 6,6.
 
 **size-first** (smallest model for a size ratio). Start from the teacher. At each step advance one stack to the next
 entry of its stack sequence: the stack whose current blocks hold more parameters (block count x parameters of one

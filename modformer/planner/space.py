@@ -23,7 +23,7 @@ import numpy as np
 from modformer.errors import ConfigError
 from modformer.modular.assembly import STACKS, Assembly, valid_stacks
 from modformer.modular.model import ModularModel
-from modformer.profiling.cost_model import predict, workload_costs
+from modformer.profiling.cost_model import predict, workload_costs, zero_floor_ms
 from modformer.profiling.profile import LatencyProfile, Workload
 
 Stack = tuple[int, ...]
@@ -160,6 +160,7 @@ class SearchSpace:
     enc_params: np.ndarray
     dec_params: np.ndarray
     teacher: tuple[int, int]  # (i, j) of the teacher
+    floor_latency_ms: float = 0.0  # no pair is predicted faster than the zero-layer call (`cost_model.predict`)
     memory_source: str = "measured"  # or "arithmetic": the profile has no peak memory; blocks' parameter + cache bytes
 
     @classmethod
@@ -203,6 +204,7 @@ class SearchSpace:
             enc_params=per_stack["encoder"][2],
             dec_params=per_stack["decoder"][2],
             teacher=(stacks["encoder"].index(teacher.encoder), stacks["decoder"].index(teacher.decoder)),
+            floor_latency_ms=zero_floor_ms(profile, workload),
             memory_source="measured" if measured_memory else "arithmetic",
         )
 
@@ -227,7 +229,9 @@ class SearchSpace:
 
     # --- costs (vectorised over pairs) ----------------------------------------------------------------------------
     def latency_ms(self, i, j) -> np.ndarray:
-        return self.fixed_latency_ms + self.enc_latency_ms[i] + self.dec_latency_ms[j]
+        return np.maximum(
+            self.fixed_latency_ms + self.enc_latency_ms[i] + self.dec_latency_ms[j], self.floor_latency_ms
+        )
 
     def memory_mb(self, i, j) -> np.ndarray:
         return self.fixed_memory_mb + self.enc_memory_mb[i] + self.dec_memory_mb[j]

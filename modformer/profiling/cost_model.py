@@ -73,7 +73,11 @@ class WorkloadCosts:
 
 
 def predict(profile: LatencyProfile, assembly: Assembly, workload: Workload) -> Prediction:
-    """Latency and peak memory of one `generate` call of `assembly` (see the module docstring for the sums)."""
+    """Latency and peak memory of one `generate` call of `assembly` (see the module docstring for the sums).
+
+    The latency is never below the zero-layer call's (`zero_floor_ms`): no assembly runs faster than the model with no
+    layers, and a calibration fitted to a noisy machine's timings could otherwise predict less than that, even less
+    than nothing, for the smallest assemblies."""
     costs = workload_costs(profile, workload)
     keys = []
     for stack, key, start, size in assembly_blocks(assembly):
@@ -109,15 +113,21 @@ def predict(profile: LatencyProfile, assembly: Assembly, workload: Workload) -> 
     )
     breakdown = pd.concat([fixed, parts], ignore_index=True)
     # a refreshed profile: every part scaled by how much faster or slower the machine runs now (1.0 without one)
-    breakdown["latency_ms"] *= profile.refresh_factor(profile.targets[0], workload.batch)
+    refresh = profile.refresh_factor(profile.targets[0], workload.batch)
+    breakdown["latency_ms"] *= refresh
     memory = float(breakdown["memory_bytes"].sum()) if alpha is not None else None
     return Prediction(
-        latency_ms=float(breakdown["latency_ms"].sum()),
+        latency_ms=max(float(breakdown["latency_ms"].sum()), costs.zero_ms * refresh),
         memory_bytes=memory,
         breakdown=breakdown,
         extrapolated=bool(costs.reasons),
         reason="; ".join(costs.reasons),
     )
+
+
+def zero_floor_ms(profile: LatencyProfile, workload: Workload) -> float:
+    """The least latency `predict` gives: the zero-layer call at `workload` (refreshed like every prediction)."""
+    return workload_costs(profile, workload).zero_ms * profile.refresh_factor(profile.targets[0], workload.batch)
 
 
 def speed_ratio_predictor(
