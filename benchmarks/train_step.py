@@ -73,6 +73,7 @@ def measure(args) -> dict:
         "teacher": args.teacher,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
+        "granularities": modular.config.granularities,  # the default's for this teacher (the replay test reads them)
         "modular_step_s_all": modular_s,
         "finetune_step_s_all": finetune_s,
         "hybrids": hybrids,

@@ -109,7 +109,10 @@ def test_module_exposure_replays_the_draws_a_real_trainer_made(module_exposure) 
 
     recorded = json.loads((RESULTS / "train_step.json").read_text(encoding="utf-8"))
     steps = len(recorded["hybrids"]) + 3
-    replayed = module_exposure.replay(TrainConfig(steps=steps), (12, 12), [2, 3, 4, 6])
+    from modformer.modular.assembly import default_granularities
+
+    assert recorded["granularities"] == default_granularities(12)  # recorded with today's default modules
+    replayed = module_exposure.replay(TrainConfig(steps=steps), (12, 12), recorded["granularities"])
     assert [" | ".join(h.format() for h in step) for step in replayed[3:]] == recorded["hybrids"]
 
 
