@@ -263,3 +263,30 @@ def test_decoder_gap_carries_only_runs_that_have_not_started_here(monkeypatch, t
     (out / decoder_gap.STATE_NAME).write_bytes(b"")
     assert decoder_gap.carried_record(earlier, "runs", recipe, 1, 2000, out) is None
     assert decoder_gap.carried_record({}, "runs", recipe, 0, 2000, decoder_gap.run_folder(work, recipe, 0)) is None
+
+
+def test_seed_claims_scores_each_run_at_its_own_modules_shapes(monkeypatch) -> None:
+    """A run with other granularities than the default (an older recipe, `--granularities 2,3,4,6`) is scored at
+    the assemblies its own modules make: 4-4 is 3,3,3,3 there and 2,2,4,4 with the default 2,4,6; every random
+    order is valid for the run's modules and differs from the rule's."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from claims.stages import picks
+
+    from modformer.modular.assembly import valid_stacks
+    from modformer.modular.model import ModularModel
+    from tests.conftest import tiny_t5
+
+    teacher = tiny_t5(layers=12)
+    seen = {}
+    for gs in ([2, 4, 6], [2, 3, 4, 6]):
+        modular = ModularModel.from_teacher(teacher, "x", gs)
+        picked, random_pick = picks(modular)
+        named = {str(a) for _, a in picked}
+        seen[tuple(gs)] = named
+        stacks = set(valid_stacks(12, gs))
+        for _, a in [*picked, *random_pick]:
+            assert tuple(a.encoder) in stacks and tuple(a.decoder) in stacks
+        assert not named & {str(a) for _, a in random_pick}
+        assert any(rule == "size-first" and str(a).startswith("enc=2,2,2,2,2,2") for rule, a in picked)  # ~2x
+    assert "enc=3,3,3,3 dec=3,3,3,3" in seen[(2, 3, 4, 6)]
+    assert "enc=2,2,4,4 dec=2,2,4,4" in seen[(2, 4, 6)] and not any("3" in a for a in seen[(2, 4, 6)])
