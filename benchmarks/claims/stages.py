@@ -69,7 +69,7 @@ def multi30k(work: Work, rows: list[dict]) -> None:
     else:
         work.skipped.append("multi30k students")
     if work.asked("ablations"):
-        ablations(work, task, rows, shape_of, train_cmd)
+        ablations(work, task, rows, train_cmd)
     else:
         work.skipped.append("multi30k ablations")
     if work.asked("variants"):
@@ -101,7 +101,7 @@ def students(work: Work, task: Task, rows: list[dict]) -> None:
                     work.not_done(err)
 
 
-def ablations(work: Work, task: Task, rows: list[dict], shape_of: dict, train_cmd: list) -> None:
+def ablations(work: Work, task: Task, rows: list[dict], train_cmd: list) -> None:
     """The modular run without the curriculum / attention distillation, scored at the compared shapes."""
     for name, extra in ABLATIONS.items():
         out = work.folder / f"modular-{name}"
@@ -111,6 +111,7 @@ def ablations(work: Work, task: Task, rows: list[dict], shape_of: dict, train_cm
             work.not_done(err)
             continue
         started = time.perf_counter()
+        shape_of = shapes_of(ModularModel.from_pretrained(out))  # the ablation's own modules (2,3,4,6)
         compared = [(NAMED[s], shape_of[s]) for s in COMPARED]
         rows += modular_rows(work, task, name, out, compared, work.settings.steps, ab_wall)
         work.add_wall("multi30k-scoring", time.perf_counter() - started)
