@@ -290,3 +290,25 @@ def test_seed_claims_scores_each_run_at_its_own_modules_shapes(monkeypatch) -> N
         assert any(rule == "size-first" and str(a).startswith("enc=2,2,2,2,2,2") for rule, a in picked)  # ~2x
     assert "enc=3,3,3,3 dec=3,3,3,3" in seen[(2, 3, 4, 6)]
     assert "enc=2,2,4,4 dec=2,2,4,4" in seen[(2, 4, 6)] and not any("3" in a for a in seen[(2, 4, 6)])
+
+
+def test_second_seeds_also_look_at_carried_students(claims, monkeypatch, tmp_path: Path) -> None:
+    """A student carried from the earlier file (seed 0 only) within 0.5 BLEU of a run measured here gets seed 1."""
+    carry_mod, _, work_mod = claims
+    from claims import students
+    from claims.config import Settings
+
+    sft = {**_row("sft", rule="student"), "bleu": 34.9}
+    earlier = {"date": "2026-12-01", "walls": {"multi30k-sft": 600.0}, "rows": [sft]}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier), encoding="utf-8")
+    work = work_mod.Work(Settings(work=tmp_path / "work"), carry_mod.Carry.load(path, {}))
+    trained = []
+    seed1 = {**_row("sft", rule="student", seed=1), "bleu": 35.0}
+    monkeypatch.setattr(students, "student", lambda w, t, *key: trained.append(key) or seed1)
+    measured = [{**_row("modular"), "named": True, "bleu": 35.3}]  # 0.4 over the carried SFT student
+    assert students.second_seeds(work, None, measured) == [seed1]
+    assert trained == [("sft", "6-6", 2000, 1)]
+    trained.clear()
+    far = [{**_row("modular"), "named": True, "bleu": 36.0}]
+    assert students.second_seeds(work, None, far) == [] and trained == []

@@ -101,7 +101,9 @@ def student_row(
 def second_seeds(work: Work, task: Task, rows: list[dict]) -> list[dict]:
     """Seed 1 of each student within CLOSE_BLEU of a modular run at its shape and steps (the default run's and
     every variant's named assembly, mean over the run's seeds): their rows. Every modular run has its seeds already
-    (DEFAULT_SEEDS, VARIANTS)."""
+    (DEFAULT_SEEDS, VARIANTS). Rows --carry brings in count as measured ones: a carried student close to a new
+    run gets its second seed here."""
+    rows = work.carry.merge(rows, {})[0] if work.carry is not None else rows
     new: list[dict] = []
     students: set[tuple[str, str, int]] = set()  # (method, shape, steps) given seed 1: once, even if close to several
     base = work.settings.steps
