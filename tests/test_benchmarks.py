@@ -312,3 +312,15 @@ def test_second_seeds_also_look_at_carried_students(claims, monkeypatch, tmp_pat
     trained.clear()
     far = [{**_row("modular"), "named": True, "bleu": 36.0}]
     assert students.second_seeds(work, None, far) == [] and trained == []
+
+    # One student not done (--report-only) does not lose the rows of the others.
+    def student(w, t, method, shape, steps, seed):
+        if steps == 4000:
+            raise work_mod.NotDone(f"{method} {shape} {steps} at 0/{steps} steps")
+        return seed1
+
+    monkeypatch.setattr(students, "student", student)
+    work.carry.rows.append({**_row("sft", steps=4000, rule="student"), "bleu": 34.9})
+    both = [*measured, {**_row("modular-2x-steps", steps=4000), "named": True, "bleu": 35.3}]
+    assert students.second_seeds(work, None, both) == [seed1]
+    assert work.missing == ["sft 6-6 4000 at 0/4000 steps"]

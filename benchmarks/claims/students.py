@@ -12,7 +12,7 @@ from claims.config import CLOSE_BLEU, COMPARED, MULTI30K_TEACHER, TASKS, VARIANT
 from claims.report import mean_bleu
 from claims.score import Task, score
 from claims.train import seeded, train
-from claims.work import Carried, Work
+from claims.work import NotDone, Work
 from modformer.baselines import INFO_NAME, PSEUDO_NAME, pseudo_labels
 from modformer.checkpoints import load_seq2seq, load_tokenizer
 from modformer.data import load_split
@@ -128,6 +128,6 @@ def second_seeds(work: Work, task: Task, rows: list[dict]) -> list[dict]:
                 students.add((r["method"], shape, steps))
                 try:
                     new.append(student(work, task, r["method"], shape, steps, 1))
-                except Carried as err:
+                except NotDone as err:  # carried, or not done (--report-only): the other seeds' rows are kept
                     work.not_done(err)
     return new
