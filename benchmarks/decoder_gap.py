@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 from claims.config import seed_recipe
-from claims.train import completed_steps
+from claims.train import completed_steps, started
 from harness import (
     DATASETS,
     RESULTS,
@@ -259,11 +259,6 @@ def score(out: Path, cache: JsonCache, splits: dict) -> dict:
 def history(out: Path) -> list[dict]:
     """The run's periodic held-out losses (trainer checkpoint): {"step": n, "k2": loss, ..., "mean": loss}."""
     return torch.load(out / STATE_NAME, weights_only=False).get("history", [])
-
-
-def started(out: Path) -> bool:
-    """Whether a run (modular or student) has begun in `out`: a finished step or a trainer checkpoint."""
-    return completed(out) > 0 or (out / STATE_NAME).is_file()
 
 
 def carried_record(carry: dict, kind: str, name: str, seed: int, steps: int, out: Path) -> dict | None:

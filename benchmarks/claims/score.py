@@ -84,10 +84,11 @@ def modular_rows(
     steps: int,
     wall: float | None,
     seed: int = 0,
+    model: ModularModel | None = None,
 ) -> list[dict]:
-    """Score assemblies (each with its rule) of the modular checkpoint in `folder`; a row each (speed filled in
-    later). One not in the cache (--report-only) is listed as missing."""
-    holder: dict = {}
+    """Score assemblies (each with its rule) of the modular checkpoint in `folder` (`model`, where the caller has it
+    loaded already); a row each (speed filled in later). One not in the cache (--report-only) is listed as missing."""
+    holder: dict = {} if model is None else {"m": model}
 
     def modular() -> ModularModel:
         if "m" not in holder:

@@ -57,8 +57,8 @@ def multi30k(work: Work, rows: list[dict]) -> None:
     shape_of = shapes_of(modular)
     named = [(NAMED[s], a) for s, a in shape_of.items()]
     spread = [(r, a) for r, a in spread_assemblies(modular, settings.spread) if a not in shape_of.values()]
-    rows += modular_rows(work, task, "modular", main, named + spread, settings.steps, wall)
-    rows += modular_rows(work, task, "modular-random", main, picks(modular)[1], settings.steps, wall)
+    rows += modular_rows(work, task, "modular", main, named + spread, settings.steps, wall, model=modular)
+    rows += modular_rows(work, task, "modular-random", main, picks(modular)[1], settings.steps, wall, model=modular)
     work.add_wall("multi30k-scoring", time.perf_counter() - started)
     del modular
     for seed in range(1, DEFAULT_SEEDS):  # the default's further seeds: scored as a variant's seeds are
@@ -111,9 +111,10 @@ def ablations(work: Work, task: Task, rows: list[dict], train_cmd: list) -> None
             work.not_done(err)
             continue
         started = time.perf_counter()
-        shape_of = shapes_of(ModularModel.from_pretrained(out))  # the ablation's own modules (2,3,4,6)
+        model = ModularModel.from_pretrained(out)
+        shape_of = shapes_of(model)  # the ablation's own modules (2,3,4,6)
         compared = [(NAMED[s], shape_of[s]) for s in COMPARED]
-        rows += modular_rows(work, task, name, out, compared, work.settings.steps, ab_wall)
+        rows += modular_rows(work, task, name, out, compared, work.settings.steps, ab_wall, model=model)
         work.add_wall("multi30k-scoring", time.perf_counter() - started)
 
 
@@ -153,10 +154,11 @@ def seed_rows(work: Work, task: Task, name: str, command: list, seed: int, steps
     except NotDone as err:
         work.not_done(err)
         return []
-    picked, random_pick = picks(ModularModel.from_pretrained(out))
+    model = ModularModel.from_pretrained(out)  # loaded once: for its picks and every score
+    picked, random_pick = picks(model)
     started = time.perf_counter()
-    rows = modular_rows(work, task, name, out, picked, steps, wall, seed)
-    rows += modular_rows(work, task, f"{name}-random", out, random_pick, steps, wall, seed)
+    rows = modular_rows(work, task, name, out, picked, steps, wall, seed, model=model)
+    rows += modular_rows(work, task, f"{name}-random", out, random_pick, steps, wall, seed, model=model)
     work.add_wall("multi30k-scoring", time.perf_counter() - started)
     return rows
 

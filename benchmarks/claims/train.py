@@ -38,13 +38,18 @@ def completed_steps(out: Path) -> tuple[int, float | None]:
     return 0, None
 
 
+def started(out: Path) -> bool:
+    """Whether a run (modular, student or teacher) has begun in `out`: a finished step or a trainer checkpoint."""
+    return completed_steps(out)[0] > 0 or (out / STATE_NAME).is_file()
+
+
 def train(work: Work, stage: str, command: list, out: Path, steps: int, before=None) -> float | None:
     """Train (or resume) one run (`command` without --out) into `out`; its cumulative training wall time in seconds.
     `before()` runs first when there is training to do (e.g. the pseudo-labels a pseudo student reads). Raises
     NotDone with --report-only, and Carried where --carry has the run and it has not started here."""
     done, _ = completed_steps(out)
     if done < steps:
-        work.check_carried(stage, out, started=done > 0 or (out / STATE_NAME).is_file())
+        work.check_carried(stage, out, started=started(out))
     if done < steps and work.report_only:
         raise NotDone(f"{stage}: {out.name} at {done}/{steps} steps")
     if done < steps:
