@@ -47,7 +47,6 @@ from harness import (
     measured_or_recorded,
     provenance,
     read_results,
-    recorded_provenance,
     run,
 )
 
@@ -119,6 +118,11 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
         )
         for rows in (2, 3)
     },
+    # the default of stop 29 with each stack's top module started as the stack's top layer (as a student's top layer
+    # is), not the bottom of its span
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-top": _per_row(
+        2, *UNIFORM_1E3, "--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--top-init"
+    ),
     # cross-entropy alone needs no teacher pass: its cost goes to each row running through four of the six hybrids
     "h6s4-ce-lr1e-3-uniform": _per_row(4, "--w-logit", "0", *UNIFORM_1E3),
     "h6s-no-attn-no-hidden-uniform": [
@@ -129,6 +133,10 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
 # the `pseudo` students train on) instead of the references: `pseudo_data` makes that data set once.
 PSEUDO = {
     "h6s-no-attn-no-hidden-lr1e-3-pseudo": RECIPES["h6s-no-attn-no-hidden-lr1e-3"],
+    # the default of stop 29 (granularities 2,4,6, each row through two hybrids) on the teacher's outputs
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-pseudo": RECIPES[
+        "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246"
+    ],
 }
 RECIPES |= PSEUDO
 # Diagnostic students (`modformer baseline`), trained and scored the same way: name -> (method, shape, options).
@@ -487,15 +495,11 @@ def main() -> None:
             parser.error(f"--also takes RECIPE:SEED with a recipe of --recipes, got {item!r}")
         also.setdefault(recipe, []).append(int(seed))
     args.also = also
-    measured = measured_or_recorded(args, measure, DERIVED)
-    if args.from_results:
-        measured.update(recorded_provenance(read_results(args.from_results)))
-    result = report(measured)
+    result = report(measured_or_recorded(args, measure, DERIVED))
     results = Results(args.results, NAME)
-    results.write(result)
-    results.write_text(".md", markdown(result))
+    written = results.write_with_markdown(result, markdown(result))
     plot(result, results)
-    print(f"wrote {results.path()}, {results.path('.md')} and {results.path('.png')}")
+    print(f"wrote {written} and {results.path('.png')}")
 
 
 if __name__ == "__main__":

@@ -161,6 +161,10 @@ class Results:
             tmp.write_text(text, encoding="utf-8")
         return self.path(suffix)
 
+    def write_with_markdown(self, record: dict, markdown: str) -> str:
+        """The record as `.json` and its table as `.md`; what was written, for the closing line."""
+        return f"{self.write(record)} and {self.write_text('.md', markdown)}"
+
     def save_figure(self, figure, suffix: str = ".png", **savefig) -> Path:
         with atomic_path(self.path(suffix)) as tmp:
             figure.savefig(tmp, format="png", **savefig)

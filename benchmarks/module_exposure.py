@@ -661,10 +661,7 @@ def main() -> None:
     else:
         measured = measure(args)
     result = report(measured)
-    results = Results(args.results, NAME)
-    results.write(result)
-    results.write_text(".md", markdown(result))
-    print(f"wrote {results.path()} and {results.path('.md')}")
+    print("wrote", Results(args.results, NAME).write_with_markdown(result, markdown(result)))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ Multi30k En->De (../shared/data/multi30k_en_de; train to train, val for held-out
 test_2016_flickr, greedy, sacrebleu BLEU and chrF). Teacher: ../shared/models/multi30k-t5-12x12, used as any
 user's checkpoint.
 
-1. modular: `modformer train` with its defaults (granularities 2,3,4,6; --steps, --batch-size), two seeds (`modular`,
-   `modular-s1`; DEFAULT_SEEDS).
+1. modular: `modformer train` with its defaults (granularities 2,4,6 for the 12-layer stacks; --steps,
+   --batch-size), two seeds (`modular`, `modular-s1`; DEFAULT_SEEDS).
 2. assemblies: the teacher; 12-6, 6-6, 4-4 (size-first shapes), 12-3, 12-2 (speed-first), 3-3, 2-2; and --spread
    assemblies from the size-first and speed-first sequences with depth ratios (teacher layers / assembly blocks)
    spread log-evenly over 1.1x-6x (seed 0); seed 1 at the named shapes and the size-first assembly nearest 2x.

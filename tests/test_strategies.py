@@ -51,17 +51,26 @@ def test_stack_sequence_depth_12():
         (1,) * 4 + (2,) * 4,
         (1, 1) + (2,) * 5,
         (2,) * 6,
-        (2, 2, 2, 3, 3),
+        (3, 3, 2, 2, 2),
         (3, 3, 3, 3),
         (4, 4, 4),
         (6, 6),
     ]
 
 
-def test_finest_sizes_beat_bottom_up_order():
-    """2,1,3,3,3 is valid, has the same largest block and is lexicographically smaller, but uses one more 3-module."""
-    assert (2, 1, 3, 3, 3) in valid_stacks(12, G12) and (2, 1, 3, 3, 3) < (2, 2, 2, 3, 3)
-    assert stack_for_blocks(12, G12, 5) == (2, 2, 2, 3, 3)
+def test_finest_sizes_beat_the_order_from_the_bottom():
+    """3,3,2,1,3 is valid, has the same largest block and three coarse blocks where 3,3,2,2,2 has two."""
+    assert (3, 3, 2, 1, 3) in valid_stacks(12, G12)
+    assert stack_for_blocks(12, G12, 5) == (3, 3, 2, 2, 2)
+
+
+def test_coarse_modules_go_to_the_bottom_and_teacher_layers_below_them():
+    """Among lists of the same sizes: teacher layers lowest, then modules from the coarsest up (docs/decoder-gap.md,
+    section 8: 4,4,2,2 scored above 2,2,4,4 in every run, in either stack)."""
+    assert stack_for_blocks(12, (2, 4, 6), 4) == (4, 4, 2, 2)
+    assert stack_for_blocks(12, (2, 4, 6), 5) == (4, 2, 2, 2, 2)
+    assert stack_for_blocks(12, (2, 4, 6), 8) == (1, 1, 1, 1, 2, 2, 2, 2)
+    assert stack_for_blocks(12, [4], 9) == (1, 1, 1, 1, 1, 1, 1, 1, 4)  # a 4-module cannot start at layer 1
 
 
 def test_gaps_are_skipped_and_errors_list_achievable_counts():
@@ -79,11 +88,15 @@ def test_gaps_are_skipped_and_errors_list_achievable_counts():
 
 
 def preferred_by_brute_force(depth: int, gs: list[int]) -> dict[int, tuple[int, ...]]:
-    """The rule spelled out over every valid list: finest sorted sizes first, then bottom-up lexicographic."""
+    """The rule spelled out over every valid list: finest sorted sizes first, then read from the bottom, teacher
+    layers first and coarser modules before finer ones."""
+
+    def key(blocks):
+        return sorted(blocks, reverse=True), [(0,) if k == 1 else (1, -k) for k in blocks]
+
     best: dict[int, tuple[int, ...]] = {}
     for blocks in valid_stacks(depth, gs):
-        key = (sorted(blocks, reverse=True), blocks)
-        if len(blocks) not in best or key < (sorted(best[len(blocks)], reverse=True), best[len(blocks)]):
+        if len(blocks) not in best or key(blocks) < key(best[len(blocks)]):
             best[len(blocks)] = blocks
     return best
 
@@ -194,7 +207,7 @@ def test_size_first_12_12():
         "2-2",
     ]
     assert formats[0] == Assembly.teacher(12, 12).format()
-    assert formats[12] == "enc=1,1,2,2,2,2,2 dec=2,2,2,3,3"
+    assert formats[12] == "enc=1,1,2,2,2,2,2 dec=3,3,2,2,2"
     assert formats[-1] == "enc=6,6 dec=6,6"
 
 

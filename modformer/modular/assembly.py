@@ -82,7 +82,7 @@ def default_granularities(depth: int) -> list[int]:
 
     Fewer granularities give each module more of the training: without the curriculum a module of a 12-layer stack
     is in a third of the hybrids with [2, 4, 6] and in a quarter with every divisor [2, 3, 4, 6], and a 12-layer
-    stack still reaches every block count from 12 down to 2 (4-4 is then 2,2,4,4 where it was 3,3,3,3).
+    stack still reaches every block count from 12 down to 2 (4-4 is then 4,4,2,2 where it was 3,3,3,3).
     Measured on the 12+12 Multi30k teacher in docs/decoder-gap.md (section 5); ``all_divisors`` gives the old set.
     """
     half = depth // 2
