@@ -254,14 +254,20 @@ def score(out: Path, cache: JsonCache, splits: dict) -> dict:
     scores = {}
     for shape in SHAPES:
         assembly = assembly_for_shape(shape, c.encoder_layers, c.decoder_layers, c.granularities)
-        key = f"{out.name}|{completed(out)}|{assembly.format()}"
-        if key not in cache.data:
-            with tempfile.TemporaryDirectory() as tmp:
-                export_assembly(modular, assembly, Path(tmp) / "export")
-                cache.data[key] = bleu_in_engine(Path(tmp) / "export", splits)
-            cache.save()
-        scores[shape] = {"assembly": assembly.format(), **cache.data[key]}
+        bleu = assembly_bleu(modular, assembly, f"{out.name}|{completed(out)}|{assembly.format()}", cache, splits)
+        scores[shape] = {"assembly": assembly.format(), **bleu}
     return scores
+
+
+def assembly_bleu(modular: ModularModel, assembly, key: str, cache: JsonCache, splits: dict) -> dict[str, float]:
+    """BLEU per split of one assembly of `modular`, exported and generated in the engine (`bleu_in_engine`);
+    cached under `key`."""
+    if key not in cache.data:
+        with tempfile.TemporaryDirectory() as tmp:
+            export_assembly(modular, assembly, Path(tmp) / "export")
+            cache.data[key] = bleu_in_engine(Path(tmp) / "export", splits)
+        cache.save()
+    return cache.data[key]
 
 
 def history(out: Path) -> list[dict]:
@@ -499,7 +505,7 @@ def main() -> None:
     results = Results(args.results, NAME)
     written = results.write_with_markdown(result, markdown(result))
     plot(result, results)
-    print(f"wrote {written} and {results.path('.png')}")
+    print(f"wrote {written}; the plot {results.path('.png')}")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,10 @@ each run's BLEU in both orders, the mean difference and how many runs the first 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import torch
-from decoder_gap import TARGET, bleu_in_engine
+from decoder_gap import TARGET, assembly_bleu
 from harness import (
     DATASETS,
     RUNS,
@@ -35,7 +34,6 @@ from harness import (
 
 from modformer.data import load_split
 from modformer.modular.assembly import Assembly
-from modformer.modular.export import export_assembly
 from modformer.modular.model import ModularModel
 
 NAME = "stack_order"
@@ -101,13 +99,9 @@ def measure(args) -> dict:
         }
         for text in assemblies:
             key = f"{run}|{training.get('completed_steps')}|{text}"
-            if key not in cache.data:
-                with tempfile.TemporaryDirectory() as tmp:
-                    export_assembly(modular, Assembly.parse(text), Path(tmp) / "export")
-                    cache.data[key] = bleu_in_engine(Path(tmp) / "export", splits)[SPLIT]
-                cache.save()
-                print(f"{run} {text}: BLEU {cache.data[key]:.2f}", flush=True)
-            runs[run]["bleu"][text] = cache.data[key]
+            bleu = assembly_bleu(modular, Assembly.parse(text), key, cache, splits)[SPLIT]
+            print(f"{run} {text}: BLEU {bleu:.2f}", flush=True)
+            runs[run]["bleu"][text] = bleu
     return {
         **provenance(threads=THREADS),
         "settings": {"split": SPLIT, "target": TARGET, "runs": args.runs},
@@ -119,9 +113,9 @@ def measure(args) -> dict:
 def report(measured: dict) -> dict:
     """`summary`: per pair, the first order's BLEU minus the second's, per run and on average, and its wins."""
     summary = []
+    runs = measured["runs"]
     for pair in measured["pairs"]:
-        runs = measured["runs"]  # in --runs order (the file's keys are sorted)
-        differences = {
+        differences = {  # in --runs order (the file's keys are sorted)
             run: round(runs[run]["bleu"][pair["first"]] - runs[run]["bleu"][pair["second"]], 2)
             for run in measured["settings"]["runs"]
         }
