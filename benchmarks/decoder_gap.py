@@ -123,6 +123,11 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
     "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-top": _per_row(
         2, *UNIFORM_1E3, "--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--top-init"
     ),
+    # the default of stop 29 with its modules trained without dropout (the teacher's 0.1 is for 30 epochs of training
+    # from scratch; a module gets about two epochs' rows)
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop": _per_row(
+        2, *UNIFORM_1E3, "--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout"
+    ),
     # cross-entropy alone needs no teacher pass: its cost goes to each row running through four of the six hybrids
     "h6s4-ce-lr1e-3-uniform": _per_row(4, "--w-logit", "0", *UNIFORM_1E3),
     "h6s-no-attn-no-hidden-uniform": [

@@ -587,6 +587,10 @@ def train(
             "--top-init", help="A module whose span ends at a stack's top starts as that top layer (not the bottom)."
         ),
     ] = False,
+    dropout: Annotated[
+        bool,
+        typer.Option("--dropout/--no-dropout", help="Modules train with the teacher's dropout (default: without it)."),
+    ] = False,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -623,6 +627,7 @@ def train(
         split_batch=split_batch,
         hybrids_per_row=hybrids_per_row,
         top_init=top_init,
+        dropout=dropout,
         deployed_share=deployed_share,
         teacher_encoder_share=teacher_encoder_share,
         eval_every=eval_every,

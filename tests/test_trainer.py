@@ -56,6 +56,29 @@ def test_a_step_trains_modules_only_with_every_loss_part(make, sample_pairs, tok
     assert not trainer.model.teacher.training and not any(m.training for m in trainer.model.blocks.modules())
 
 
+@pytest.mark.parametrize("make", [tiny_t5, tiny_bart], ids=["t5", "bart"])
+def test_no_dropout_trains_modules_without_the_teachers_dropout(make, sample_pairs, tokenizer):
+    """With dropout (the teacher's 0.1 here) a hybrid's loss depends on the random state; with `dropout=False` it
+    does not, and equals the loss of the same hybrid with every block in evaluation mode."""
+    hybrid = Assembly(encoder=(2, 2), decoder=(2, 1, 1))
+    losses = {}
+    for dropout in (True, False):
+        trainer = _trainer(make, sample_pairs, tokenizer, dropout=dropout)
+        batch = next(trainer.train.stream(8))
+        targets = trainer.teacher_targets(batch, [hybrid])
+        runs = []
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            runs.append(trainer.hybrid_losses(batch, hybrid, targets)["ce"].item())
+        losses[dropout] = runs
+        assert not any(m.training for m in trainer.model.blocks.modules())  # back in eval mode after the pass
+    assert losses[True][0] != losses[True][1]
+    assert losses[False][0] == losses[False][1]
+    with torch.no_grad():  # the same hybrid, evaluation mode throughout
+        trainer.model.blocks.eval()
+        assert trainer.hybrid_losses(batch, hybrid, targets)["ce"].item() == pytest.approx(losses[False][0], abs=1e-6)
+
+
 def _assert_same_gradients(stepped, reference) -> None:
     """`stepped`'s modules have the gradients `reference`'s got; a module that got none in one got none in the other."""
     grads = {n: p.grad for n, p in reference.model.blocks.named_parameters() if p.grad is not None}
@@ -130,6 +153,7 @@ def test_the_defaults_are_the_measured_recipe_and_the_cli_gives_the_same():
         "w_logit": 1.0,
         "w_hidden": 0.0,
         "w_attn": 0.0,
+        "dropout": False,
     }
     assert {k: getattr(config, k) for k in recipe} == recipe
     options = inspect.signature(cli.train).parameters

@@ -38,6 +38,7 @@ SEED_RECIPE = {  # TrainConfig fields (module_exposure.py replays them); seed_re
     "lr": 5e-4,
     "w_hidden": 1.0,
     "w_attn": 1.0,
+    "dropout": True,
 }
 
 
@@ -66,10 +67,15 @@ class Variant(NamedTuple):
 
 
 DEFAULT_SEEDS = 2  # the default run (`modular`, no recipe options) always has two seeds: `modular`, `modular-s1`
-# The default of stop 28 (docs/decoder-gap.md section 4): today's recipe with every divisor of 12 as a module size.
-V1 = ["--granularities", OLD_GRANULARITIES]
+# The default of stop 28 (docs/decoder-gap.md section 4): today's recipe with every divisor of 12 as a module size,
+# and dropout on.
+V1 = ["--granularities", OLD_GRANULARITIES, "--dropout"]
+# The default of stops 29-30 (section 6): today's recipe with the modules trained under the teacher's dropout.
+V2 = ["--dropout"]
 VARIANTS = {
     "modular-2x-steps": Variant([], 2, steps_x=2),  # the default recipe at twice the steps
+    "modular-v2": Variant(V2, 2),  # the default before dropout was turned off (docs/decoder-gap.md section 10)
+    "modular-v2-2x-steps": Variant(V2, 2, steps_x=2),
     "modular-v1": Variant(V1, 2),  # the default before the 3-modules were dropped (granularities 2,3,4,6)
     "modular-v1-2x-steps": Variant(V1, 2, steps_x=2),
     "modular-v0": Variant(seed_recipe(), 1),  # the seed's recipe, the default until the decoder-gap sieves
