@@ -288,8 +288,9 @@ def carried_record(carry: dict, kind: str, name: str, seed: int, steps: int, out
     key = "recipe" if kind == "runs" else "student"
     for record in carry.get(kind, []):
         if record[key] == name and record["seed"] == seed and record["steps"] == steps:
-            print(f"carried: {out.name} (from {carry['date']})", flush=True)
-            return record | {"carried": carry["date"]}
+            date = record.get("carried", carry["date"])  # a record carried before keeps the date it was made
+            print(f"carried: {out.name} (from {date})", flush=True)
+            return record | {"carried": date}
     return None
 
 

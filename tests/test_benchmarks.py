@@ -255,6 +255,9 @@ def test_decoder_gap_carries_only_runs_that_have_not_started_here(monkeypatch, t
     work = tmp_path / "work"
     out = decoder_gap.run_folder(work, recipe, 1)
     assert decoder_gap.carried_record(earlier, "runs", recipe, 1, 2000, out)["carried"] == "2026-12-01"
+    earlier["runs"][0]["carried"] = "2026-11-20"  # carried into that file from an older one: keeps its own date
+    first = decoder_gap.run_folder(work, recipe, 0)
+    assert decoder_gap.carried_record(earlier, "runs", recipe, 0, 2000, first)["carried"] == "2026-11-20"
     assert decoder_gap.carried_record(earlier, "runs", recipe, 2, 2000, out) is None  # a seed the file lacks
     assert decoder_gap.carried_record(earlier, "runs", recipe, 1, 4000, out) is None  # another budget
     student = decoder_gap.student_folder(work, "kd-6-6", 0)
