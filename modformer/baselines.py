@@ -112,6 +112,7 @@ class BaselineConfig:
     max_source_len: int = 128  # tokens; longer texts are cut (and a warning says how many)
     max_target_len: int = 128
     seed: int = 0
+    dropout: bool = True  # the teacher's dropout while the student trains (False: without it, as in evaluation)
     # None: every weight trains. "decoder": only the decoder's layers (not their position tables): the embeddings,
     # the encoder, the final norms and the head stay the teacher's, as around a modular assembly's decoder modules
     train_only: str | None = None
@@ -193,7 +194,7 @@ class StudentTrainer(Recipe):
         self.train, self.heldout = train, heldout
         teacher.requires_grad_(False)
         self.student, self.layer_map = make_student(teacher, config.shape)
-        self.student.train()
+        self.student.train(config.dropout)
         self.adapter = adapter_for(teacher.config)
         if config.train_only:
             self.student.requires_grad_(False)
@@ -273,7 +274,7 @@ class StudentTrainer(Recipe):
         try:
             return {"loss": teacher_forced_loss(self.student, self.heldout.batches(batch_size, shuffle=False))}
         finally:
-            self.student.train()
+            self.student.train(self.config.dropout)
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def run(self) -> StudentRun:
@@ -297,7 +298,7 @@ class StudentTrainer(Recipe):
         self.student.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         self.run().save(folder)
-        self.student.train()
+        self.student.train(self.config.dropout)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         return self.student.named_parameters()

@@ -896,6 +896,10 @@ def baseline(
             "teacher's, as around modular decoder modules (a diagnostic)."
         ),
     ] = None,
+    dropout: Annotated[
+        bool,
+        typer.Option("--dropout/--no-dropout", help="The student trains with the teacher's dropout (the default)."),
+    ] = True,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -935,6 +939,7 @@ def baseline(
         max_target_len=max_target_len,
         seed=seed,
         train_only=train_only,
+        dropout=dropout,
     )
     spec = _data_spec(
         data, src_ext, tgt_ext, src_column, tgt_column, prefix, line_format, list_rule, on_bad_line, unescape_entities

@@ -101,6 +101,30 @@ def test_a_resumed_baseline_equals_an_uninterrupted_one(t5_teacher_dir, data_dir
     assert wrong.exit_code == 1 and "was trained with method 'kd', not 'sft'" in wrong.stderr
 
 
+def test_no_dropout_trains_as_a_teacher_without_dropout(t5_teacher_dir, data_dir, tmp_path):
+    """`--no-dropout` trains the student as if the teacher's dropout rate were 0: the same weights as `--dropout`
+    from a copy of the teacher whose config says 0, and other weights than `--dropout` from the teacher itself."""
+    import shutil
+
+    quiet = tmp_path / "teacher-no-dropout"
+    shutil.copytree(t5_teacher_dir, quiet)
+    config = json.loads((quiet / "config.json").read_text())
+    assert config["dropout_rate"] > 0
+    (quiet / "config.json").write_text(json.dumps(config | {"dropout_rate": 0.0}))
+    weights = {}
+    for name, teacher, flag in (("off", t5_teacher_dir, "--no-dropout"), ("zero", quiet, "--dropout")):
+        out = tmp_path / name
+        result = run(*baseline_args("sft", teacher, data_dir, out, "--steps", 2, flag))
+        assert result.exit_code == 0, result.stderr
+        weights[name] = load_file(out / "model.safetensors")
+    on = tmp_path / "on"
+    assert run(*baseline_args("sft", t5_teacher_dir, data_dir, on, "--steps", 2)).exit_code == 0
+    weights["on"] = load_file(on / "model.safetensors")
+    assert json.loads((tmp_path / "off" / "modformer.json").read_text())["baseline"]["dropout"] is False
+    assert all(torch.equal(weights["off"][k], weights["zero"][k]) for k in weights["off"])
+    assert not all(torch.equal(weights["off"][k], weights["on"][k]) for k in weights["off"])
+
+
 def test_train_only_decoder_changes_the_decoder_layers_and_nothing_else(t5_teacher_dir, data_dir, tmp_path):
     """The diagnostic student: only its decoder layers train, as around modular decoder modules (the embeddings,
     encoder, final norms, head and position tables stay the teacher's copies)."""
