@@ -449,7 +449,9 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, results: Results) -> None:
+def plot(result: dict, results: Results) -> bool:
+    """The held-out loss of each uniform assembly over training, a panel per module size; False where there is
+    nothing to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -457,6 +459,8 @@ def plot(result: dict, results: Results) -> None:
 
     runs = result["runs"]
     probes = [k for k in ("k2", "k3", "k4", "k6") if any(k in h for r in runs for h in r["history"])]
+    if not probes:  # students only (--recipes ''): no modules' losses to plot
+        return False
     figure, axes = plt.subplots(1, len(probes), figsize=(4 * len(probes), 3.4), sharey=True, squeeze=False)
     for ax, probe in zip(axes[0], probes, strict=True):
         for r in runs:
@@ -471,6 +475,7 @@ def plot(result: dict, results: Results) -> None:
     figure.tight_layout()
     results.save_figure(figure, dpi=110)
     plt.close(figure)
+    return True
 
 
 def main() -> None:
@@ -513,8 +518,8 @@ def main() -> None:
     result = report(measured_or_recorded(args, measure, DERIVED))
     results = Results(args.results, NAME)
     written = results.write_with_markdown(result, markdown(result))
-    plot(result, results)
-    print(f"wrote {written}; the plot {results.path('.png')}")
+    drawn = plot(result, results)
+    print(f"wrote {written}" + (f"; the plot {results.path('.png')}" if drawn else ""))
 
 
 if __name__ == "__main__":
