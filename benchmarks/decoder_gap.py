@@ -155,9 +155,10 @@ STUDENTS = {
     "kd-12-3-decoder-only-b8": ("kd", "12-3", ["--train-only", "decoder", "--batch-size", "8"]),
     "kd-12-3-decoder-only-b16": ("kd", "12-3", ["--train-only", "decoder", "--batch-size", "16"]),
     "kd-6-6": ("kd", "6-6", []),  # the yardstick for the modular run's wall time (train_once)
-    # the 12-3 students without dropout, as the default's modules train: does what lifted the modules lift them too?
+    # students without dropout, as the default's modules train: does what lifted the modules lift them too?
     "sft-12-3-nodrop": ("sft", "12-3", ["--no-dropout"]),
     "kd-12-3-nodrop": ("kd", "12-3", ["--no-dropout"]),
+    "kd-6-6-nodrop": ("kd", "6-6", ["--no-dropout"]),
 }
 SHAPES = ("6-6", "4-4", "12-3", "12-2")
 SPLITS = ("val", "test_2016_flickr")
