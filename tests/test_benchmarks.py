@@ -221,6 +221,9 @@ def test_carry_skips_recorded_runs_and_fills_in_only_what_was_not_measured(claim
     # A run the file does not know is trained as usual (here the command fails: it was run, not carried).
     with pytest.raises(SystemExit, match="no-such-command"):
         train_mod.train(work, "multi30k-modular", ["no-such-command"], tmp_path / "work" / "modular", 2000)
+    # A student's stage names no shape: KD 6-6 (stage multi30k-kd, in the walls) does not carry a KD 3-3 student.
+    with pytest.raises(SystemExit, match="no-such-command"):
+        train_mod.train(work, "multi30k-kd", ["no-such-command"], tmp_path / "work" / "students" / "kd-3-3-s0", 2000)
 
     # Measured groups replace the file's; the rest is added, marked carried; measured walls win.
     measured = [{**_row("modular"), "bleu": 35.0}, {**_row("kd", rule="student"), "bleu": 34.5}]
