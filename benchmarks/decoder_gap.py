@@ -128,6 +128,16 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
     "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop": _per_row(
         2, *UNIFORM_1E3, "--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout"
     ),
+    # the default of stop 31 with a share of each step's stacks drawn whole from those the strategies deploy
+    # (`dec=4,4,4` among them), so that a coarse module learns on the input it is deployed with, not only on a mix
+    **{
+        f"h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop-dep{name}": _per_row(
+            2,
+            *UNIFORM_1E3,
+            *("--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout", "--deployed-share", share),
+        )
+        for name, share in (("33", "0.33"), ("67", "0.67"))
+    },
     # cross-entropy alone needs no teacher pass: its cost goes to each row running through four of the six hybrids
     "h6s4-ce-lr1e-3-uniform": _per_row(4, "--w-logit", "0", *UNIFORM_1E3),
     "h6s-no-attn-no-hidden-uniform": [
@@ -159,6 +169,9 @@ STUDENTS = {
     "sft-12-3-nodrop": ("sft", "12-3", ["--no-dropout"]),
     "kd-12-3-nodrop": ("kd", "12-3", ["--no-dropout"]),
     "kd-6-6-nodrop": ("kd", "6-6", ["--no-dropout"]),
+    # what three decoder layers in the teacher's frozen context reach without dropout (section 3's student, as the
+    # default's modules now train): the ceiling of `dec=4,4,4` trained as a student would train it
+    "kd-12-3-decoder-only-nodrop": ("kd", "12-3", ["--train-only", "decoder", "--no-dropout"]),
 }
 SHAPES = ("6-6", "4-4", "12-3", "12-2")
 SPLITS = ("val", "test_2016_flickr")

@@ -79,6 +79,46 @@ def test_no_dropout_trains_modules_without_the_teachers_dropout(make, sample_pai
         assert trainer.hybrid_losses(batch, hybrid, targets)["ce"].item() == pytest.approx(losses[False][0], abs=1e-6)
 
 
+@pytest.mark.parametrize("make", [tiny_t5, tiny_bart], ids=["t5", "bart"])
+def test_a_hybrid_with_the_teachers_encoder_reuses_the_teacher_pass(make, sample_pairs, tokenizer):
+    """A hybrid that keeps the teacher's encoder whole reads the encoder output of the step's teacher pass instead of
+    running the encoder again: same losses and gradients as running it, and the encoder is not called."""
+    trainer = _trainer(make, sample_pairs, tokenizer, w_logit=0.5)
+    encoder = trainer.model.adapter.stack(trainer.model.teacher, "encoder")
+    hybrid = Assembly(encoder=(1,) * trainer.model.config.encoder_layers, decoder=(2, 2))
+    with_modules = Assembly(encoder=(2, 2), decoder=(2, 2))
+    batch = next(trainer.train.stream(8))
+    targets = trainer.teacher_targets(batch, [hybrid, with_modules])
+    calls = []
+    hook = encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        results = {}
+        for reuse in (True, False):
+            calls.clear()
+            trainer.model.blocks.zero_grad(set_to_none=True)
+            given = targets if reuse else {k: v for k, v in targets.items() if k != "encoder_out"}
+            parts = trainer.hybrid_losses(batch, hybrid, given)
+            sum(parts.values()).backward()
+            grads = {n: p.grad.clone() for n, p in trainer.model.blocks.named_parameters() if p.grad is not None}
+            results[reuse] = ({k: v.item() for k, v in parts.items()}, grads, len(calls))
+    finally:
+        hook.remove()
+    (reused, reused_grads, reused_calls), (ran, ran_grads, ran_calls) = results[True], results[False]
+    assert (reused_calls, ran_calls) == (0, 1)
+    assert reused == pytest.approx(ran, abs=1e-5)
+    assert reused_grads.keys() == ran_grads.keys() and reused_grads
+    for name, grad in reused_grads.items():
+        assert torch.allclose(grad, ran_grads[name], atol=1e-5), name
+    # a hybrid with encoder modules runs its own encoder even when the teacher's output is at hand
+    calls.clear()
+    hook = encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        trainer.hybrid_losses(batch, with_modules, targets)
+    finally:
+        hook.remove()
+    assert calls == [1]
+
+
 def _assert_same_gradients(stepped, reference) -> None:
     """`stepped`'s modules have the gradients `reference`'s got; a module that got none in one got none in the other."""
     grads = {n: p.grad for n, p in reference.model.blocks.named_parameters() if p.grad is not None}

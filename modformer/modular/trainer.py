@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
+from transformers.modeling_outputs import BaseModelOutput
 
 from modformer.checkpoints import load_seq2seq, load_tokenizer
 from modformer.data import DataSpec, TokenizedData, data_report, load_split, same_data_warning
@@ -340,8 +341,14 @@ class ReplacingTrainer(Recipe):
                 adapter.record(t_layers["encoder"], "encoder") as t_enc,
                 adapter.record(t_layers["decoder"], "decoder") as t_dec,
             ):
-                logits = teacher(**inputs, use_cache=False).logits
-        return {"logits": logits, "encoder": t_enc, "decoder": t_dec}
+                out = teacher(**inputs, use_cache=False)
+        # the encoder's output too: a hybrid that keeps the teacher's encoder whole reads it instead of running it
+        return {
+            "logits": out.logits,
+            "encoder": t_enc,
+            "decoder": t_dec,
+            "encoder_out": out.encoder_last_hidden_state,
+        }
 
     def hybrid_losses(self, batch: dict[str, torch.Tensor], hybrid: Assembly, targets: dict) -> dict[str, torch.Tensor]:
         """Each loss part of running `hybrid` on `batch`, against the teacher's `targets` (`teacher_targets`)."""
@@ -356,6 +363,14 @@ class ReplacingTrainer(Recipe):
             for j, block in enumerate(blocks[s]):
                 # modules train (with dropout unless cfg.dropout is off); teacher layers stay in eval mode
                 block.train(cfg.dropout and j in spans[s])
+        if "encoder_out" in targets and max(hybrid.encoder) == 1:
+            # the teacher's own encoder (frozen, in eval mode): its output is the teacher pass's, to the last bit but
+            # for the batch size's rounding, so the hybrid reuses it and runs only its decoder
+            inputs = {
+                "encoder_outputs": BaseModelOutput(last_hidden_state=targets["encoder_out"]),
+                "attention_mask": inputs["attention_mask"],
+                "labels": inputs["labels"],
+            }
         with adapter.swapped_layers(teacher, blocks):
             s_mods = {s: {j: blocks[s][j] for j in spans[s]} for s in STACKS}
             with (
