@@ -138,6 +138,13 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
         )
         for name, share in (("33", "0.33"), ("67", "0.67"))
     },
+    # the default of stop 31 with logit distillation at temperature 1 (word-level distillation as Kim & Rush ran it):
+    # the teacher's distribution unsoftened, its mode weighed as the best 12-3 student (pseudo-labels) weighs it
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop-t1": _per_row(
+        2,
+        *UNIFORM_1E3,
+        *("--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout", "--temperature", "1"),
+    ),
     # cross-entropy alone needs no teacher pass: its cost goes to each row running through four of the six hybrids
     "h6s4-ce-lr1e-3-uniform": _per_row(4, "--w-logit", "0", *UNIFORM_1E3),
     "h6s-no-attn-no-hidden-uniform": [

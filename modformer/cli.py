@@ -552,6 +552,7 @@ def train(
     w_hidden: Annotated[float, typer.Option(help="Weight of hidden-state distillation.")] = 0.0,
     w_attn: Annotated[float, typer.Option(help="Weight of attention distillation.")] = 0.0,
     w_logit: Annotated[float, typer.Option(help="Weight of logit distillation (0 = off).")] = 1.0,
+    temperature: Annotated[float, typer.Option(help="Temperature of logit distillation.")] = 2.0,
     curriculum: Annotated[
         bool, typer.Option(help="Coarse-to-fine curriculum (default off: every granularity equally often).")
     ] = False,
@@ -621,6 +622,7 @@ def train(
         w_hidden=w_hidden,
         w_attn=w_attn,
         w_logit=w_logit,
+        temperature=temperature,
         curriculum=curriculum,
         coarse_bias=coarse_bias,
         hybrids_per_step=hybrids_per_step,

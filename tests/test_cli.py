@@ -93,9 +93,13 @@ def test_train_writes_a_modular_checkpoint(modules_dir):
 
 def test_train_on_a_bart_teacher(tmp_path, bart_teacher_dir, data_dir):
     out = tmp_path / "mods"
-    ok(*train_args(bart_teacher_dir, data_dir, out), "--steps", 2, "--batch-size", 4, "--eval-every", 0)
+    ok(
+        *train_args(bart_teacher_dir, data_dir, out),
+        *("--steps", 2, "--batch-size", 4, "--eval-every", 0, "--temperature", 1.5),
+    )
     config = read_json(out / "modular_config.json")
     assert config["model_type"] == "bart" and config["training"]["completed_steps"] == 2
+    assert config["training"]["temperature"] == 1.5  # a recipe option reaches the run's config
     assert (out / "modules.safetensors").is_file() and (out / "trainer_state.pt").is_file()
 
 

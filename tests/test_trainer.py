@@ -193,6 +193,7 @@ def test_the_defaults_are_the_measured_recipe_and_the_cli_gives_the_same():
         "w_logit": 1.0,
         "w_hidden": 0.0,
         "w_attn": 0.0,
+        "temperature": 2.0,
         "dropout": False,
     }
     assert {k: getattr(config, k) for k in recipe} == recipe
