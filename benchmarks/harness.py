@@ -8,7 +8,8 @@ Scripts in this folder import it as a sibling (`from harness import ...`: Python
   to a log and the thread count set explicitly in its environment; the wall time in seconds.
 - `provenance()`: the command, the machine (CPU, cores, threads, versions) and the date of this run: one record,
   the same in every results file. `recorded_provenance(result)` keeps a results file's own.
-- `JsonCache`: a dict kept in one JSON file under the work folder, written whole (atomically) on save.
+- `JsonCache`: a dict kept in one JSON file under the work folder, written atomically on save, merged with what other
+  processes sharing the folder saved since.
 - `Results`, `add_results_options(parser, name)`: where a benchmark writes `<name>.json` (and `.md`, `.png`), and
   `--from-results JSON`, which measures nothing and rebuilds the results from a results file's raw part.
 """
@@ -24,6 +25,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from modformer.data import DataSpec
 from modformer.io import atomic_path, die_with_parent, write_json
@@ -132,14 +135,25 @@ def recorded_provenance(result: dict) -> dict:
 # Caches and results
 # --------------------------------------------------------------------------------------------------------------------
 class JsonCache:
-    """A dict kept in one JSON file: read when made (empty if there is none), written whole, atomically, by save()."""
+    """A dict kept in one JSON file: read when made (empty if there is none), written atomically by save().
+
+    Several benchmark processes may share a work folder (e.g. two `decoder_gap.py` lanes, one per core), each with
+    its own JsonCache of the same file. save() therefore holds a lock beside the file, reads what the others wrote
+    since, and writes the union (this process's entries win where both have a key), so that no lane's entries are
+    lost to another's save."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.data: dict = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        self.data: dict = self._read()
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{self.path}.lock"):
+            self.data = {**self._read(), **self.data}
+            write_json(self.path, self.data)
 
 
 @dataclass(frozen=True)

@@ -331,3 +331,22 @@ def test_second_seeds_also_look_at_carried_students(claims, monkeypatch, tmp_pat
     both = [*measured, {**_row("modular-2x-steps", steps=4000), "named": True, "bleu": 35.3}]
     assert students.second_seeds(work, None, both) == [seed1]
     assert work.missing == ["sft 6-6 4000 at 0/4000 steps"]
+
+
+def test_json_caches_of_one_file_keep_each_others_entries(monkeypatch, tmp_path: Path) -> None:
+    """Two benchmark processes sharing a work folder each hold a JsonCache of the same file (two decoder_gap lanes,
+    one per core): a save keeps what the other saved since it read the file, and its own entries win a shared key."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from harness import JsonCache
+
+    path = tmp_path / "work" / "scores.json"
+    first, second = JsonCache(path), JsonCache(path)  # both read before either wrote
+    first.data["a|2000|enc=2,2 dec=2,2"] = {"val": 30.0}
+    first.save()
+    second.data["b|2000|enc=2,2 dec=2,2"] = {"val": 31.0}
+    second.data["a|2000|enc=2,2 dec=2,2"] = {"val": 32.0}
+    second.save()
+    assert JsonCache(path).data == {"a|2000|enc=2,2 dec=2,2": {"val": 32.0}, "b|2000|enc=2,2 dec=2,2": {"val": 31.0}}
+    first.data["c"] = 1
+    first.save()  # first's older value of "a" wins its own save: the last writer of a key decides, as before
+    assert set(JsonCache(path).data) == {"a|2000|enc=2,2 dec=2,2", "b|2000|enc=2,2 dec=2,2", "c"}
