@@ -40,8 +40,8 @@ from harness import (
     RESULTS,
     RUNS,
     TEACHER,
-    JsonCache,
     Results,
+    ScoreCache,
     add_results_options,
     data_args,
     measured_or_recorded,
@@ -179,6 +179,8 @@ STUDENTS = {
     # what three decoder layers in the teacher's frozen context reach without dropout (section 3's student, as the
     # default's modules now train): the ceiling of `dec=4,4,4` trained as a student would train it
     "kd-12-3-decoder-only-nodrop": ("kd", "12-3", ["--train-only", "decoder", "--no-dropout"]),
+    # the same on the teacher's outputs (the best 12-3 students' targets; the benchmark's pseudo-data, made once)
+    "pseudo-12-3-decoder-only-nodrop": ("pseudo", "12-3", ["--train-only", "decoder", "--no-dropout"]),
 }
 SHAPES = ("6-6", "4-4", "12-3", "12-2")
 SPLITS = ("val", "test_2016_flickr")
@@ -261,6 +263,8 @@ def train_student(work: Path, name: str, seed: int, steps: int) -> Path:
         print(f"training {out.name} ({steps} steps, {THREADS} thread)", flush=True)
         command = ["baseline", method, "--teacher", TEACHER, "--shape", shape, *data_args("multi30k")]
         command += ["--steps", steps, "--batch-size", 32, *options, "--seed", seed, "--out", out, *again]
+        if method == "pseudo":  # the teacher's outputs made once for every run here, not once per student
+            command += ["--pseudo-labels", pseudo_data(work) / f"train.{DATASETS['multi30k'].tgt_ext}"]
         run(command, out.with_name(f"{out.name}.log"), threads=THREADS)
     return out
 
@@ -276,27 +280,30 @@ def bleu_in_engine(hf_folder: Path, splits: dict) -> dict[str, float]:
         }
 
 
-def score(out: Path, cache: JsonCache, splits: dict) -> dict:
+def score(out: Path, cache: ScoreCache, splits: dict) -> dict:
     """BLEU of each shape's strategy assembly on each split (cached by run folder and assembly)."""
     modular = ModularModel.from_pretrained(out)
     c = modular.config
     scores = {}
     for shape in SHAPES:
         assembly = assembly_for_shape(shape, c.encoder_layers, c.decoder_layers, c.granularities)
-        bleu = assembly_bleu(modular, assembly, f"{out.name}|{completed(out)}|{assembly.format()}", cache, splits)
+        bleu = assembly_bleu(modular, assembly, f"{out.name}|{completed(out)}|{assembly.format()}", cache, splits, out)
         scores[shape] = {"assembly": assembly.format(), **bleu}
     return scores
 
 
-def assembly_bleu(modular: ModularModel, assembly, key: str, cache: JsonCache, splits: dict) -> dict[str, float]:
-    """BLEU per split of one assembly of `modular`, exported and generated in the engine (`bleu_in_engine`);
-    cached under `key`."""
-    if key not in cache.data:
+def assembly_bleu(
+    modular: ModularModel, assembly, key: str, cache: ScoreCache, splits: dict, folder: Path
+) -> dict[str, float]:
+    """BLEU per split of one assembly of `modular` (the run in `folder`), exported and generated in the engine
+    (`bleu_in_engine`); cached under `key` for the weights in `folder`."""
+    bleu = cache.get(key, folder)
+    if bleu is None:
         with tempfile.TemporaryDirectory() as tmp:
             export_assembly(modular, assembly, Path(tmp) / "export")
-            cache.data[key] = bleu_in_engine(Path(tmp) / "export", splits)
-        cache.save()
-    return cache.data[key]
+            bleu = bleu_in_engine(Path(tmp) / "export", splits)
+        cache.put(key, folder, bleu)
+    return bleu
 
 
 def history(out: Path) -> list[dict]:
@@ -321,7 +328,7 @@ def carried_record(carry: dict, kind: str, name: str, seed: int, steps: int, out
 def measure(args) -> dict:
     torch.set_num_threads(THREADS)
     args.work.mkdir(parents=True, exist_ok=True)
-    cache = JsonCache(args.work / "decoder_gap_scores.json")
+    cache = ScoreCache(args.work / "decoder_gap_scores.json")
     splits = {name: load_split(DATASETS["multi30k"].spec(), name) for name in SPLITS}
     carry = read_results(args.carry) if args.carry else {}
     runs = []
@@ -360,13 +367,14 @@ def measure(args) -> dict:
                 continue
             out = train_student(args.work, name, seed, args.steps)
             key = f"{out.name}|{args.steps}"
-            if key not in cache.data:
-                cache.data[key] = bleu_in_engine(out, splits)
-                cache.save()
+            bleu = cache.get(key, out)
+            if bleu is None:
+                bleu = bleu_in_engine(out, splits)
+                cache.put(key, out, bleu)
             info = json.loads((out / "modformer.json").read_text(encoding="utf-8"))
             students.append(
                 {"student": name, "method": method, "shape": shape, "options": options, "seed": seed}
-                | {"steps": args.steps, "train_s": info.get("wall_s"), "scores": cache.data[key]}
+                | {"steps": args.steps, "train_s": info.get("wall_s"), "scores": bleu}
                 | {"history": info.get("history", [])}
             )
     claims = read_results(SEED_CLAIMS)

@@ -9,7 +9,8 @@ Scripts in this folder import it as a sibling (`from harness import ...`: Python
 - `provenance()`: the command, the machine (CPU, cores, threads, versions) and the date of this run: one record,
   the same in every results file. `recorded_provenance(result)` keeps a results file's own.
 - `JsonCache`: a dict kept in one JSON file under the work folder, written atomically on save, merged with what other
-  processes sharing the folder saved since.
+  processes sharing the folder saved since; `ScoreCache`, one whose entries are tied to the weights they were
+  measured on (`weights_id`).
 - `Results`, `add_results_options(parser, name)`: where a benchmark writes `<name>.json` (and `.md`, `.png`), and
   `--from-results JSON`, which measures nothing and rebuilds the results from a results file's raw part.
 """
@@ -17,6 +18,8 @@ Scripts in this folder import it as a sibling (`from harness import ...`: Python
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -29,7 +32,8 @@ from pathlib import Path
 from filelock import FileLock
 
 from modformer.data import DataSpec
-from modformer.io import atomic_path, die_with_parent, write_json
+from modformer.io import atomic_path, die_with_parent, sha256_file, write_json
+from modformer.recipe import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 RESULTS = ROOT / "benchmarks" / "results"
@@ -154,6 +158,61 @@ class JsonCache:
         with FileLock(f"{self.path}.lock"):
             self.data = {**self._read(), **self.data}
             write_json(self.path, self.data)
+
+
+def weights_id(folder: Path) -> str:
+    """A fingerprint of the weights in a run or model folder: its safetensors files' sha256, as the folder's checkpoint
+    manifest records them (computed where it has none), hashed together. Same weights, same id, whatever the folder
+    is called; a folder trained again or replaced by another run gets another id."""
+    folder = Path(folder).resolve()
+    files = sorted(folder.glob("*.safetensors"))
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _weights_id(folder, stamp)
+
+
+@functools.lru_cache(maxsize=256)
+def _weights_id(folder: Path, stamp: tuple) -> str:
+    manifest = folder / MANIFEST_NAME
+    recorded = json.loads(manifest.read_text(encoding="utf-8")).get("files", {}) if manifest.is_file() else {}
+    digest = hashlib.sha256()
+    for name, size, _ in stamp:
+        entry = recorded.get(name, {})
+        sha = entry.get("sha256") if entry.get("bytes") == size else None
+        digest.update(f"{name}:{sha or sha256_file(folder / name)};".encode())
+    return digest.hexdigest()[:16]
+
+
+class ScoreCache(JsonCache):
+    """Scores by key, each tied to the weights it was scored on (`weights_id` of the model's folder, kept in a second
+    file beside this one): `get` gives None where the folder holds other weights now (a run trained again, or a
+    folder replaced by another run's copy), so a stale score is measured again instead of reported.
+
+    A score recorded before the ids were kept is taken as the folder's present weights (its id is recorded then)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.ids = JsonCache(Path(path).with_suffix(".weights.json"))
+
+    def get(self, key: str, folder: Path, *, save: bool = True):
+        """The entry for the weights now in `folder`, or None. `save=False` (a report that only reads) records the id
+        of an entry from before the ids in memory only."""
+        if key not in self.data:
+            return None
+        wid, recorded = weights_id(folder), self.ids.data.get(key)
+        if recorded is None:  # scored before ids were kept
+            self.ids.data[key] = wid
+            if save:
+                self.ids.save()
+        elif recorded != wid:
+            print(f"{key}: {folder} holds other weights than were scored; scoring again", flush=True)
+            return None
+        return self.data[key]
+
+    def put(self, key: str, folder: Path, value) -> None:
+        self.data[key] = value
+        self.ids.data[key] = weights_id(folder)
+        self.save()
+        self.ids.save()
 
 
 @dataclass(frozen=True)

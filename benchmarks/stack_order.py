@@ -25,8 +25,8 @@ from decoder_gap import TARGET, assembly_bleu
 from harness import (
     DATASETS,
     RUNS,
-    JsonCache,
     Results,
+    ScoreCache,
     add_results_options,
     measured_or_recorded,
     provenance,
@@ -83,7 +83,7 @@ PAIRS = [
 
 def measure(args) -> dict:
     torch.set_num_threads(THREADS)
-    cache = JsonCache(args.work / "stack_order_scores.json")
+    cache = ScoreCache(args.work / "stack_order_scores.json")
     splits = {SPLIT: load_split(DATASETS["multi30k"].spec(), SPLIT)}
     assemblies = list(dict.fromkeys(a for _, first, second in PAIRS for a in (first, second)))
     runs = {}
@@ -99,7 +99,7 @@ def measure(args) -> dict:
         }
         for text in assemblies:
             key = f"{run}|{training.get('completed_steps')}|{text}"
-            bleu = assembly_bleu(modular, Assembly.parse(text), key, cache, splits)[SPLIT]
+            bleu = assembly_bleu(modular, Assembly.parse(text), key, cache, splits, folder)[SPLIT]
             print(f"{run} {text}: BLEU {bleu:.2f}", flush=True)
             runs[run]["bleu"][text] = bleu
     return {

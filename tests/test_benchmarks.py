@@ -350,3 +350,40 @@ def test_json_caches_of_one_file_keep_each_others_entries(monkeypatch, tmp_path:
     first.data["c"] = 1
     first.save()  # first's older value of "a" wins its own save: the last writer of a key decides, as before
     assert set(JsonCache(path).data) == {"a|2000|enc=2,2 dec=2,2", "b|2000|enc=2,2 dec=2,2", "c"}
+
+
+def test_score_caches_measure_again_when_a_folder_holds_other_weights(monkeypatch, tmp_path: Path) -> None:
+    """A score is tied to the weights it was measured on: a run folder replaced by another run's copy (as when a new
+    default takes the default's folder name) or trained again gives None, so the stale score is measured again; a
+    copy of the same weights elsewhere has the same id; a score from before the ids is taken as the present weights."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from harness import ScoreCache, weights_id
+
+    def run(folder: Path, value: float) -> Path:
+        folder.mkdir(parents=True)
+        save_file({"w": torch.full((4,), value)}, str(folder / "modules.safetensors"))
+        return folder
+
+    modular, other = run(tmp_path / "modular", 1.0), run(tmp_path / "other", 2.0)
+    shutil.copytree(modular, tmp_path / "copy")
+    assert weights_id(tmp_path / "copy") == weights_id(modular) != weights_id(other)
+
+    cache = ScoreCache(tmp_path / "scores.json")
+    cache.put("modular|dec=4,4,4", modular, {"bleu": 32.0})
+    assert ScoreCache(tmp_path / "scores.json").get("modular|dec=4,4,4", modular) == {"bleu": 32.0}
+    shutil.rmtree(modular)
+    shutil.copytree(other, modular)  # the folder now holds another run
+    assert ScoreCache(tmp_path / "scores.json").get("modular|dec=4,4,4", modular) is None
+
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({"other|dec=4,4,4": {"bleu": 30.0}}), encoding="utf-8")
+    assert ScoreCache(legacy).get("other|dec=4,4,4", other) == {"bleu": 30.0}  # adopted for the present weights
+    run(tmp_path / "third", 3.0)
+    shutil.rmtree(other)
+    shutil.copytree(tmp_path / "third", other)
+    assert ScoreCache(legacy).get("other|dec=4,4,4", other) is None

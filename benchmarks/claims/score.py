@@ -61,18 +61,19 @@ def random_orders(modular: ModularModel, shape: str, count: int, seed: int = 0) 
     return random.Random(f"{seed}-{shape}").sample(others, min(count, len(others)))
 
 
-def score(work: Work, key: str, load, pairs, desc: str) -> dict:
-    """Scores of one model on `pairs` (cached by `key`)."""
-    if key not in work.scores.data and work.report_only:
+def score(work: Work, key: str, load, pairs, desc: str, folder: Path) -> dict:
+    """Scores of one model (its weights in `folder`) on `pairs`, cached by `key` for those weights."""
+    scores = work.cached_scores(key, folder)
+    if scores is None and work.report_only:
         raise NotDone(f"scores of {key}")
-    if key not in work.scores.data:
+    if scores is None:
         model, tokenizer = load()
         started = time.perf_counter()
         scores = score_model(model, tokenizer, pairs, batch_size=64, max_new_tokens=64).to_json()
         scores["score_s"] = round(time.perf_counter() - started, 1)
         print(f"  {desc}: BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f} ({scores['score_s']:.0f} s)")
-        work.save_scores(key, scores)
-    return work.scores.data[key]
+        work.save_scores(key, folder, scores)
+    return scores
 
 
 def modular_rows(
@@ -102,7 +103,7 @@ def modular_rows(
         name = f"{method}|{a}" + (f"|s{seed}" if seed else "")  # seed 0 keeps the key it always had
         task.loaders[name] = lambda a=a: (modular().assemble(a), tokenizer)
         try:
-            scores = score(work, f"{task.name}|{name}", task.loaders[name], task.pairs, f"{method} {a}")
+            scores = score(work, f"{task.name}|{name}", task.loaders[name], task.pairs, f"{method} {a}", folder)
         except NotDone as missing:
             work.not_done(missing)
             del task.loaders[name]

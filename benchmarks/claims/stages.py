@@ -52,7 +52,7 @@ def multi30k(work: Work, rows: list[dict]) -> None:
     started = time.perf_counter()
     tokenizer = load_tokenizer(teacher)
     task.loaders["teacher"] = lambda: (load_seq2seq(teacher), tokenizer)
-    scores = score(work, "multi30k|teacher", task.loaders["teacher"], task.pairs, "teacher")
+    scores = score(work, "multi30k|teacher", task.loaders["teacher"], task.pairs, "teacher", Path(teacher))
     rows.append(teacher_row(task, teacher_assembly, scores, steps=None, wall=None))
     shape_of = shapes_of(modular)
     named = [(NAMED[s], a) for s, a in shape_of.items()]
@@ -212,7 +212,7 @@ def squad(work: Work, rows: list[dict]) -> None:
     task.loaders["teacher"] = lambda: (load_seq2seq(teacher), tokenizer)
     # Scored before the modular run, so that a partial benchmark already reports the teacher (a T5: `--preset base`).
     started = time.perf_counter()
-    scores = score(work, "squad_qg|teacher", task.loaders["teacher"], task.pairs, "squad teacher")
+    scores = score(work, "squad_qg|teacher", task.loaders["teacher"], task.pairs, "squad teacher", Path(teacher))
     work.add_wall("squad-scoring", time.perf_counter() - started)
     t_config = AutoConfig.from_pretrained(teacher)
     teacher_assembly = Assembly.teacher(t_config.num_layers, t_config.num_decoder_layers)

@@ -79,7 +79,7 @@ def student_row(
         return load_seq2seq(folder), load_tokenizer(folder)
 
     desc = f"{method} {name.split('|', 1)[1].replace('|', ' ')}"
-    scores = score(work, f"{task.name}|{name}", load, task.pairs, desc)
+    scores = score(work, f"{task.name}|{name}", load, task.pairs, desc, folder)
     task.loaders[name] = load  # timed only once scored
     info = json.loads((folder / INFO_NAME).read_text())
     return {

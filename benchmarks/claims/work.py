@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import JsonCache
+from harness import JsonCache, ScoreCache
 
 from claims.config import Settings
 
-SCORES_NAME = "scores.json"  # `<task>|<model key>` -> scores
+SCORES_NAME = "scores.json"  # `<task>|<model key>` -> scores (and scores.weights.json: the weights each was scored on)
 WALLS_NAME = "walls.json"  # stage -> wall seconds, summed over every run of the benchmark
 
 
@@ -28,7 +28,7 @@ class Work:
         self.settings = settings
         self.folder: Path = settings.work
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.scores = JsonCache(self.folder / SCORES_NAME)
+        self.scores = ScoreCache(self.folder / SCORES_NAME)
         self.walls = JsonCache(self.folder / WALLS_NAME)
         self.carry = carry  # claims.carry.Carry (--carry): runs not trained here because an earlier file has them
         self.skipped: list[str] = []
@@ -47,10 +47,15 @@ class Work:
     def asked(self, stage: str) -> bool:
         return stage in self.settings.stages
 
-    def save_scores(self, key: str, scores: dict) -> None:
-        self.scores.data[key] = scores
-        if not self.report_only:  # a report leaves the cache to the run that fills it
-            self.scores.save()
+    def cached_scores(self, key: str, folder: Path) -> dict | None:
+        """The scores cached under `key` for the weights now in `folder` (None: not scored, or other weights now)."""
+        return self.scores.get(key, folder, save=not self.report_only)
+
+    def save_scores(self, key: str, folder: Path, scores: dict) -> None:
+        if self.report_only:  # a report leaves the cache to the run that fills it
+            self.scores.data[key] = scores
+        else:
+            self.scores.put(key, folder, scores)
 
     def add_wall(self, stage: str, seconds: float) -> None:
         if self.report_only:  # a report's cache look-ups are not a stage's work
