@@ -145,6 +145,13 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
         *UNIFORM_1E3,
         *("--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout", "--temperature", "1"),
     ),
+    # the default of stop 31 saving a moving average of the module weights (decay 0.995: about the last 200 steps):
+    # does averaging the noisy updates of modules that serve many neighbours carry better to held-out data?
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop-ema995": _per_row(
+        2,
+        *UNIFORM_1E3,
+        *("--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout", "--ema", "0.995"),
+    ),
     # cross-entropy alone needs no teacher pass: its cost goes to each row running through four of the six hybrids
     "h6s4-ce-lr1e-3-uniform": _per_row(4, "--w-logit", "0", *UNIFORM_1E3),
     "h6s-no-attn-no-hidden-uniform": [

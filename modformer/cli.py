@@ -592,6 +592,12 @@ def train(
         bool,
         typer.Option("--dropout/--no-dropout", help="Modules train with the teacher's dropout (default: without it)."),
     ] = False,
+    ema: Annotated[
+        float,
+        typer.Option(
+            help="Decay of a moving average of the module weights, which is what is saved and evaluated (0: off)."
+        ),
+    ] = 0.0,
     eval_every: Annotated[int, typer.Option(help="Held-out loss every N steps.")] = 200,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -630,6 +636,7 @@ def train(
         hybrids_per_row=hybrids_per_row,
         top_init=top_init,
         dropout=dropout,
+        ema=ema,
         deployed_share=deployed_share,
         teacher_encoder_share=teacher_encoder_share,
         eval_every=eval_every,

@@ -195,6 +195,7 @@ def test_the_defaults_are_the_measured_recipe_and_the_cli_gives_the_same():
         "w_attn": 0.0,
         "temperature": 2.0,
         "dropout": False,
+        "ema": 0.0,
     }
     assert {k: getattr(config, k) for k in recipe} == recipe
     options = inspect.signature(cli.train).parameters
@@ -286,6 +287,55 @@ def test_resume_continues_exactly(tmp_path, sample_pairs, tokenizer):
     assert second.state.step == 3
     second.fit(tmp_path / "resumed")
     for key, value in straight.model.blocks.state_dict().items():
+        assert torch.allclose(value, second.model.blocks.state_dict()[key], atol=1e-6), key
+
+
+def test_ema_saves_and_evaluates_the_moving_average_of_the_trained_weights(tmp_path, sample_pairs, tokenizer):
+    """--ema D: after each step the average moves to D * average + (1 - D) * weights (the first step copies them);
+    the modules file and the held-out loss are the average's, the trained weights go on training untouched."""
+    decay = 0.5
+    trainer = _trainer(tiny_t5, sample_pairs, tokenizer, steps=3, ema=decay)
+    expected = None
+    stream = trainer.train.stream(8)
+    for _ in range(3):
+        trainer.step(next(stream))
+        now = _module_state(trainer)
+        expected = now if expected is None else {k: decay * expected[k] + (1 - decay) * now[k] for k in now}
+    trained = _module_state(trainer)
+    assert any(not torch.allclose(trained[k], expected[k]) for k in trained)  # the average is not the weights
+    trainer.save(tmp_path)
+    saved = ModularModel.from_pretrained(tmp_path, trainer.model.teacher)
+    for key, value in saved.blocks.state_dict().items():
+        assert torch.allclose(value, expected[key], atol=1e-6), key
+    assert all(torch.equal(v, trained[k]) for k, v in _module_state(trainer).items())  # back to the trained ones
+    loss = trainer.evaluate()["mean"]
+    averaged = _trainer(tiny_t5, sample_pairs, tokenizer)
+    averaged.model.blocks.load_state_dict(saved.blocks.state_dict())
+    assert loss == pytest.approx(averaged.evaluate()["mean"], abs=1e-6)
+
+
+def test_resume_with_ema_continues_exactly_and_refuses_another_ema(tmp_path, sample_pairs, tokenizer):
+    straight = _trainer(tiny_t5, sample_pairs, tokenizer, steps=6, ema=0.5)
+    straight.fit(tmp_path / "straight")
+    first = _trainer(tiny_t5, sample_pairs, tokenizer, steps=6, save_every=3, ema=0.5)
+    with pytest.raises(_Killed):
+        first.fit(tmp_path / "resumed", on_step=_kill_at(4))
+    model = ModularModel.from_pretrained(tmp_path / "resumed", first.model.teacher)
+    other = ReplacingTrainer(model, TrainConfig(**{**vars(first.config), "ema": 0.0}), first.train, first.heldout)
+    with pytest.raises(ConfigError, match="trained with ema 0.5, not 0.0"):
+        other.resume(tmp_path / "resumed")
+    model = ModularModel.from_pretrained(tmp_path / "resumed", first.model.teacher)
+    second = ReplacingTrainer(model, first.config, first.train, first.heldout)
+    second.resume(tmp_path / "resumed")
+    second.fit(tmp_path / "resumed")
+    for run in (tmp_path / "straight", tmp_path / "resumed"):
+        assert (run / "modules_training.safetensors").is_file()
+    ends = [
+        ModularModel.from_pretrained(run, first.model.teacher) for run in (tmp_path / "straight", tmp_path / "resumed")
+    ]
+    for key, value in ends[0].blocks.state_dict().items():
+        assert torch.allclose(value, ends[1].blocks.state_dict()[key], atol=1e-6), key
+    for key, value in straight.model.blocks.state_dict().items():  # and the trained weights
         assert torch.allclose(value, second.model.blocks.state_dict()[key], atol=1e-6), key
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,12 +41,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from accelerate import PartialState
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers.modeling_outputs import BaseModelOutput
 
 from modformer.checkpoints import load_seq2seq, load_tokenizer
 from modformer.data import DataSpec, TokenizedData, data_report, load_split, same_data_warning
 from modformer.errors import CheckpointError, ConfigError
 from modformer.evaluation import teacher_forced_loss
+from modformer.io import read_tensors, write_tensors
 from modformer.modular.assembly import Assembly
 from modformer.modular.curriculum import Curriculum, sample_hybrid
 from modformer.modular.families import STACKS, BlockRecord
@@ -58,6 +61,9 @@ from modformer.recipe import (
     adamw_with_warmup,
     check_output,
 )
+
+TRAINING_WEIGHTS_NAME = "modules_training.safetensors"  # with --ema: the weights being trained (the modules file holds
+# their moving average); a resume continues from them
 
 
 @dataclass
@@ -90,6 +96,7 @@ class TrainConfig:
     teacher_encoder_share: float = 0.5  # share of hybrids whose encoder is the teacher's own (see curriculum)
     top_init: bool = False  # a module whose span ends at the top of its stack starts as the stack's top layer
     dropout: bool = False  # True: modules train with the teacher's dropout; False: without it (module docstring)
+    ema: float = 0.0  # > 0: decay of an exponential moving average of the module weights, saved and evaluated
     split_batch: bool = True  # each hybrid runs on its own share of the batch's rows (see hybrids_per_row)
     hybrids_per_row: int = 2  # with split_batch, each row runs through R of the H hybrids: about R hybrids' cost
     eval_every: int = 200  # held-out loss every N steps (0 = only at the end)
@@ -118,6 +125,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.w_ce + self.w_hidden + self.w_attn + self.w_logit == 0:
             raise ConfigError("all loss weights are 0: nothing would be trained")
+        if not 0.0 <= self.ema < 1.0:  # also catches NaN
+            raise ConfigError(f"ema must be in [0, 1), got {self.ema}")
         for name in ("deployed_share", "teacher_encoder_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # also catches NaN
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -176,6 +185,11 @@ class ReplacingTrainer(Recipe):
         )
         self.hidden_loss, self.attn_loss = HiddenStateLoss(), AttentionLoss()
         self.logit_loss = LogitLoss(config.temperature)
+        # --ema: a moving average of the module weights (torch's AveragedModel), which is what evaluate() scores and
+        # save() writes as the modules; the weights being trained go into the checkpoint beside them, for a resume
+        self.averaged = (
+            AveragedModel(model.blocks, multi_avg_fn=get_ema_multi_avg_fn(config.ema)) if config.ema > 0 else None
+        )
         self.rng = random.Random(config.seed)
         self.state = TrainState()
         torch.manual_seed(config.seed)
@@ -260,6 +274,8 @@ class ReplacingTrainer(Recipe):
         torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model.blocks)
         self.state.step += 1
         return HybridStepResult(
             step=self.state.step,
@@ -411,9 +427,10 @@ class ReplacingTrainer(Recipe):
             {k: v.to(self.device) for k, v in b.items()} for b in self.heldout.batches(batch_size, shuffle=False)
         ]
         result = {}
-        for name, assembly in probe_assemblies(model).items():
-            with adapter.swapped_layers(model.teacher, {s: model.stack_blocks(assembly, s) for s in STACKS}):
-                result[name] = teacher_forced_loss(model.teacher, batches)
+        with self.averaged_weights():
+            for name, assembly in probe_assemblies(model).items():
+                with adapter.swapped_layers(model.teacher, {s: model.stack_blocks(assembly, s) for s in STACKS}):
+                    result[name] = teacher_forced_loss(model.teacher, batches)
         if result:
             result["mean"] = float(np.mean(list(result.values())))
         return result
@@ -429,7 +446,32 @@ class ReplacingTrainer(Recipe):
             "threads": torch.get_num_threads(),  # the wall time depends on it (see `--threads`)
             "data_report": self.data_report,
         }
-        self.model.save_pretrained(folder)
+        if self.averaged is not None:  # the weights being trained, for --resume; the modules file gets the average
+            write_tensors(folder / TRAINING_WEIGHTS_NAME, self._module_tensors())
+        with self.averaged_weights():
+            self.model.save_pretrained(folder)
+
+    def _module_tensors(self) -> dict[str, torch.Tensor]:
+        """The modules' tensors under the names the modules file uses (`ModularModel.save_pretrained`)."""
+        return {f"{key}.{n}": t for key, block in self.model.blocks.items() for n, t in block.state_dict().items()}
+
+    @contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """With --ema, the modules hold the averaged weights inside the block (and the trained ones again after it);
+        without, nothing changes."""
+        if self.averaged is None:
+            yield
+            return
+        trained = [p.detach().clone() for p in self.model.blocks.parameters()]
+        with torch.no_grad():
+            for p, a in zip(self.model.blocks.parameters(), self.averaged.module.parameters(), strict=True):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, t in zip(self.model.blocks.parameters(), trained, strict=True):
+                    p.copy_(t)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         return self.model.blocks.named_parameters()
@@ -437,7 +479,21 @@ class ReplacingTrainer(Recipe):
     def resume(self, out_dir: str | Path) -> None:
         """The shared resume, and one check for checkpoints from before manifests, which wrote the modules and the
         trainer state as separate files: both must be of the same step."""
+        recorded_ema = float(self.model.config.training.get("ema", 0.0))
+        if recorded_ema != self.config.ema:
+            raise ConfigError(
+                f"resume: {out_dir} was trained with ema {recorded_ema}, not {self.config.ema}; resume with the same "
+                "--ema",
+                settings="ema",
+            )
         super().resume(out_dir)
+        if self.averaged is not None:  # the modules file holds the average: it seeds the average, and the trained
+            # weights come from their own file
+            self.averaged.module.load_state_dict(self.model.blocks.state_dict())
+            self.averaged.n_averaged.fill_(max(self.state.step, 1))
+            self.model.load_module_tensors(
+                read_tensors(Path(out_dir) / TRAINING_WEIGHTS_NAME, "trained module weights (--ema)"), out_dir
+            )
         recorded = self.model.config.training.get("completed_steps")
         if recorded is not None and recorded != self.state.step:
             raise CheckpointError(
