@@ -18,7 +18,6 @@ Scripts in this folder import it as a sibling (`from harness import ...`: Python
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import os
@@ -164,21 +163,14 @@ def weights_id(folder: Path) -> str:
     """A fingerprint of the weights in a run or model folder: its safetensors files' sha256, as the folder's checkpoint
     manifest records them (computed where it has none), hashed together. Same weights, same id, whatever the folder
     is called; a folder trained again or replaced by another run gets another id."""
-    folder = Path(folder).resolve()
-    files = sorted(folder.glob("*.safetensors"))
-    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    return _weights_id(folder, stamp)
-
-
-@functools.lru_cache(maxsize=256)
-def _weights_id(folder: Path, stamp: tuple) -> str:
+    folder = Path(folder)
     manifest = folder / MANIFEST_NAME
     recorded = json.loads(manifest.read_text(encoding="utf-8")).get("files", {}) if manifest.is_file() else {}
     digest = hashlib.sha256()
-    for name, size, _ in stamp:
-        entry = recorded.get(name, {})
-        sha = entry.get("sha256") if entry.get("bytes") == size else None
-        digest.update(f"{name}:{sha or sha256_file(folder / name)};".encode())
+    for file in sorted(folder.glob("*.safetensors")):  # read each time: a replaced folder may keep sizes and times
+        entry = recorded.get(file.name, {})
+        sha = entry.get("sha256") if entry.get("bytes") == file.stat().st_size else None
+        digest.update(f"{file.name}:{sha or sha256_file(file)};".encode())
     return digest.hexdigest()[:16]
 
 
