@@ -145,6 +145,11 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
         *UNIFORM_1E3,
         *("--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout", "--temperature", "1"),
     ),
+    # the default of stop 31 with each row through three hybrids: every module on all the batch's rows, as a
+    # student's layer; dearer, but a hybrid that keeps the teacher's encoder no longer runs it (the encoder reuse)
+    "h6s3-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop": _per_row(
+        3, *UNIFORM_1E3, "--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout"
+    ),
     # the default of stop 31 saving a moving average of the module weights (decay 0.995: about the last 200 steps):
     # does averaging the noisy updates of modules that serve many neighbours carry better to held-out data?
     "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop-ema995": _per_row(
