@@ -68,6 +68,8 @@ COMMON = ["--batch-size", "32"]  # the modules (--granularities 2,3,4,6) are par
 # a new default leaves each recipe as it was (the last of a repeated option wins).
 SEED = seed_recipe()
 UNIFORM_1E3 = ("--lr", "1e-3", "--no-curriculum")
+# stop 31's default beyond `_per_row`: the candidates of the eighth sieve are it with one option more
+DEFAULT_31 = (*UNIFORM_1E3, "--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout")
 
 
 def _per_row(rows: int, *more: str) -> list[str]:
@@ -125,38 +127,24 @@ RECIPES = {  # name -> `modformer train` options; "h3s" = three hybrids per step
     ),
     # the default of stop 29 with its modules trained without dropout (the teacher's 0.1 is for 30 epochs of training
     # from scratch; a module gets about two epochs' rows)
-    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop": _per_row(
-        2, *UNIFORM_1E3, "--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout"
-    ),
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop": _per_row(2, *DEFAULT_31),
     # the default of stop 31 with a share of each step's stacks drawn whole from those the strategies deploy
     # (`dec=4,4,4` among them), so that a coarse module learns on the input it is deployed with, not only on a mix
     **{
         f"h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop-dep{name}": _per_row(
-            2,
-            *UNIFORM_1E3,
-            *("--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout", "--deployed-share", share),
+            2, *DEFAULT_31, "--deployed-share", share
         )
         for name, share in (("33", "0.33"), ("67", "0.67"))
     },
     # the default of stop 31 with logit distillation at temperature 1 (word-level distillation as Kim & Rush ran it):
     # the teacher's distribution unsoftened, its mode weighed as the best 12-3 student (pseudo-labels) weighs it
-    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop-t1": _per_row(
-        2,
-        *UNIFORM_1E3,
-        *("--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout", "--temperature", "1"),
-    ),
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop-t1": _per_row(2, *DEFAULT_31, "--temperature", "1"),
     # the default of stop 31 with each row through three hybrids: every module on all the batch's rows, as a
     # student's layer; dearer, but a hybrid that keeps the teacher's encoder no longer runs it (the encoder reuse)
-    "h6s3-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop": _per_row(
-        3, *UNIFORM_1E3, "--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout"
-    ),
+    "h6s3-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop": _per_row(3, *DEFAULT_31),
     # the default of stop 31 saving a moving average of the module weights (decay 0.995: about the last 200 steps):
     # does averaging the noisy updates of modules that serve many neighbours carry better to held-out data?
-    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop-ema995": _per_row(
-        2,
-        *UNIFORM_1E3,
-        *("--teacher-encoder-share", "0.5", "--granularities", "2,4,6", "--no-dropout", "--ema", "0.995"),
-    ),
+    "h6s2-no-attn-no-hidden-lr1e-3-uniform-te50-g246-nodrop-ema995": _per_row(2, *DEFAULT_31, "--ema", "0.995"),
     # cross-entropy alone needs no teacher pass: its cost goes to each row running through four of the six hybrids
     "h6s4-ce-lr1e-3-uniform": _per_row(4, "--w-logit", "0", *UNIFORM_1E3),
     "h6s-no-attn-no-hidden-uniform": [

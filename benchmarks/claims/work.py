@@ -52,10 +52,8 @@ class Work:
         return self.scores.get(key, folder, save=not self.report_only)
 
     def save_scores(self, key: str, folder: Path, scores: dict) -> None:
-        if self.report_only:  # a report leaves the cache to the run that fills it
-            self.scores.data[key] = scores
-        else:
-            self.scores.put(key, folder, scores)
+        """Cache what was just measured (a report measures nothing: `score` raises NotDone before it gets here)."""
+        self.scores.put(key, folder, scores)
 
     def add_wall(self, stage: str, seconds: float) -> None:
         if self.report_only:  # a report's cache look-ups are not a stage's work

@@ -168,11 +168,14 @@ class ModularModel(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {}
-        for key, layer in self.blocks.items():
-            tensors.update({f"{key}.{name}": t for name, t in layer.state_dict().items()})
-        write_tensors(directory / WEIGHTS_NAME, tensors, metadata={"format": "pt", "modformer": __version__})
+        write_tensors(
+            directory / WEIGHTS_NAME, self.module_tensors(), metadata={"format": "pt", "modformer": __version__}
+        )
         write_json(directory / CONFIG_NAME, self.config.to_json())
+
+    def module_tensors(self) -> dict[str, torch.Tensor]:
+        """Every module's tensors, named as the modules file names them (`load_module_tensors` reads them back)."""
+        return {f"{key}.{name}": t for key, layer in self.blocks.items() for name, t in layer.state_dict().items()}
 
     @classmethod
     def from_pretrained(

@@ -447,13 +447,9 @@ class ReplacingTrainer(Recipe):
             "data_report": self.data_report,
         }
         if self.averaged is not None:  # the weights being trained, for --resume; the modules file gets the average
-            write_tensors(folder / TRAINING_WEIGHTS_NAME, self._module_tensors())
+            write_tensors(folder / TRAINING_WEIGHTS_NAME, self.model.module_tensors())
         with self.averaged_weights():
             self.model.save_pretrained(folder)
-
-    def _module_tensors(self) -> dict[str, torch.Tensor]:
-        """The modules' tensors under the names the modules file uses (`ModularModel.save_pretrained`)."""
-        return {f"{key}.{n}": t for key, block in self.model.blocks.items() for n, t in block.state_dict().items()}
 
     @contextmanager
     def averaged_weights(self) -> Iterator[None]:
