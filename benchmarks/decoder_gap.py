@@ -181,6 +181,9 @@ STUDENTS = {
     "kd-12-3-decoder-only-nodrop": ("kd", "12-3", ["--train-only", "decoder", "--no-dropout"]),
     # the same on the teacher's outputs (the best 12-3 students' targets; the benchmark's pseudo-data, made once)
     "pseudo-12-3-decoder-only-nodrop": ("pseudo", "12-3", ["--train-only", "decoder", "--no-dropout"]),
+    # every weight but the encoder's: three decoder layers plus the embeddings, final norm and (tied) head, the most
+    # that weights carried per shape could add around the teacher's encoder at 12-3
+    "kd-12-3-all-but-encoder-nodrop": ("kd", "12-3", ["--train-only", "all-but-encoder", "--no-dropout"]),
 }
 SHAPES = ("6-6", "4-4", "12-3", "12-2")
 SPLITS = ("val", "test_2016_flickr")

@@ -60,7 +60,7 @@ from modformer.recipe import (
 from modformer.schemas import FORMAT_VERSION, StudentInfo, validate
 
 METHODS = ("sft", "kd", "pseudo")
-TRAIN_ONLY = ("decoder",)  # what `BaselineConfig.train_only` may name
+TRAIN_ONLY = ("decoder", "all-but-encoder")  # what `BaselineConfig.train_only` may name
 INFO_NAME = "modformer.json"
 PSEUDO_NAME = "pseudo_labels.txt"
 # Settings a resumed run must share with the saved one (they decide its batches and shapes).
@@ -114,7 +114,9 @@ class BaselineConfig:
     seed: int = 0
     dropout: bool = True  # the teacher's dropout while the student trains (False: without it, as in evaluation)
     # None: every weight trains. "decoder": only the decoder's layers (not their position tables): the embeddings,
-    # the encoder, the final norms and the head stay the teacher's, as around a modular assembly's decoder modules
+    # the encoder, the final norms and the head stay the teacher's, as around a modular assembly's decoder modules.
+    # "all-but-encoder": every weight but the encoder's (its layers, norms and position tables; the embeddings the
+    # encoder shares with the decoder train): the most that per-shape weights around the teacher's encoder could hold
     train_only: str | None = None
 
     def __post_init__(self) -> None:
@@ -196,12 +198,15 @@ class StudentTrainer(Recipe):
         self.student, self.layer_map = make_student(teacher, config.shape)
         self.student.train(config.dropout)
         self.adapter = adapter_for(teacher.config)
-        if config.train_only:
+        if config.train_only == "decoder":
             self.student.requires_grad_(False)
-            for layer in self.adapter.layers(self.student, config.train_only):
+            for layer in self.adapter.layers(self.student, "decoder"):
                 layer.requires_grad_(True)
                 for name in self.adapter.position_bias_names(layer):
                     layer.get_parameter(name).requires_grad_(False)
+        elif config.train_only == "all-but-encoder":
+            self.adapter.stack(self.student, "encoder").requires_grad_(False)
+            self.student.get_input_embeddings().requires_grad_(True)
         self.optimizer, self.scheduler = adamw_with_warmup(
             [p for p in self.student.parameters() if p.requires_grad],
             lr=config.lr,

@@ -902,7 +902,8 @@ def baseline(
         str | None,
         typer.Option(
             help="decoder: train only the decoder's layers; the embeddings, encoder, norms and head stay the "
-            "teacher's, as around modular decoder modules (a diagnostic)."
+            "teacher's, as around modular decoder modules. all-but-encoder: every weight but the encoder's "
+            "(diagnostics)."
         ),
     ] = None,
     dropout: Annotated[

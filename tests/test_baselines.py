@@ -139,7 +139,17 @@ def test_train_only_decoder_changes_the_decoder_layers_and_nothing_else(t5_teach
     assert changed and all(k.startswith("decoder.block.") for k in changed)
     assert not any("relative_attention_bias" in k for k in changed)
     bad = run(*baseline_args("kd", t5_teacher_dir, data_dir, tmp_path / "z", "--steps", 2, "--train-only", "head"))
-    assert bad.exit_code == 1 and "train_only must be one of decoder" in bad.stderr
+    assert bad.exit_code == 1 and "train_only must be one of decoder, all-but-encoder" in bad.stderr
+    # every weight but the encoder's: the decoder's layers (their position table too), the embeddings (shared with
+    # the encoder and the head), the decoder's final norm; nothing under encoder.*
+    out = tmp_path / "all-but-encoder"
+    result = run(*baseline_args("kd", t5_teacher_dir, data_dir, out, "--steps", 2, "--train-only", "all-but-encoder"))
+    assert result.exit_code == 0, result.stderr
+    trained = load_file(out / "model.safetensors")
+    changed = {k for k in trained if not torch.allclose(trained[k], copied[k], atol=1e-7)}
+    assert "shared.weight" in changed and "decoder.final_layer_norm.weight" in changed
+    assert any("decoder.block.0.layer.0.SelfAttention.relative_attention_bias" in k for k in changed)
+    assert not any(k.startswith("encoder.") and k != "encoder.embed_tokens.weight" for k in changed)
 
 
 def test_baseline_bad_input(t5_teacher_dir, data_dir, tmp_path):
