@@ -184,6 +184,7 @@ STUDENTS = {
     # every weight but the encoder's: three decoder layers plus the embeddings, final norm and (tied) head, the most
     # that weights carried per shape could add around the teacher's encoder at 12-3
     "kd-12-3-all-but-encoder-nodrop": ("kd", "12-3", ["--train-only", "all-but-encoder", "--no-dropout"]),
+    "pseudo-12-3-all-but-encoder-nodrop": ("pseudo", "12-3", ["--train-only", "all-but-encoder", "--no-dropout"]),
 }
 SHAPES = ("6-6", "4-4", "12-3", "12-2")
 SPLITS = ("val", "test_2016_flickr")
@@ -493,19 +494,23 @@ def plot(result: dict, results: Results) -> bool:
     probes = [k for k in ("k2", "k3", "k4", "k6") if any(k in h for r in runs for h in r["history"])]
     if not probes:  # students only (--recipes ''): no modules' losses to plot
         return False
+    # a colour and line style per run (tens of them), one legend under the panels, as many rows as it needs
+    styles = [(colour, dash) for dash in ("-", "--", ":") for colour in plt.get_cmap("tab20").colors]
     figure, axes = plt.subplots(1, len(probes), figsize=(4 * len(probes), 3.4), sharey=True, squeeze=False)
     for ax, probe in zip(axes[0], probes, strict=True):
-        for r in runs:
+        for i, r in enumerate(runs):
             points = [(h["step"], h[probe]) for h in r["history"] if probe in h]
             if points:
-                ax.plot(*zip(*points, strict=True), label=f"{r['recipe']} s{r['seed']}")
+                colour, dash = styles[i % len(styles)]
+                ax.plot(*zip(*points, strict=True), color=colour, linestyle=dash, label=f"{r['recipe']} s{r['seed']}")
         ax.set_title(f"uniform {probe[1:]}-modules")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("held-out loss (val)")
-    axes[0][-1].legend(fontsize=7)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=3, fontsize=7, frameon=False)
     figure.tight_layout()
-    results.save_figure(figure, dpi=110)
+    results.save_figure(figure, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return True
 
