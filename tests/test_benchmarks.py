@@ -299,6 +299,26 @@ def test_seed_claims_scores_each_run_at_its_own_modules_shapes(monkeypatch) -> N
     assert "enc=4,4,2,2 dec=4,4,2,2" in seen[(2, 4, 6)] and not any("3" in a for a in seen[(2, 4, 6)])
 
 
+def test_plans_skip_runs_whose_modules_are_not_here(claims, tmp_path: Path) -> None:
+    """A run --carry stands in for has no modules here to plan with: Carried (not missing, not a failed `modformer
+    plan`); a run not trained at all is NotDone, with its name."""
+    carry_mod, _, work_mod = claims
+    from claims.config import Settings
+    from claims.plans import planned
+
+    earlier = {"date": "2026-12-01", "walls": {}, "rows": [{**_row("modular-v2"), "bleu": 35.0}]}
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps(earlier), encoding="utf-8")
+    work = work_mod.Work(Settings(work=tmp_path / "work"), carry_mod.Carry.load(path, {}))
+    profile = tmp_path / "profile.json"
+    with pytest.raises(work_mod.Carried):
+        planned(work, "modular-v2", work.folder / "modular-v2", profile, 10_000_000)
+    with pytest.raises(work_mod.NotDone, match="modular-v1 has no trained modules here") as err:
+        planned(work, "modular-v1", work.folder / "modular-v1", profile, 10_000_000)
+    assert not isinstance(err.value, work_mod.Carried)
+    assert not (work.folder / "plans").exists()
+
+
 def test_second_seeds_also_look_at_carried_students(claims, monkeypatch, tmp_path: Path) -> None:
     """A student carried from the earlier file (seed 0 only) within 0.5 BLEU of a run measured here gets seed 1."""
     carry_mod, _, work_mod = claims

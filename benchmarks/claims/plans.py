@@ -8,6 +8,7 @@ from pathlib import Path
 from harness import data_args, run
 
 from claims.config import PLAN_SIZE_RATIO, PLAN_VALIDATE_PAIRS
+from claims.train import completed_steps
 from claims.work import NotDone, Work
 from modformer.modular.assembly import Assembly
 from modformer.planner.artifact import Plan
@@ -33,6 +34,9 @@ def planned(work: Work, name: str, modules: Path, profile: Path, teacher_params:
     out, stage = work.folder / "plans" / name, f"multi30k-plan-{name}"
     if not Plan.is_complete(out):
         work.check_carried(stage, out, started=False)  # a plan is written whole: one not complete starts afresh
+        if completed_steps(modules)[0] == 0:  # no modules here to plan with: carried (its rows are the file's) or
+            work.check_carried(stage, modules, started=False)  # not trained at all
+            raise NotDone(f"{stage}: {modules.name} has no trained modules here")
         if work.report_only:
             raise NotDone(f"{stage}: no plan in {out}")
         limit = math.floor(teacher_params / PLAN_SIZE_RATIO) / 1e6  # millions, rounded down: at least 2x smaller
