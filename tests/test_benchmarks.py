@@ -313,10 +313,39 @@ def test_plans_skip_runs_whose_modules_are_not_here(claims, tmp_path: Path) -> N
     profile = tmp_path / "profile.json"
     with pytest.raises(work_mod.Carried):
         planned(work, "modular-v2", work.folder / "modular-v2", profile, 10_000_000)
+    assert work.carry.record()["stages"] == []  # the file has no plan of it: nothing is carried in its name
     with pytest.raises(work_mod.NotDone, match="modular-v1 has no trained modules here") as err:
         planned(work, "modular-v1", work.folder / "modular-v1", profile, 10_000_000)
     assert not isinstance(err.value, work_mod.Carried)
     assert not (work.folder / "plans").exists()
+
+
+def test_the_2x_claim_counts_each_seed_once_when_a_plan_chose_the_same_assembly(claims) -> None:
+    from claims.report import method_claims
+
+    assembly = "enc=2,2,2,2,2,2 dec=4,4,2,2"
+    rows = [
+        {**_row("teacher", rule="teacher", shape="12-12"), "assembly": "teacher", "bleu": 36.0, "size_ratio": 1.0},
+        *(
+            {
+                **_row("modular", seed=seed, rule=rule, shape="6-4"),
+                "assembly": assembly,
+                "bleu": bleu,
+                "size_ratio": 2.0,
+                "wall_s": 100.0,
+            }
+            for seed, rule, bleu in ((0, "size-first", 34.0), (1, "size-first", 35.0), (0, "planned", 34.0))
+        ),
+        {
+            **_row("modular", seed=1, rule="planned", shape="4-5"),
+            "assembly": "enc=4,4,2,2 dec=4,2,2,2,2",
+            "bleu": 35.5,
+            "size_ratio": 2.09,
+        },
+    ]
+    out = method_claims(rows, "modular", {})
+    assert out["at_2x_size"]["seeds"] == 2 and out["at_2x_size"]["bleu"] == 34.5
+    assert out["at_2x_size_planned"]["seeds"] == 2 and out["at_2x_size_planned"]["bleu"] == 34.75
 
 
 def test_second_seeds_also_look_at_carried_students(claims, monkeypatch, tmp_path: Path) -> None:

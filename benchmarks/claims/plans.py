@@ -9,7 +9,7 @@ from harness import data_args, run
 
 from claims.config import PLAN_SIZE_RATIO, PLAN_VALIDATE_PAIRS
 from claims.train import completed_steps
-from claims.work import NotDone, Work
+from claims.work import Carried, NotDone, Work
 from modformer.modular.assembly import Assembly
 from modformer.planner.artifact import Plan
 from modformer.profiling.profile import profile_paths
@@ -34,8 +34,9 @@ def planned(work: Work, name: str, modules: Path, profile: Path, teacher_params:
     out, stage = work.folder / "plans" / name, f"multi30k-plan-{name}"
     if not Plan.is_complete(out):
         work.check_carried(stage, out, started=False)  # a plan is written whole: one not complete starts afresh
-        if completed_steps(modules)[0] == 0:  # no modules here to plan with: carried (its rows are the file's) or
-            work.check_carried(stage, modules, started=False)  # not trained at all
+        if completed_steps(modules)[0] == 0:  # no modules here to plan with
+            if work.carries(modules):  # the run's rows (and its plan's, where the file has one) are the file's
+                raise Carried(f"{stage}: {modules.name} is carried; its modules are not here to plan with")
             raise NotDone(f"{stage}: {modules.name} has no trained modules here")
         if work.report_only:
             raise NotDone(f"{stage}: no plan in {out}")

@@ -90,7 +90,11 @@ def method_claims(rows: list[dict], method: str, walls: dict) -> dict:
         size_first = [r for r in m30 if r["method"] == method and r["rule"] == "size-first" and r["seed"] == 0]
         at2 = min(size_first, key=lambda r: abs(r["size_ratio"] - 2.0), default=None)
         if at2:
-            seeds = [r["bleu"] for r in m30 if r["method"] == method and r["assembly"] == at2["assembly"]]
+            seeds = [  # each seed's row of that assembly (a plan that chose it is the plan's claim, below)
+                r["bleu"]
+                for r in m30
+                if r["method"] == method and r["assembly"] == at2["assembly"] and r["rule"] != "planned"
+            ]
             out["at_2x_size"] = {
                 "assembly": at2["assembly"],
                 "size_ratio": at2["size_ratio"],
@@ -210,9 +214,11 @@ def markdown(result: dict) -> str:
     if "carried" in result:
         c = result["carried"]
         renamed = ", ".join(f"`{old}` as `{new}`" for old, new in c["renamed"].items())
+        plans = sum(stage.startswith("multi30k-plan-") for stage in c["stages"])
         lines.append(
-            f"Rows marked † are carried from `{c['from']}` ({c['date']}): {len(c['stages'])} training runs of an "
-            "earlier run of this benchmark whose folders this one lacks, not trained again"
+            f"Rows marked † are carried from `{c['from']}` ({c['date']}): {len(c['stages']) - plans} training runs"
+            + (f" and {plans} plans" if plans else "")
+            + " of an earlier run of this benchmark whose folders this one lacks, not trained again"
             + (f"; renamed: {renamed}" if renamed else "")
             + ". Their wall times are that run's machine's.\n"
         )

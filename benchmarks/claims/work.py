@@ -37,8 +37,15 @@ class Work:
     def check_carried(self, stage: str, out: Path, started: bool) -> None:
         """Raise claims.carry.Carried if --carry stands in for this run (it has not started here)."""
         if self.carry is not None:
-            run = out.relative_to(self.folder).as_posix() if out.is_relative_to(self.folder) else str(out)
-            self.carry.check(stage, run, started)
+            self.carry.check(stage, self._run(out), started)
+
+    def carries(self, out: Path) -> bool:
+        """Whether --carry has rows of the run in `out`."""
+        return self.carry is not None and self._run(out) in self.carry.runs
+
+    def _run(self, out: Path) -> str:
+        """How a carried results file names the run in `out`: its folder relative to the work folder."""
+        return out.relative_to(self.folder).as_posix() if out.is_relative_to(self.folder) else str(out)
 
     @property
     def report_only(self) -> bool:
