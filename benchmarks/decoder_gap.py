@@ -362,7 +362,7 @@ def measure(args) -> dict:
     for name, (method, shape, options) in STUDENTS.items():
         if name not in args.students:
             continue
-        for seed in args.seeds:
+        for seed in [*args.seeds, *args.also.get(name, [])]:
             record = carried_record(
                 carry, "students", name, seed, args.steps, student_folder(args.work, name, seed, args.steps)
             )
@@ -526,8 +526,8 @@ def main() -> None:
         "--also",
         action="append",
         default=[],
-        metavar="RECIPE:SEED",
-        help="one more seed of one recipe (repeatable), e.g. the leading candidate's second seed",
+        metavar="NAME:SEED",
+        help="one more seed of one recipe or student (repeatable), e.g. the leading candidate's second seed",
     )
     parser.add_argument(
         "--carry",
@@ -547,10 +547,10 @@ def main() -> None:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     also: dict[str, list[int]] = {}
     for item in args.also:
-        recipe, _, seed = item.partition(":")
-        if recipe not in args.recipes or not seed.isdigit():
-            parser.error(f"--also takes RECIPE:SEED with a recipe of --recipes, got {item!r}")
-        also.setdefault(recipe, []).append(int(seed))
+        name, _, seed = item.partition(":")
+        if name not in [*args.recipes, *args.students] or not seed.isdigit():
+            parser.error(f"--also takes NAME:SEED with a recipe of --recipes or a student of --students, got {item!r}")
+        also.setdefault(name, []).append(int(seed))
     args.also = also
     result = report(measured_or_recorded(args, measure, DERIVED))
     results = Results(args.results, NAME)
