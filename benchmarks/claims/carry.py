@@ -18,12 +18,12 @@ from pathlib import Path
 
 from harness import read_results
 
-from claims.config import ABLATIONS
+from claims.config import ABLATIONS, PLAN_STAGE
 from claims.students import student_name
 from claims.train import seeded
 from claims.work import Carried
 
-TASK_PREFIXES = ("multi30k-plan-", "multi30k-", "squad-")  # stage names: <prefix><method or run>[-s<seed>]
+TASK_PREFIXES = (PLAN_STAGE, "multi30k-", "squad-")  # stage names: <prefix><method or run>[-s<seed>]
 
 
 def renamed_method(method: str, renames: dict[str, str]) -> str:

@@ -85,6 +85,7 @@ VARIANTS = {
 }
 PLAN_SIZE_RATIO = 2.0  # plans ask for assemblies at least this much smaller than the teacher (acceptance line 2)
 PLAN_VALIDATE_PAIRS = 500
+PLAN_STAGE = "multi30k-plan-"  # a plan's stage name: this and the run's name (multi30k-plan-modular-s1)
 RANDOM_ORDERS = 5
 CLOSE_BLEU = 0.5  # margins under this get a second seed
 TRAIN_ONCE_RATIO = 1.5  # the modular run's wall time at most this many KD 6-6 students' of the same steps

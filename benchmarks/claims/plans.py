@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness import data_args, run
 
-from claims.config import PLAN_SIZE_RATIO, PLAN_VALIDATE_PAIRS
+from claims.config import PLAN_SIZE_RATIO, PLAN_STAGE, PLAN_VALIDATE_PAIRS
 from claims.train import completed_steps
 from claims.work import Carried, NotDone, Work
 from modformer.modular.assembly import Assembly
@@ -31,7 +31,7 @@ def profiled(work: Work, modules: Path) -> Path:
 def planned(work: Work, name: str, modules: Path, profile: Path, teacher_params: int) -> Assembly:
     """`modformer plan` of one modular run within half the teacher's parameters (validated on `val`); its chosen
     assembly. Cached: the plan folder is written whole when the plan is done."""
-    out, stage = work.folder / "plans" / name, f"multi30k-plan-{name}"
+    out, stage = work.folder / "plans" / name, f"{PLAN_STAGE}{name}"
     if not Plan.is_complete(out):
         work.check_carried(stage, out, started=False)  # a plan is written whole: one not complete starts afresh
         if completed_steps(modules)[0] == 0:  # no modules here to plan with

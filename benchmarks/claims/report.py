@@ -16,6 +16,7 @@ from claims.config import (
     DROP_TARGET_PCT,
     METHODS,
     PLAN_SIZE_RATIO,
+    PLAN_STAGE,
     PLAN_VALIDATE_PAIRS,
     TASKS,
     TRAIN_ONCE_RATIO,
@@ -214,7 +215,7 @@ def markdown(result: dict) -> str:
     if "carried" in result:
         c = result["carried"]
         renamed = ", ".join(f"`{old}` as `{new}`" for old, new in c["renamed"].items())
-        plans = sum(stage.startswith("multi30k-plan-") for stage in c["stages"])
+        plans = sum(stage.startswith(PLAN_STAGE) for stage in c["stages"])
         lines.append(
             f"Rows marked † are carried from `{c['from']}` ({c['date']}): {len(c['stages']) - plans} training runs"
             + (f" and {plans} plans" if plans else "")
